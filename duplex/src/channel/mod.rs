@@ -1,0 +1,579 @@
+//! Channels: the application's view of one multiplexed stream.
+
+pub(crate) mod state;
+
+use std::fmt;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::error::ChannelError;
+use crate::proto::EXT_ERROR;
+use crate::proto::control::Control;
+use crate::proto::frame::{self, FrameError};
+use crate::proto::headers::Headers;
+use crate::proto::service::ServiceName;
+use crate::ssh::OpenReply;
+use crate::ssh::keys::Fingerprint;
+use state::{ChanShared, Kind};
+
+/// What is known about a channel: its service, headers and the two peers.
+#[derive(Debug, Clone)]
+pub struct ChannelMeta {
+    pub(crate) service: ServiceName,
+    pub(crate) headers: Headers,
+    pub(crate) local_peer: String,
+    pub(crate) remote_peer: String,
+    pub(crate) remote_fingerprint: Option<Fingerprint>,
+    pub(crate) endpoint: String,
+}
+
+impl ChannelMeta {
+    /// The service the channel was opened for.
+    pub fn service(&self) -> &str {
+        self.service.as_str()
+    }
+
+    /// The headers sent with the open (empty for plain SSH clients).
+    pub fn headers(&self) -> &Headers {
+        &self.headers
+    }
+
+    /// Our peer name.
+    pub fn local_peer(&self) -> &str {
+        &self.local_peer
+    }
+
+    /// The remote peer's name.
+    pub fn remote_peer(&self) -> &str {
+        &self.remote_peer
+    }
+
+    /// The remote peer's key fingerprint.
+    pub fn remote_fingerprint(&self) -> Option<&Fingerprint> {
+        self.remote_fingerprint.as_ref()
+    }
+
+    /// The endpoint of the connection that carries the channel.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+}
+
+/// Closes the SSH channel when the last half of a [`Channel`] is dropped.
+struct Closer(Arc<ChanShared>);
+
+impl Drop for Closer {
+    fn drop(&mut self) {
+        self.0.send_close();
+    }
+}
+
+/// A bidirectional, flow-controlled stream to a remote peer.
+///
+/// A channel carries a byte stream ([`AsyncRead`]/[`AsyncWrite`]) on which
+/// length-prefixed message frames can also be written
+/// ([`write_frame`](Self::write_frame), [`read_frame`](Self::read_frame)), and
+/// a separate stream of error frames ([`write_error`](Self::write_error),
+/// [`read_error`](Self::read_error)).
+///
+/// Writing queues bytes for the connection to send, within the credit the
+/// remote granted: a remote that stops reading stops our writes, and only
+/// ours. `poll_write` never takes bytes it cannot queue, so every write
+/// method that works through it is cancel-safe; `flush` waits until queued
+/// bytes reached the SSH session.
+///
+/// Dropping the channel sends EOF (if not sent yet) and closes it; bytes
+/// already queued are sent first. Dropping only the [`ChannelWriter`] half
+/// sends EOF; dropping only the [`ChannelReader`] half discards what arrives
+/// from then on (still granting credit, so the remote is not stalled).
+///
+/// ```no_run
+/// # async fn demo(peer: duplex::Peer) -> anyhow::Result<()> {
+/// use tokio::io::{AsyncReadExt, AsyncWriteExt};
+/// let mut ch = peer.open("bob", "echo", duplex::Headers::new()).await?;
+/// ch.write_all(b"hello").await?;
+/// ch.close_write().await?;
+/// let mut back = Vec::new();
+/// ch.read_to_end(&mut back).await?;
+/// # Ok(()) }
+/// ```
+pub struct Channel {
+    reader: ChannelReader,
+    writer: ChannelWriter,
+}
+
+impl fmt::Debug for Channel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Channel")
+            .field("id", &self.reader.shared.id)
+            .field("service", &self.meta().service())
+            .field("remote", &self.meta().remote_peer())
+            .finish()
+    }
+}
+
+impl Channel {
+    pub(crate) fn new(shared: Arc<ChanShared>) -> Self {
+        let closer = Arc::new(Closer(shared.clone()));
+        Channel {
+            reader: ChannelReader {
+                shared: shared.clone(),
+                frame: FrameReadState::default(),
+                _closer: closer.clone(),
+            },
+            writer: ChannelWriter {
+                shared,
+                _closer: closer,
+            },
+        }
+    }
+
+    /// Service, headers and peers.
+    pub fn meta(&self) -> &ChannelMeta {
+        self.reader.meta()
+    }
+
+    /// Shortcut for `meta().service()`.
+    pub fn service(&self) -> &str {
+        self.meta().service()
+    }
+
+    /// Shortcut for `meta().headers()`.
+    pub fn headers(&self) -> &Headers {
+        self.meta().headers()
+    }
+
+    /// Splits into halves that can be used from different tasks.
+    pub fn split(self) -> (ChannelReader, ChannelWriter) {
+        (self.reader, self.writer)
+    }
+
+    /// Reads one message frame; `Ok(None)` at a clean end of stream (EOF on
+    /// a frame boundary). See [`ChannelReader::read_frame`].
+    pub async fn read_frame(&mut self) -> Result<Option<Bytes>, ChannelError> {
+        self.reader.read_frame().await
+    }
+
+    /// Writes one message frame. See [`ChannelWriter::write_frame`].
+    pub async fn write_frame(&mut self, payload: &[u8]) -> Result<(), ChannelError> {
+        self.writer.write_frame(payload).await
+    }
+
+    /// Sends one error frame. See [`ChannelWriter::write_error`].
+    pub async fn write_error(&mut self, payload: &[u8]) -> Result<(), ChannelError> {
+        self.writer.write_error(payload).await
+    }
+
+    /// Reads the next error frame. See [`ChannelReader::read_error`].
+    pub async fn read_error(&mut self) -> Result<Option<Bytes>, ChannelError> {
+        self.reader.read_error().await
+    }
+
+    /// Flushes and sends EOF: the remote reads end of stream; we can still
+    /// read. See [`ChannelWriter::close_write`].
+    pub async fn close_write(&mut self) -> Result<(), ChannelError> {
+        self.writer.close_write().await
+    }
+
+    /// Flushes what is queued, then closes the channel in both directions.
+    ///
+    /// Not needed for cleanup (dropping closes too), but it lets the caller
+    /// see a failure to deliver queued bytes. Cancel-safe: if cancelled, the
+    /// channel is closed when dropped.
+    pub async fn close(self) -> Result<(), ChannelError> {
+        let res = std::future::poll_fn(|cx| self.writer.shared.poll_flush(cx)).await;
+        self.writer.shared.send_close();
+        res
+    }
+
+    /// Unread bytes buffered for this channel (data and error frames).
+    pub fn buffered_len(&self) -> usize {
+        self.reader.shared.buffered()
+    }
+}
+
+impl AsyncRead for Channel {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.reader).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Channel {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.writer).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.writer).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.writer).poll_shutdown(cx)
+    }
+}
+
+#[derive(Default)]
+struct FrameReadState {
+    header: [u8; frame::HEADER_LEN],
+    header_got: usize,
+    body: Option<(usize, BytesMut)>,
+}
+
+/// The receiving half of a [`Channel`].
+pub struct ChannelReader {
+    shared: Arc<ChanShared>,
+    frame: FrameReadState,
+    _closer: Arc<Closer>,
+}
+
+impl fmt::Debug for ChannelReader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChannelReader")
+            .field("id", &self.shared.id)
+            .finish()
+    }
+}
+
+impl Drop for ChannelReader {
+    fn drop(&mut self) {
+        self.shared.reader_dropped();
+    }
+}
+
+fn meta_of(shared: &ChanShared) -> &ChannelMeta {
+    // Every channel handed to the application has its meta set before; the
+    // fallback only exists to avoid a panic path.
+    static EMPTY: std::sync::OnceLock<ChannelMeta> = std::sync::OnceLock::new();
+    shared.meta.get().map(|m| &**m).unwrap_or_else(|| {
+        EMPTY.get_or_init(|| ChannelMeta {
+            service: ServiceName::new_any("@unknown").unwrap_or_else(|_| unreachable_name()),
+            headers: Headers::new(),
+            local_peer: String::new(),
+            remote_peer: String::new(),
+            remote_fingerprint: None,
+            endpoint: String::new(),
+        })
+    })
+}
+
+#[allow(clippy::panic)] // "@unknown" is a valid reserved name by construction
+fn unreachable_name() -> ServiceName {
+    panic!("invalid built-in service name")
+}
+
+impl ChannelReader {
+    /// Service, headers and peers.
+    pub fn meta(&self) -> &ChannelMeta {
+        meta_of(&self.shared)
+    }
+
+    /// Reads one message frame: a 4-byte big-endian length, then that many
+    /// bytes. Returns `Ok(None)` at EOF on a frame boundary.
+    ///
+    /// A length above the configured `max_frame_len` is an error before
+    /// anything is allocated for it; EOF inside a frame is
+    /// [`FrameError::Truncated`]. After either, the byte stream is out of
+    /// step and the channel should be closed.
+    ///
+    /// Cancel-safe: a partly read frame is kept and completed by the next
+    /// call.
+    pub async fn read_frame(&mut self) -> Result<Option<Bytes>, ChannelError> {
+        std::future::poll_fn(|cx| self.poll_read_frame(cx)).await
+    }
+
+    fn poll_read_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Option<Bytes>, ChannelError>> {
+        let max = self.shared.conn.config.max_frame_len;
+        loop {
+            if let Some((len, body)) = &mut self.frame.body {
+                if body.len() == *len {
+                    let (_, body) = self.frame.body.take().unwrap_or_default();
+                    self.frame.header_got = 0;
+                    return Poll::Ready(Ok(Some(body.freeze())));
+                }
+                let want = *len - body.len();
+                match ready!(self.shared.poll_read_chunk(cx, want)) {
+                    Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+                    Ok(None) => {
+                        let got = frame::HEADER_LEN + body.len();
+                        let want = frame::HEADER_LEN + *len;
+                        return Poll::Ready(Err(FrameError::Truncated { got, want }.into()));
+                    }
+                    Err(e) => return Poll::Ready(Err(e)),
+                }
+                continue;
+            }
+            let need = frame::HEADER_LEN - self.frame.header_got;
+            match ready!(self.shared.poll_read_chunk(cx, need)) {
+                Ok(Some(chunk)) => {
+                    let start = self.frame.header_got;
+                    if let Some(dst) = self.frame.header.get_mut(start..start + chunk.len()) {
+                        dst.copy_from_slice(&chunk);
+                    }
+                    self.frame.header_got += chunk.len();
+                    if self.frame.header_got == frame::HEADER_LEN {
+                        let len = frame::decode_header(self.frame.header, max)?;
+                        // Grow as bytes arrive rather than trusting the claim.
+                        let body = BytesMut::with_capacity(len.min(64 << 10));
+                        self.frame.body = Some((len, body));
+                    }
+                }
+                Ok(None) if self.frame.header_got == 0 => return Poll::Ready(Ok(None)),
+                Ok(None) => {
+                    let got = self.frame.header_got;
+                    return Poll::Ready(Err(FrameError::Truncated {
+                        got,
+                        want: frame::HEADER_LEN,
+                    }
+                    .into()));
+                }
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+
+    /// Reads the next error frame sent with `write_error`; `Ok(None)` once
+    /// the remote sent EOF and every error frame was read.
+    ///
+    /// Error frames travel apart from data (SSH extended data type 1), so
+    /// they can be read at any time. Cancel-safe.
+    pub async fn read_error(&mut self) -> Result<Option<Bytes>, ChannelError> {
+        std::future::poll_fn(|cx| self.shared.poll_read_error(cx)).await
+    }
+
+    /// Poll form of [`read_error`](Self::read_error), for reading both
+    /// streams from one task.
+    pub fn poll_read_error(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Option<Bytes>, ChannelError>> {
+        self.shared.poll_read_error(cx)
+    }
+}
+
+impl AsyncRead for ChannelReader {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.shared.poll_read(cx, buf).map_err(io::Error::from)
+    }
+}
+
+/// The sending half of a [`Channel`].
+pub struct ChannelWriter {
+    shared: Arc<ChanShared>,
+    _closer: Arc<Closer>,
+}
+
+impl fmt::Debug for ChannelWriter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChannelWriter")
+            .field("id", &self.shared.id)
+            .finish()
+    }
+}
+
+impl Drop for ChannelWriter {
+    fn drop(&mut self) {
+        self.shared.send_eof();
+    }
+}
+
+impl ChannelWriter {
+    /// Service, headers and peers.
+    pub fn meta(&self) -> &ChannelMeta {
+        meta_of(&self.shared)
+    }
+
+    async fn write_owned(&mut self, ext: Option<u32>, mut data: Bytes) -> Result<(), ChannelError> {
+        while !data.is_empty() {
+            let n = std::future::poll_fn(|cx| {
+                let len = data.len();
+                self.shared
+                    .poll_write_with(cx, ext, len, |n| data.slice(..n))
+            })
+            .await?;
+            data.advance(n);
+        }
+        Ok(())
+    }
+
+    /// Writes one message frame (length prefix and payload).
+    ///
+    /// Not cancel-safe: cancelled midway, part of the frame may have been
+    /// queued, leaving the stream out of step; close the channel then.
+    pub async fn write_frame(&mut self, payload: &[u8]) -> Result<(), ChannelError> {
+        let max = self.shared.conn.config.max_frame_len;
+        let framed = frame::encode(payload, max)?;
+        self.write_owned(None, framed).await
+    }
+
+    /// Sends one error frame on the error stream (SSH extended data type 1,
+    /// "stderr"), length-prefixed like message frames.
+    ///
+    /// Not cancel-safe, like `write_frame`.
+    pub async fn write_error(&mut self, payload: &[u8]) -> Result<(), ChannelError> {
+        let max = self.shared.conn.config.max_frame_len;
+        let framed = frame::encode(payload, max)?;
+        self.write_owned(Some(EXT_ERROR), framed).await
+    }
+
+    /// Flushes, then sends EOF: the remote reads end of stream. Reading
+    /// continues to work. Idempotent; cancel-safe.
+    pub async fn close_write(&mut self) -> Result<(), ChannelError> {
+        std::future::poll_fn(|cx| self.shared.poll_flush(cx)).await?;
+        self.shared.send_eof();
+        std::future::poll_fn(|cx| self.shared.poll_flush(cx)).await
+    }
+}
+
+impl AsyncWrite for ChannelWriter {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.shared
+            .poll_write_with(cx, None, buf.len(), |n| {
+                Bytes::copy_from_slice(buf.get(..n).unwrap_or(buf))
+            })
+            .map_err(io::Error::from)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.shared.poll_flush(cx).map_err(io::Error::from)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.shared.poll_flush(cx)).map_err(io::Error::from)?;
+        self.shared.send_eof();
+        self.shared.poll_flush(cx).map_err(io::Error::from)
+    }
+}
+
+/// A channel the remote opened, waiting for the application to accept or
+/// reject it. Dropping it rejects the channel.
+pub struct IncomingChannel {
+    shared: Option<Arc<ChanShared>>,
+    /// Set for plain SSH clients, whose SSH open waits for our answer.
+    reply: Option<OpenReply>,
+}
+
+impl fmt::Debug for IncomingChannel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IncomingChannel")
+            .field("service", &self.meta().service())
+            .field("remote", &self.meta().remote_peer())
+            .finish()
+    }
+}
+
+impl IncomingChannel {
+    pub(crate) fn new(shared: Arc<ChanShared>, reply: Option<OpenReply>) -> Self {
+        Self {
+            shared: Some(shared),
+            reply,
+        }
+    }
+
+    /// Service, headers and peers.
+    pub fn meta(&self) -> &ChannelMeta {
+        match &self.shared {
+            Some(s) => meta_of(s),
+            None => unreachable_meta(),
+        }
+    }
+
+    /// Shortcut for `meta().service()`.
+    pub fn service(&self) -> &str {
+        self.meta().service()
+    }
+
+    /// Shortcut for `meta().headers()`.
+    pub fn headers(&self) -> &Headers {
+        self.meta().headers()
+    }
+
+    /// Accepts the channel: the opener's `open` returns and data flows.
+    ///
+    /// Cancel-safe in that a cancelled accept leaves the channel to be
+    /// closed when it is dropped.
+    pub async fn accept(mut self) -> Channel {
+        let Some(shared) = self.shared.take() else {
+            unreachable_incoming()
+        };
+        shared.conn.pending_done();
+        match self.reply.take() {
+            Some(reply) => {
+                shared.conn.insert(shared.clone());
+                let channel = Channel::new(shared);
+                reply.accept().await;
+                channel
+            }
+            None => {
+                shared.accept_duplex();
+                Channel::new(shared)
+            }
+        }
+    }
+
+    /// Rejects the channel; the opener's `open` fails with
+    /// [`OpenError::Rejected`](crate::OpenError::Rejected) carrying `reason`
+    /// (at most 1 KiB is sent).
+    pub async fn reject(mut self, reason: &str) {
+        if let Some(shared) = self.shared.take() {
+            shared.conn.pending_done();
+            match self.reply.take() {
+                Some(reply) => reply.reject(crate::ssh::OPEN_PROHIBITED, reason).await,
+                None => {
+                    shared.send_control(&Control::Reject {
+                        reason: reason.to_owned(),
+                    });
+                    shared.send_close();
+                }
+            }
+        }
+    }
+}
+
+impl Drop for IncomingChannel {
+    fn drop(&mut self) {
+        if let Some(shared) = self.shared.take() {
+            shared.conn.pending_done();
+            // A plain client's deferred open is refused by russh when the
+            // reply handle drops.
+            if self.reply.take().is_none() && shared.kind == Kind::Duplex {
+                shared.send_control(&Control::Reject {
+                    reason: "the application did not accept the channel".to_owned(),
+                });
+                shared.send_close();
+            }
+        }
+    }
+}
+
+#[allow(clippy::panic)] // `shared` is only taken by methods that consume self
+fn unreachable_incoming() -> ! {
+    panic!("IncomingChannel used after accept/reject")
+}
+
+fn unreachable_meta() -> &'static ChannelMeta {
+    unreachable_incoming()
+}

@@ -1,0 +1,683 @@
+//! Per-channel state shared by the application's handles, the SSH session's
+//! event handler and the connection's outbox task.
+//!
+//! Everything here is synchronous: events go in under a `std::sync::Mutex`
+//! (never held across an `.await`), wakers come out. The flow-control rules
+//! (who may send how much) live here and in `proto::control`.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::task::{Context, Poll, Waker};
+
+use bytes::Bytes;
+use tokio::sync::Notify;
+
+use crate::conn::ConnShared;
+use crate::error::ChannelError;
+use crate::proto::control::{self, Control};
+use crate::proto::frame::Assembler;
+use crate::proto::headers::Headers;
+use crate::proto::{EXT_CONTROL, EXT_ERROR};
+use crate::ssh::WriteHalf;
+
+use super::ChannelMeta;
+
+/// Whether the remote speaks Duplex's flow control on this channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// Credit-based: the remote sends only what we granted.
+    Duplex,
+    /// A plain SSH client (`ssh -W`): the SSH window is all there is, so
+    /// backpressure stops the session loop (see `Config::plain_channel_buffer`).
+    Plain,
+}
+
+/// Something queued for the outbox task to send, in order.
+#[derive(Debug)]
+pub(crate) enum Out {
+    Data(Bytes),
+    Ext(u32, Bytes),
+    Eof,
+    Close,
+}
+
+/// How the open handshake ended, seen from the opener.
+#[derive(Debug, Clone)]
+pub(crate) enum OpenPhase {
+    Waiting,
+    Accepted,
+    Rejected(String),
+    Hello(Headers),
+}
+
+pub(crate) struct ChanState {
+    // Receiving.
+    data: VecDeque<Bytes>,
+    data_len: usize,
+    errs: VecDeque<Bytes>,
+    err_asm: Assembler,
+    ctrl: control::Parser,
+    /// Bytes the remote may still send (granted, not yet received).
+    recv_credit: u64,
+    /// Bytes the application consumed that we have not granted back yet.
+    unreported: u64,
+    eof_in: bool,
+    close_in: bool,
+    failed: Option<ChannelError>,
+    reader_gone: bool,
+    read_waker: Option<Waker>,
+    err_waker: Option<Waker>,
+    // Sending.
+    send_credit: u64,
+    out: VecDeque<Out>,
+    out_bytes: usize,
+    grant: u64,
+    inflight: bool,
+    scheduled: bool,
+    eof_out: bool,
+    close_out: bool,
+    write_waker: Option<Waker>,
+    flush_waker: Option<Waker>,
+    // Opening.
+    open: OpenPhase,
+}
+
+pub(crate) struct ChanShared {
+    pub(crate) conn: Arc<ConnShared>,
+    pub(crate) id: u32,
+    pub(crate) kind: Kind,
+    pub(crate) meta: OnceLock<Arc<ChannelMeta>>,
+    pub(crate) writer: OnceLock<WriteHalf>,
+    st: Mutex<ChanState>,
+    /// Signals the opener (open handshake) and the session loop (plain
+    /// channel buffer space). Each has a single waiter.
+    pub(crate) opened: Notify,
+    pub(crate) space: Notify,
+}
+
+/// What the session handler must do after delivering data.
+pub(crate) enum Delivery {
+    Ok,
+    /// Plain channel over its buffer bound: wait for space.
+    Wait,
+    /// Protocol violation: the channel was failed; close it.
+    Violation,
+}
+
+impl ChanShared {
+    pub(crate) fn new(conn: Arc<ConnShared>, id: u32, kind: Kind, recv_credit: u64) -> Arc<Self> {
+        let max_frame = conn.config.max_frame_len;
+        Arc::new(Self {
+            conn,
+            id,
+            kind,
+            meta: OnceLock::new(),
+            writer: OnceLock::new(),
+            st: Mutex::new(ChanState {
+                data: VecDeque::new(),
+                data_len: 0,
+                errs: VecDeque::new(),
+                err_asm: Assembler::new(max_frame),
+                ctrl: control::Parser::new(),
+                recv_credit,
+                unreported: 0,
+                eof_in: false,
+                close_in: false,
+                failed: None,
+                reader_gone: false,
+                read_waker: None,
+                err_waker: None,
+                send_credit: if kind == Kind::Plain { u64::MAX } else { 0 },
+                out: VecDeque::new(),
+                out_bytes: 0,
+                grant: 0,
+                inflight: false,
+                scheduled: false,
+                eof_out: false,
+                close_out: false,
+                write_waker: None,
+                flush_waker: None,
+                open: OpenPhase::Waiting,
+            }),
+            opened: Notify::new(),
+            space: Notify::new(),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, ChanState> {
+        // A poisoned lock means a panic while holding it; the state is plain
+        // data that stays consistent between statements, so keep going.
+        self.st.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn window(&self) -> u64 {
+        u64::from(self.conn.config.channel_window)
+    }
+
+    // ---- events from the SSH session ----
+
+    /// Channel data arrived.
+    pub(crate) fn on_data(&self, data: &[u8]) -> Delivery {
+        let mut st = self.lock();
+        if st.close_in || st.failed.is_some() {
+            return Delivery::Ok;
+        }
+        let n = data.len() as u64;
+        if self.kind == Kind::Duplex {
+            if n > st.recv_credit {
+                drop(st);
+                self.fail_protocol("sent more data than its flow-control window allows");
+                return Delivery::Violation;
+            }
+            st.recv_credit -= n;
+        }
+        if st.reader_gone {
+            // Nobody will read: discard, and give the credit straight back.
+            st.unreported += n;
+            self.maybe_grant(&mut st);
+            return Delivery::Ok;
+        }
+        if !data.is_empty() {
+            st.data.push_back(Bytes::copy_from_slice(data));
+            st.data_len += data.len();
+        }
+        wake(&mut st.read_waker);
+        if self.kind == Kind::Plain && st.data_len > self.conn.config.plain_channel_buffer {
+            Delivery::Wait
+        } else {
+            Delivery::Ok
+        }
+    }
+
+    /// Whether a plain channel has room again (or no longer needs it).
+    pub(crate) fn has_space(&self) -> bool {
+        let st = self.lock();
+        st.data_len <= self.conn.config.plain_channel_buffer
+            || st.reader_gone
+            || st.failed.is_some()
+            || st.close_in
+    }
+
+    /// Extended data arrived.
+    pub(crate) fn on_ext(&self, code: u32, data: &[u8]) -> Delivery {
+        match code {
+            EXT_ERROR => self.on_error_bytes(data),
+            EXT_CONTROL if self.kind == Kind::Duplex => self.on_control(data),
+            _ => Delivery::Ok, // unknown streams are ignored, as RFC 4254 allows
+        }
+    }
+
+    fn on_error_bytes(&self, data: &[u8]) -> Delivery {
+        let mut st = self.lock();
+        if st.close_in || st.failed.is_some() {
+            return Delivery::Ok;
+        }
+        let n = data.len() as u64;
+        if self.kind == Kind::Duplex {
+            if n > st.recv_credit {
+                drop(st);
+                self.fail_protocol("sent more error data than its flow-control window allows");
+                return Delivery::Violation;
+            }
+            st.recv_credit -= n;
+        }
+        match st.err_asm.push(data) {
+            Ok(frames) => {
+                if st.reader_gone {
+                    st.unreported += n;
+                    self.maybe_grant(&mut st);
+                } else {
+                    // Partial frame bytes are granted back when the whole
+                    // frame is consumed (its length includes the prefix).
+                    st.errs.extend(frames);
+                    wake(&mut st.err_waker);
+                }
+                Delivery::Ok
+            }
+            Err(e) => {
+                drop(st);
+                self.fail_protocol(&format!("bad error frame: {e}"));
+                Delivery::Violation
+            }
+        }
+    }
+
+    fn on_control(&self, data: &[u8]) -> Delivery {
+        let mut st = self.lock();
+        let records = match st.ctrl.push(data) {
+            Ok(r) => r,
+            Err(e) => {
+                drop(st);
+                self.fail_protocol(&e.to_string());
+                return Delivery::Violation;
+            }
+        };
+        let mut opened = false;
+        for rec in records {
+            match rec {
+                Control::Accept { window } => {
+                    st.send_credit += u64::from(window);
+                    st.open = OpenPhase::Accepted;
+                    opened = true;
+                }
+                Control::Window { increment } => st.send_credit += u64::from(increment),
+                Control::Reject { reason } => {
+                    st.open = OpenPhase::Rejected(reason);
+                    opened = true;
+                }
+                Control::Hello { headers } => {
+                    match Headers::decode(&headers, &self.conn.config.limits) {
+                        Ok(h) => st.open = OpenPhase::Hello(h),
+                        Err(e) => st.open = OpenPhase::Rejected(format!("bad hello: {e}")),
+                    }
+                    opened = true;
+                }
+            }
+        }
+        if st.send_credit > 0 {
+            wake(&mut st.write_waker);
+        }
+        drop(st);
+        if opened {
+            self.opened.notify_one();
+        }
+        Delivery::Ok
+    }
+
+    pub(crate) fn on_eof(&self) {
+        let mut st = self.lock();
+        st.eof_in = true;
+        self.wake_readers(&mut st);
+    }
+
+    /// The remote closed the channel (russh has already answered with its
+    /// own close), or we learned it will never open.
+    pub(crate) fn on_close(&self) {
+        let mut st = self.lock();
+        st.close_in = true;
+        st.eof_in = true;
+        st.close_out = true; // russh replied for us
+        st.out.clear();
+        st.out_bytes = 0;
+        self.wake_readers(&mut st);
+        wake(&mut st.write_waker);
+        wake(&mut st.flush_waker);
+        drop(st);
+        self.opened.notify_one();
+        self.space.notify_one();
+    }
+
+    /// The connection died, or the remote broke the protocol.
+    pub(crate) fn fail(&self, err: ChannelError) {
+        let mut st = self.lock();
+        if st.failed.is_none() {
+            st.failed = Some(err);
+        }
+        st.out.clear();
+        st.out_bytes = 0;
+        self.wake_readers(&mut st);
+        wake(&mut st.write_waker);
+        wake(&mut st.flush_waker);
+        drop(st);
+        self.opened.notify_one();
+        self.space.notify_one();
+    }
+
+    fn fail_protocol(self: &ChanShared, why: &str) {
+        tracing::warn!(channel = self.id, "closing channel: remote {why}");
+        self.fail(ChannelError::Protocol(why.into()));
+    }
+
+    fn wake_readers(&self, st: &mut ChanState) {
+        wake(&mut st.read_waker);
+        wake(&mut st.err_waker);
+    }
+
+    // ---- the opener's view ----
+
+    pub(crate) fn open_phase(&self) -> (OpenPhase, Option<ChannelError>, bool) {
+        let st = self.lock();
+        (st.open.clone(), st.failed.clone(), st.close_in)
+    }
+
+    // ---- reading ----
+
+    pub(crate) fn poll_read(
+        self: &Arc<Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<Result<(), ChannelError>> {
+        let mut st = self.lock();
+        if st.data.is_empty() {
+            if let Some(e) = &st.failed {
+                return Poll::Ready(Err(e.clone()));
+            }
+            if st.eof_in {
+                return Poll::Ready(Ok(()));
+            }
+            st.read_waker = Some(cx.waker().clone());
+            return Poll::Pending;
+        }
+        let mut copied = 0usize;
+        while buf.remaining() > 0 {
+            let Some(front) = st.data.front_mut() else {
+                break;
+            };
+            let n = front.len().min(buf.remaining());
+            buf.put_slice(&front.split_to(n));
+            copied += n;
+            if front.is_empty() {
+                st.data.pop_front();
+            }
+        }
+        self.consumed(&mut st, copied);
+        Poll::Ready(Ok(()))
+    }
+
+    /// Takes up to `max` buffered bytes as one chunk, without copying.
+    pub(crate) fn poll_read_chunk(
+        self: &Arc<Self>,
+        cx: &mut Context<'_>,
+        max: usize,
+    ) -> Poll<Result<Option<Bytes>, ChannelError>> {
+        let mut st = self.lock();
+        let Some(front) = st.data.front_mut() else {
+            if let Some(e) = &st.failed {
+                return Poll::Ready(Err(e.clone()));
+            }
+            if st.eof_in {
+                return Poll::Ready(Ok(None));
+            }
+            st.read_waker = Some(cx.waker().clone());
+            return Poll::Pending;
+        };
+        let chunk = if front.len() <= max {
+            let c = std::mem::take(front);
+            st.data.pop_front();
+            c
+        } else {
+            front.split_to(max)
+        };
+        self.consumed(&mut st, chunk.len());
+        Poll::Ready(Ok(Some(chunk)))
+    }
+
+    pub(crate) fn poll_read_error(
+        self: &Arc<Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Option<Bytes>, ChannelError>> {
+        let mut st = self.lock();
+        if let Some(frame) = st.errs.pop_front() {
+            let n = frame.len() + crate::proto::frame::HEADER_LEN;
+            self.consumed_err(&mut st, n);
+            return Poll::Ready(Ok(Some(frame)));
+        }
+        if let Some(e) = &st.failed {
+            return Poll::Ready(Err(e.clone()));
+        }
+        if st.eof_in {
+            if let Err(e) = st.err_asm.finish() {
+                return Poll::Ready(Err(e.into()));
+            }
+            return Poll::Ready(Ok(None));
+        }
+        st.err_waker = Some(cx.waker().clone());
+        Poll::Pending
+    }
+
+    fn consumed(&self, st: &mut ChanState, n: usize) {
+        st.data_len -= n;
+        match self.kind {
+            Kind::Duplex => {
+                st.unreported += n as u64;
+                self.maybe_grant(st);
+            }
+            Kind::Plain => {
+                if st.data_len <= self.conn.config.plain_channel_buffer {
+                    self.space.notify_one();
+                }
+            }
+        }
+    }
+
+    fn consumed_err(&self, st: &mut ChanState, n: usize) {
+        if self.kind == Kind::Duplex {
+            st.unreported += n as u64;
+            self.maybe_grant(st);
+        }
+    }
+
+    /// Grants consumed bytes back once they add up to a quarter window, so
+    /// the sender never stalls while the reader keeps up.
+    fn maybe_grant(&self, st: &mut ChanState) {
+        if self.kind != Kind::Duplex || st.close_in || st.close_out {
+            return;
+        }
+        if st.unreported >= self.window() / 4 {
+            let n = st.unreported.min(u64::from(u32::MAX));
+            st.unreported -= n;
+            st.recv_credit += n;
+            st.grant += n;
+            self.schedule(st);
+        }
+    }
+
+    /// The application dropped its reader: discard what is buffered and
+    /// anything that arrives later.
+    pub(crate) fn reader_dropped(&self) {
+        let mut st = self.lock();
+        st.reader_gone = true;
+        let n = st.data_len as u64
+            + st.errs
+                .iter()
+                .map(|f| (f.len() + crate::proto::frame::HEADER_LEN) as u64)
+                .sum::<u64>();
+        st.data.clear();
+        st.errs.clear();
+        st.data_len = 0;
+        if self.kind == Kind::Duplex {
+            st.unreported += n;
+            self.maybe_grant(&mut st);
+        }
+        drop(st);
+        self.space.notify_one();
+    }
+
+    /// Buffered, unread bytes (data and error frames): for tests and stats.
+    pub(crate) fn buffered(&self) -> usize {
+        let st = self.lock();
+        st.data_len + st.errs.iter().map(|f| f.len()).sum::<usize>()
+    }
+
+    // ---- writing ----
+
+    /// Queues up to `want` bytes on `ext` (None = data) as credit and
+    /// buffer space allow; `take(n)` supplies the first `n` bytes.
+    pub(crate) fn poll_write_with(
+        &self,
+        cx: &mut Context<'_>,
+        ext: Option<u32>,
+        want: usize,
+        take: impl FnOnce(usize) -> Bytes,
+    ) -> Poll<Result<usize, ChannelError>> {
+        if want == 0 {
+            return Poll::Ready(Ok(0));
+        }
+        let mut st = self.lock();
+        if let Some(e) = &st.failed {
+            return Poll::Ready(Err(e.clone()));
+        }
+        if st.close_in {
+            return Poll::Ready(Err(ChannelError::ClosedByRemote));
+        }
+        if st.eof_out || st.close_out {
+            return Poll::Ready(Err(ChannelError::WriteClosed));
+        }
+        let room = match self.kind {
+            Kind::Duplex => st.send_credit,
+            Kind::Plain => self
+                .conn
+                .config
+                .plain_channel_buffer
+                .saturating_sub(st.out_bytes) as u64,
+        };
+        if room == 0 {
+            st.write_waker = Some(cx.waker().clone());
+            return Poll::Pending;
+        }
+        let n = want
+            .min(usize::try_from(room).unwrap_or(usize::MAX))
+            .min(MAX_CHUNK);
+        let chunk = take(n);
+        if self.kind == Kind::Duplex {
+            st.send_credit -= n as u64;
+        }
+        st.out_bytes += n;
+        st.out.push_back(match ext {
+            None => Out::Data(chunk),
+            Some(code) => Out::Ext(code, chunk),
+        });
+        self.schedule(&mut st);
+        Poll::Ready(Ok(n))
+    }
+
+    /// Ready once everything queued has been handed to the SSH session.
+    pub(crate) fn poll_flush(&self, cx: &mut Context<'_>) -> Poll<Result<(), ChannelError>> {
+        let mut st = self.lock();
+        if let Some(e) = &st.failed {
+            return Poll::Ready(Err(e.clone()));
+        }
+        if st.out.is_empty() && !st.inflight && st.grant == 0 {
+            return Poll::Ready(Ok(()));
+        }
+        if st.close_in {
+            return Poll::Ready(Ok(()));
+        }
+        st.flush_waker = Some(cx.waker().clone());
+        Poll::Pending
+    }
+
+    /// Queues EOF (once).
+    pub(crate) fn send_eof(&self) {
+        let mut st = self.lock();
+        if st.eof_out || st.close_out || st.close_in || st.failed.is_some() {
+            st.eof_out = true;
+            return;
+        }
+        st.eof_out = true;
+        st.out.push_back(Out::Eof);
+        self.schedule(&mut st);
+    }
+
+    /// Queues EOF (if not sent) and close (once).
+    pub(crate) fn send_close(&self) {
+        let mut st = self.lock();
+        if st.close_out || st.close_in || st.failed.is_some() {
+            return;
+        }
+        if !st.eof_out {
+            st.eof_out = true;
+            st.out.push_back(Out::Eof);
+        }
+        st.close_out = true;
+        st.out.push_back(Out::Close);
+        self.schedule(&mut st);
+    }
+
+    /// After a protocol violation: close the channel even though it failed.
+    pub(crate) fn send_close_after_failure(&self) {
+        let mut st = self.lock();
+        if st.close_out || st.close_in {
+            return;
+        }
+        st.close_out = true;
+        st.eof_out = true;
+        st.out.push_back(Out::Close);
+        self.schedule(&mut st);
+    }
+
+    /// Queues a control record (not subject to credit).
+    pub(crate) fn send_control(&self, rec: &Control) {
+        let mut st = self.lock();
+        if st.close_out || st.close_in || st.failed.is_some() {
+            return;
+        }
+        st.out.push_back(Out::Ext(EXT_CONTROL, rec.encode()));
+        self.schedule(&mut st);
+    }
+
+    /// Grants our initial receive window (the opener does this right after
+    /// the SSH open is confirmed).
+    pub(crate) fn grant_initial(&self) {
+        let mut st = self.lock();
+        st.grant += self.window();
+        self.schedule(&mut st);
+    }
+
+    /// Gives the remote its initial credit as part of accepting.
+    pub(crate) fn accept_duplex(&self) {
+        let mut st = self.lock();
+        let w = self.window();
+        st.recv_credit += w;
+        st.out.push_back(Out::Ext(
+            EXT_CONTROL,
+            Control::Accept {
+                window: u32::try_from(w).unwrap_or(u32::MAX),
+            }
+            .encode(),
+        ));
+        self.schedule(&mut st);
+    }
+
+    fn schedule(&self, st: &mut ChanState) {
+        if !st.scheduled {
+            st.scheduled = true;
+            self.conn.schedule(self.id);
+        }
+    }
+
+    /// The outbox task takes the next thing to send; `None` ends its turn.
+    pub(crate) fn next_out(&self) -> Option<Out> {
+        let mut st = self.lock();
+        st.inflight = false;
+        if st.grant > 0 && !st.close_out && !st.close_in {
+            let n = st.grant.min(u64::from(u32::MAX));
+            st.grant -= n;
+            st.inflight = true;
+            return Some(Out::Ext(
+                EXT_CONTROL,
+                Control::Window {
+                    increment: n as u32,
+                }
+                .encode(),
+            ));
+        }
+        st.grant = 0;
+        match st.out.pop_front() {
+            Some(item) => {
+                if let Out::Data(b) | Out::Ext(EXT_ERROR, b) = &item {
+                    st.out_bytes = st.out_bytes.saturating_sub(b.len());
+                    if self.kind == Kind::Plain {
+                        wake(&mut st.write_waker);
+                    }
+                }
+                st.inflight = true;
+                Some(item)
+            }
+            None => {
+                st.scheduled = false;
+                wake(&mut st.flush_waker);
+                None
+            }
+        }
+    }
+}
+
+/// Most bytes taken from one `poll_write` call: bounds a single queued item.
+const MAX_CHUNK: usize = 256 << 10;
+
+fn wake(w: &mut Option<Waker>) {
+    if let Some(w) = w.take() {
+        w.wake();
+    }
+}

@@ -1,0 +1,244 @@
+//! Tuning and limits. Every limit that guards against a remote peer has a
+//! documented default and a reason; setters validate their input.
+
+use std::time::Duration;
+
+use crate::proto::Limits;
+
+/// Configuration shared by every connection of a [`Peer`](crate::Peer).
+///
+/// Fields are private; use the setters, which validate. Defaults are chosen
+/// for services on a LAN or loopback; every one is documented on its setter.
+///
+/// ```
+/// use std::time::Duration;
+/// let config = duplex::Config::default()
+///     .channel_window(4 << 20).unwrap()
+///     .open_timeout(Duration::from_secs(5));
+/// assert_eq!(config.get_channel_window(), 4 << 20);
+/// ```
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub(crate) limits: Limits,
+    pub(crate) max_frame_len: usize,
+    pub(crate) channel_window: u32,
+    pub(crate) plain_channel_buffer: usize,
+    pub(crate) max_channels_per_connection: usize,
+    pub(crate) max_pending_channels: usize,
+    pub(crate) accept_backlog: usize,
+    pub(crate) open_timeout: Duration,
+    pub(crate) handshake_timeout: Duration,
+    pub(crate) keepalive_interval: Option<Duration>,
+    pub(crate) keepalive_max: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            limits: Limits::default(),
+            max_frame_len: 8 << 20,
+            channel_window: 1 << 20,
+            plain_channel_buffer: 1 << 20,
+            max_channels_per_connection: 4096,
+            max_pending_channels: 256,
+            accept_backlog: 1024,
+            open_timeout: Duration::from_secs(30),
+            handshake_timeout: Duration::from_secs(10),
+            keepalive_interval: Some(Duration::from_secs(15)),
+            keepalive_max: 3,
+        }
+    }
+}
+
+/// A configuration value out of its allowed range.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid config value for {name}: {why}")]
+pub struct ConfigError {
+    name: &'static str,
+    why: String,
+}
+
+fn check(name: &'static str, ok: bool, why: impl FnOnce() -> String) -> Result<(), ConfigError> {
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError { name, why: why() })
+    }
+}
+
+impl Config {
+    /// Largest message frame (and error frame) accepted or sent, in bytes.
+    /// Default 8 MiB.
+    ///
+    /// DOS mitigation: a frame's length prefix is checked against this
+    /// before anything is allocated for it, so a peer cannot make us reserve
+    /// what it claims. Must be between 1 and 1 GiB.
+    pub fn max_frame_len(mut self, bytes: usize) -> Result<Self, ConfigError> {
+        check("max_frame_len", (1..=1 << 30).contains(&bytes), || {
+            format!("{bytes} is not between 1 and 1 GiB")
+        })?;
+        self.max_frame_len = bytes;
+        Ok(self)
+    }
+
+    /// Per-channel receive window: how many bytes a remote Duplex peer may
+    /// send on one channel before our application reads them. Default 1 MiB.
+    ///
+    /// This is the credit of Duplex's own flow control (see
+    /// `docs/PROTOCOL.md`): the remote can never have more than this many
+    /// unread bytes buffered in our memory per channel, and a channel whose
+    /// application does not read stops its sender without slowing any other
+    /// channel. Larger windows help throughput on long, fast links. Must be
+    /// between 32 KiB and 1 GiB.
+    pub fn channel_window(mut self, bytes: u32) -> Result<Self, ConfigError> {
+        check(
+            "channel_window",
+            (32 << 10..=1 << 30).contains(&bytes),
+            || format!("{bytes} is not between 32 KiB and 1 GiB"),
+        )?;
+        self.channel_window = bytes;
+        Ok(self)
+    }
+
+    /// Buffered bytes per channel opened by a plain SSH client (one that does
+    /// not speak Duplex's flow control, such as `ssh -W`). Default 1 MiB.
+    ///
+    /// Past this the connection carrying that channel stops reading until
+    /// the application catches up: TCP-like backpressure, which such clients
+    /// expect (they open one channel per connection). Must be between 32 KiB
+    /// and 1 GiB.
+    pub fn plain_channel_buffer(mut self, bytes: usize) -> Result<Self, ConfigError> {
+        check(
+            "plain_channel_buffer",
+            (32 << 10..=1 << 30).contains(&bytes),
+            || format!("{bytes} is not between 32 KiB and 1 GiB"),
+        )?;
+        self.plain_channel_buffer = bytes;
+        Ok(self)
+    }
+
+    /// Most header pairs accepted on a channel open. Default 64.
+    ///
+    /// DOS mitigation: bounds the work and memory one open can cost.
+    pub fn max_header_count(mut self, count: usize) -> Result<Self, ConfigError> {
+        check("max_header_count", (1..=4096).contains(&count), || {
+            format!("{count} is not between 1 and 4096")
+        })?;
+        self.limits.max_header_count = count;
+        Ok(self)
+    }
+
+    /// Most bytes of encoded headers accepted on a channel open. Default
+    /// 16 KiB; at most 30 KiB, since the open must fit in one SSH packet.
+    ///
+    /// DOS mitigation: bounds the memory one open can cost.
+    pub fn max_header_bytes(mut self, bytes: usize) -> Result<Self, ConfigError> {
+        check("max_header_bytes", (64..=30 << 10).contains(&bytes), || {
+            format!("{bytes} is not between 64 bytes and 30 KiB")
+        })?;
+        self.limits.max_header_bytes = bytes;
+        Ok(self)
+    }
+
+    /// Most channels open at once on one connection, counting both
+    /// directions and channels not yet accepted. Default 4096.
+    ///
+    /// DOS mitigation: with [`channel_window`](Self::channel_window) this
+    /// bounds the memory a connection can hold.
+    pub fn max_channels_per_connection(mut self, count: usize) -> Result<Self, ConfigError> {
+        check(
+            "max_channels_per_connection",
+            (1..=1 << 20).contains(&count),
+            || format!("{count} is not between 1 and 1048576"),
+        )?;
+        self.max_channels_per_connection = count;
+        Ok(self)
+    }
+
+    /// Most incoming channels of one connection waiting for the application
+    /// to accept them. Default 256. Opens beyond it are refused at once with
+    /// a "resource shortage" open failure.
+    pub fn max_pending_channels(mut self, count: usize) -> Result<Self, ConfigError> {
+        check(
+            "max_pending_channels",
+            (1..=1 << 16).contains(&count),
+            || format!("{count} is not between 1 and 65536"),
+        )?;
+        self.max_pending_channels = count;
+        Ok(self)
+    }
+
+    /// Capacity of the peer-wide queue of incoming channels that
+    /// [`Peer::accept`](crate::Peer::accept) reads. Default 1024. Opens
+    /// arriving while it is full are refused at once.
+    pub fn accept_backlog(mut self, count: usize) -> Result<Self, ConfigError> {
+        check("accept_backlog", (1..=1 << 20).contains(&count), || {
+            format!("{count} is not between 1 and 1048576")
+        })?;
+        self.accept_backlog = count;
+        Ok(self)
+    }
+
+    /// How long [`Peer::open`](crate::Peer::open) waits for the remote
+    /// application to accept or reject a channel. Default 30 s.
+    pub fn open_timeout(mut self, timeout: Duration) -> Self {
+        self.open_timeout = timeout;
+        self
+    }
+
+    /// Time allowed for a new connection to finish key exchange,
+    /// authentication and the Duplex hello, in either role. Default 10 s.
+    ///
+    /// DOS mitigation: a silent or slow client cannot hold a connection
+    /// slot longer than this.
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.handshake_timeout = timeout;
+        self
+    }
+
+    /// SSH keepalive: after this long without hearing from the remote, send
+    /// a keepalive request; after [`keepalive_max`](Self::keepalive_max)
+    /// unanswered ones the connection is closed. Default 15 s; `None`
+    /// disables keepalives (and then a dead peer is only noticed when a write
+    /// fails).
+    pub fn keepalive_interval(mut self, interval: Option<Duration>) -> Self {
+        self.keepalive_interval = interval;
+        self
+    }
+
+    /// Unanswered keepalives before the connection is declared dead.
+    /// Default 3.
+    pub fn keepalive_max(mut self, count: usize) -> Self {
+        self.keepalive_max = count.max(1);
+        self
+    }
+
+    /// The configured [`max_frame_len`](Self::max_frame_len).
+    pub fn get_max_frame_len(&self) -> usize {
+        self.max_frame_len
+    }
+
+    /// The configured [`channel_window`](Self::channel_window).
+    pub fn get_channel_window(&self) -> u32 {
+        self.channel_window
+    }
+
+    /// The configured [`plain_channel_buffer`](Self::plain_channel_buffer).
+    pub fn get_plain_channel_buffer(&self) -> usize {
+        self.plain_channel_buffer
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn setters_validate() {
+        assert!(Config::default().channel_window(10).is_err());
+        assert!(Config::default().max_frame_len(0).is_err());
+        assert!(Config::default().max_header_bytes(64 << 10).is_err());
+        let c = Config::default().max_frame_len(1024);
+        assert!(c.is_ok_and(|c| c.get_max_frame_len() == 1024));
+    }
+}

@@ -1,0 +1,591 @@
+//! One SSH connection to a remote peer, either role: its channel table, the
+//! handling of channel opens, and the outbox task that sends what channels
+//! queue.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use tokio::sync::{Notify, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::channel::state::{ChanShared, Delivery, Kind, OpenPhase};
+use crate::channel::{Channel, ChannelMeta, IncomingChannel};
+use crate::config::Config;
+use crate::error::{ChannelError, OpenError};
+use crate::peer::{Direction, PeerCore, PeerInfo};
+use crate::proto::control::Control;
+use crate::proto::headers::Headers;
+use crate::proto::service::ServiceName;
+use crate::proto::{HELLO_SERVICE, PROTOCOL_VERSION};
+use crate::ssh::keys::{Fingerprint, PublicKey};
+use crate::ssh::{
+    IncomingOpen, OPEN_PROHIBITED, OPEN_RESOURCE_SHORTAGE, OpenFailed, SessionHandle,
+};
+
+/// Who the remote is, once known.
+#[derive(Debug, Clone)]
+pub(crate) struct Remote {
+    pub(crate) name: Arc<str>,
+    pub(crate) fingerprint: Fingerprint,
+}
+
+pub(crate) struct ConnShared {
+    pub(crate) id: u64,
+    pub(crate) config: Arc<Config>,
+    pub(crate) core: Arc<PeerCore>,
+    pub(crate) endpoint: String,
+    pub(crate) direction: Direction,
+    remote_key: OnceLock<Fingerprint>,
+    remote_user: OnceLock<Arc<str>>,
+    pub(crate) remote: OnceLock<Remote>,
+    /// The remote completed the Duplex hello (always true once a dialled
+    /// connection is registered).
+    duplex: AtomicBool,
+    pub(crate) handle: OnceLock<SessionHandle>,
+    channels: Mutex<HashMap<u32, Arc<ChanShared>>>,
+    pending: AtomicUsize,
+    ready: Mutex<Vec<u32>>,
+    ready_notify: Notify,
+    /// Fired when the session has finished a handshake (authenticated).
+    pub(crate) authenticated: Notify,
+    /// Cancelled to stop this connection's tasks.
+    pub(crate) cancel: CancellationToken,
+    /// Cancelled when russh's session task has ended.
+    pub(crate) ended: CancellationToken,
+    end_reason: OnceLock<String>,
+}
+
+impl ConnShared {
+    pub(crate) fn new(core: Arc<PeerCore>, endpoint: String, direction: Direction) -> Arc<Self> {
+        Arc::new(Self {
+            id: core.next_conn_id(),
+            config: core.config.clone(),
+            cancel: core.cancel.child_token(),
+            core,
+            endpoint,
+            direction,
+            remote_key: OnceLock::new(),
+            remote_user: OnceLock::new(),
+            remote: OnceLock::new(),
+            duplex: AtomicBool::new(false),
+            handle: OnceLock::new(),
+            channels: Mutex::new(HashMap::new()),
+            pending: AtomicUsize::new(0),
+            ready: Mutex::new(Vec::new()),
+            ready_notify: Notify::new(),
+            authenticated: Notify::new(),
+            ended: CancellationToken::new(),
+            end_reason: OnceLock::new(),
+        })
+    }
+
+    fn channels(&self) -> MutexGuard<'_, HashMap<u32, Arc<ChanShared>>> {
+        self.channels.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn remote_name(&self) -> String {
+        match self.remote.get() {
+            Some(r) => r.name.to_string(),
+            None => self
+                .remote_user
+                .get()
+                .map(|u| u.to_string())
+                .unwrap_or_else(|| self.endpoint.clone()),
+        }
+    }
+
+    pub(crate) fn info(&self) -> Option<PeerInfo> {
+        self.remote.get().map(|r| PeerInfo {
+            name: r.name.to_string(),
+            fingerprint: r.fingerprint.clone(),
+            endpoint: self.endpoint.clone(),
+            direction: self.direction,
+        })
+    }
+
+    // ---- handshake bookkeeping (called by the handlers) ----
+
+    pub(crate) fn set_remote_key(&self, fp: Fingerprint) {
+        let _ = self.remote_key.set(fp);
+    }
+
+    pub(crate) fn authorizes(&self, key: &PublicKey) -> bool {
+        self.core.authorized.authorizes(key)
+    }
+
+    pub(crate) fn on_authenticated(&self, user: &str, fp: Fingerprint) {
+        let _ = self.remote_user.set(user.into());
+        let _ = self.remote_key.set(fp);
+        self.authenticated.notify_one();
+    }
+
+    pub(crate) fn set_end_reason(&self, why: String) {
+        let _ = self.end_reason.set(why);
+    }
+
+    pub(crate) fn end_reason(&self) -> String {
+        self.end_reason
+            .get()
+            .cloned()
+            .unwrap_or_else(|| "the connection closed".to_owned())
+    }
+
+    /// The dialler learned the listener's name from its hello.
+    pub(crate) fn set_remote(&self, name: String) -> Option<Remote> {
+        let fingerprint = self.remote_key.get()?.clone();
+        let r = Remote {
+            name: name.into(),
+            fingerprint,
+        };
+        let _ = self.remote.set(r.clone());
+        self.duplex.store(true, Ordering::Release);
+        Some(r)
+    }
+
+    // ---- channel events (called by the handlers) ----
+
+    fn get(&self, id: u32) -> Option<Arc<ChanShared>> {
+        self.channels().get(&id).cloned()
+    }
+
+    /// An open we sent was confirmed: create the channel now, so events that
+    /// follow the confirmation have somewhere to go before the opening task
+    /// claims it.
+    pub(crate) fn on_confirm(self: &Arc<Self>, id: u32) {
+        let window = u64::from(self.config.channel_window);
+        self.channels()
+            .entry(id)
+            .or_insert_with(|| ChanShared::new(self.clone(), id, Kind::Duplex, window));
+    }
+
+    pub(crate) async fn on_data(&self, id: u32, data: &[u8]) {
+        let Some(chan) = self.get(id) else { return };
+        match chan.on_data(data) {
+            Delivery::Ok => {}
+            Delivery::Violation => chan.send_close_after_failure(),
+            Delivery::Wait => {
+                // A plain SSH client's channel is over its buffer bound: hold
+                // the session loop (TCP-like backpressure for that client)
+                // until the application reads. See Config::plain_channel_buffer.
+                loop {
+                    let space = chan.space.notified();
+                    if chan.has_space() || self.cancel.is_cancelled() {
+                        break;
+                    }
+                    tokio::select! {
+                        _ = space => {}
+                        _ = self.cancel.cancelled() => break,
+                    }
+                }
+            }
+        }
+    }
+
+    pub(crate) fn on_ext(&self, id: u32, code: u32, data: &[u8]) {
+        if let Some(chan) = self.get(id) {
+            if let Delivery::Violation = chan.on_ext(code, data) {
+                chan.send_close_after_failure();
+            }
+        }
+    }
+
+    pub(crate) fn on_eof(&self, id: u32) {
+        if let Some(chan) = self.get(id) {
+            chan.on_eof();
+        }
+    }
+
+    pub(crate) fn on_close(&self, id: u32) {
+        let chan = self.channels().remove(&id);
+        if let Some(chan) = chan {
+            chan.on_close();
+        }
+    }
+
+    /// The remote asked to open a channel.
+    pub(crate) async fn on_open(self: &Arc<Self>, open: IncomingOpen) {
+        let service = match ServiceName::new_any(open.service.as_str()) {
+            Ok(s) => s,
+            Err(e) => return open.reply.reject(OPEN_PROHIBITED, &e.to_string()).await,
+        };
+        let duplex = self.duplex.load(Ordering::Acquire);
+        if !duplex && self.direction == Direction::Inbound && service.as_str() == HELLO_SERVICE {
+            return self.on_hello(open).await;
+        }
+        if service.is_reserved() {
+            let why = format!("service {service} is reserved");
+            return open.reply.reject(OPEN_PROHIBITED, &why).await;
+        }
+        let open_count = self.channels().len() + self.pending.load(Ordering::Acquire);
+        if open_count >= self.config.max_channels_per_connection {
+            let why = format!(
+                "too many channels on this connection (limit {})",
+                self.config.max_channels_per_connection
+            );
+            return open.reply.reject(OPEN_RESOURCE_SHORTAGE, &why).await;
+        }
+        if self.pending.load(Ordering::Acquire) >= self.config.max_pending_channels {
+            let why = format!(
+                "too many channels waiting to be accepted (limit {})",
+                self.config.max_pending_channels
+            );
+            return open.reply.reject(OPEN_RESOURCE_SHORTAGE, &why).await;
+        }
+        let headers = if duplex {
+            match Headers::decode(&open.originator, &self.config.limits) {
+                Ok(h) => h,
+                Err(e) => {
+                    let why = format!("malformed open: {e}");
+                    return open.reply.reject(OPEN_PROHIBITED, &why).await;
+                }
+            }
+        } else {
+            Headers::new() // a plain client's originator is an address, not headers
+        };
+        if duplex && open.originator_port != 0 {
+            let why = "nested channels are not supported by this peer";
+            return open.reply.reject(OPEN_PROHIBITED, why).await;
+        }
+        let Ok(permit) = self.core.incoming_tx.try_reserve() else {
+            let why = "the accept queue is full";
+            return open.reply.reject(OPEN_RESOURCE_SHORTAGE, why).await;
+        };
+        let id = open.write.id();
+        let kind = if duplex { Kind::Duplex } else { Kind::Plain };
+        let chan = ChanShared::new(self.clone(), id, kind, 0);
+        let meta = Arc::new(self.meta(service, headers));
+        let _ = chan.meta.set(meta);
+        let _ = chan.writer.set(open.write);
+        self.pending.fetch_add(1, Ordering::AcqRel);
+        let reply = if duplex {
+            self.channels().insert(id, chan.clone());
+            open.reply.accept().await;
+            None
+        } else {
+            // A plain client learns the application's answer from the SSH
+            // open reply itself, so it waits for `accept`/`reject`.
+            Some(open.reply)
+        };
+        tracing::debug!(channel = id, peer = %self.remote_name(), "incoming channel");
+        permit.send(IncomingChannel::new(chan, reply));
+    }
+
+    fn meta(&self, service: ServiceName, headers: Headers) -> ChannelMeta {
+        let remote = self.remote.get();
+        ChannelMeta {
+            service,
+            headers,
+            local_peer: self.core.name.to_string(),
+            remote_peer: self.remote_name(),
+            remote_fingerprint: remote
+                .map(|r| r.fingerprint.clone())
+                .or_else(|| self.remote_key.get().cloned()),
+            endpoint: self.endpoint.clone(),
+        }
+    }
+
+    /// The listener's side of the hello: check the dialler's version, answer
+    /// with our name, and register the peer.
+    async fn on_hello(self: &Arc<Self>, open: IncomingOpen) {
+        let hello = match Headers::decode(&open.originator, &self.config.limits) {
+            Ok(h) => h,
+            Err(e) => {
+                let why = format!("malformed hello: {e}");
+                return open.reply.reject(OPEN_PROHIBITED, &why).await;
+            }
+        };
+        let version = hello.get("version").unwrap_or("");
+        if version != PROTOCOL_VERSION.to_string() {
+            let why = format!(
+                "Duplex protocol version mismatch: the dialler speaks {version:?}, this peer speaks {PROTOCOL_VERSION}"
+            );
+            return open.reply.reject(OPEN_PROHIBITED, &why).await;
+        }
+        let (Some(user), Some(fp)) = (self.remote_user.get(), self.remote_key.get()) else {
+            return open
+                .reply
+                .reject(OPEN_PROHIBITED, "not authenticated")
+                .await;
+        };
+        let remote = Remote {
+            name: user.clone(),
+            fingerprint: fp.clone(),
+        };
+        let _ = self.remote.set(remote);
+        self.duplex.store(true, Ordering::Release);
+
+        let id = open.write.id();
+        let chan = ChanShared::new(self.clone(), id, Kind::Duplex, 0);
+        let _ = chan.writer.set(open.write);
+        self.channels().insert(id, chan.clone());
+        open.reply.accept().await;
+        let ours = Headers::new()
+            .with("name", self.core.name.to_string())
+            .with("version", PROTOCOL_VERSION.to_string());
+        let encoded = ours.encode(&self.config.limits).unwrap_or_default();
+        chan.send_control(&Control::Hello { headers: encoded });
+        chan.send_close();
+        self.core.register(self.clone());
+    }
+
+    // ---- opening ----
+
+    /// Opens a channel; the work runs in a task of its own so that dropping
+    /// the returned future never strands a half-open channel.
+    pub(crate) async fn open(
+        self: &Arc<Self>,
+        service: ServiceName,
+        headers: Headers,
+    ) -> Result<Channel, OpenError> {
+        let encoded = headers.encode(&self.config.limits)?;
+        let (tx, rx) = oneshot::channel();
+        let conn = self.clone();
+        self.core.tracker.spawn(async move {
+            let res = conn.open_inner(service, headers, encoded).await;
+            if let Err(Ok(chan)) = tx.send(res) {
+                drop(chan); // the caller went away: closes the channel
+            }
+        });
+        rx.await.unwrap_or(Err(OpenError::Shutdown))
+    }
+
+    async fn open_inner(
+        self: &Arc<Self>,
+        service: ServiceName,
+        headers: Headers,
+        encoded: String,
+    ) -> Result<Channel, OpenError> {
+        let peer = self.remote_name();
+        let lost = |reason: String| OpenError::ConnectionLost {
+            peer: peer.clone(),
+            service: service.to_string(),
+            reason: reason.into(),
+        };
+        if self.ended.is_cancelled() || self.cancel.is_cancelled() {
+            return Err(lost(self.end_reason()));
+        }
+        let Some(handle) = self.handle.get() else {
+            return Err(lost("the session is not running".into()));
+        };
+        let write = tokio::select! {
+            r = handle.open(service.as_str(), encoded, 0) => r,
+            _ = self.ended.cancelled() => Err(OpenFailed::Gone),
+        };
+        let write = match write {
+            Ok(w) => w,
+            Err(OpenFailed::Refused(code)) => {
+                return Err(OpenError::Refused {
+                    peer,
+                    service: service.to_string(),
+                    code,
+                    why: match code {
+                        OPEN_RESOURCE_SHORTAGE => {
+                            "resource shortage (a channel or accept-queue limit was reached)"
+                        }
+                        OPEN_PROHIBITED => {
+                            "prohibited (a reserved or invalid service, or malformed headers)"
+                        }
+                        _ => "refused",
+                    },
+                });
+            }
+            Err(OpenFailed::Gone) => return Err(lost(self.end_reason())),
+        };
+        let id = write.id();
+        self.on_confirm(id); // normally done already by the handler
+        let Some(chan) = self.get(id) else {
+            return Err(lost("the channel closed while opening".into()));
+        };
+        let _ = chan.writer.set(write);
+        let _ = chan.meta.set(Arc::new(self.meta(service.clone(), headers)));
+        let channel = Channel::new(chan.clone());
+        chan.grant_initial();
+
+        let deadline = tokio::time::Instant::now() + self.config.open_timeout;
+        loop {
+            let notified = chan.opened.notified();
+            let (phase, failed, closed) = chan.open_phase();
+            match phase {
+                OpenPhase::Accepted | OpenPhase::Hello(_) => return Ok(channel),
+                OpenPhase::Rejected(reason) => {
+                    return Err(OpenError::Rejected {
+                        peer,
+                        service: service.to_string(),
+                        reason,
+                    });
+                }
+                OpenPhase::Waiting => {}
+            }
+            if let Some(e) = failed {
+                return Err(lost(e.to_string()));
+            }
+            if closed {
+                return Err(lost(
+                    "the remote closed the channel without answering".into(),
+                ));
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Err(OpenError::Timeout {
+                    peer,
+                    service: service.to_string(),
+                    after: self.config.open_timeout,
+                });
+            }
+        }
+    }
+
+    /// Dialler side of the hello: open `@hello`, return the listener's name.
+    pub(crate) async fn hello(self: &Arc<Self>) -> Result<String, String> {
+        let ours = Headers::new()
+            .with("name", self.core.name.to_string())
+            .with("version", PROTOCOL_VERSION.to_string());
+        let encoded = ours
+            .encode(&self.config.limits)
+            .map_err(|e| e.to_string())?;
+        let Some(handle) = self.handle.get() else {
+            return Err("the session is not running".into());
+        };
+        let write = match handle.open(HELLO_SERVICE, encoded, 0).await {
+            Ok(w) => w,
+            Err(OpenFailed::Refused(_)) => {
+                return Err("the remote refused the Duplex hello (it is not a Duplex peer, or speaks another protocol version)".into());
+            }
+            Err(OpenFailed::Gone) => return Err(self.end_reason()),
+        };
+        let id = write.id();
+        self.on_confirm(id);
+        let chan = self.get(id).ok_or("the hello channel closed at once")?;
+        let _ = chan.writer.set(write);
+        let guard = Channel::new(chan.clone());
+        loop {
+            let notified = chan.opened.notified();
+            let (phase, failed, closed) = chan.open_phase();
+            match phase {
+                OpenPhase::Hello(h) => {
+                    drop(guard);
+                    let version = h.get("version").unwrap_or("");
+                    if version != PROTOCOL_VERSION.to_string() {
+                        return Err(format!(
+                            "protocol version mismatch: the remote speaks {version:?}, we speak {PROTOCOL_VERSION}"
+                        ));
+                    }
+                    return h
+                        .get("name")
+                        .map(str::to_owned)
+                        .ok_or_else(|| "the remote's hello has no name".to_owned());
+                }
+                OpenPhase::Rejected(r) => return Err(r),
+                OpenPhase::Accepted => return Err("unexpected answer to hello".into()),
+                OpenPhase::Waiting => {}
+            }
+            if let Some(e) = failed {
+                return Err(e.to_string());
+            }
+            if closed {
+                return Err("the remote closed the hello channel without answering".into());
+            }
+            notified.await;
+        }
+    }
+
+    /// An incoming channel left the pending state (accepted or rejected).
+    pub(crate) fn pending_done(&self) {
+        self.pending.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Registers an accepted plain channel so its data can be delivered.
+    pub(crate) fn insert(&self, chan: Arc<ChanShared>) {
+        self.channels().insert(chan.id, chan);
+    }
+
+    // ---- the outbox ----
+
+    pub(crate) fn schedule(&self, id: u32) {
+        self.ready
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(id);
+        self.ready_notify.notify_one();
+    }
+
+    /// Sends what channels queue, one sequence per channel and channels
+    /// independently: a channel waiting for SSH window never holds up
+    /// another. Ends when the connection is cancelled or its session ends.
+    pub(crate) async fn run_outbox(self: Arc<Self>) {
+        let mut running = FuturesUnordered::new();
+        loop {
+            let ready = std::mem::take(&mut *self.ready.lock().unwrap_or_else(|p| p.into_inner()));
+            for id in ready {
+                if let Some(chan) = self.get(id) {
+                    running.push(drain(chan));
+                }
+            }
+            tokio::select! {
+                _ = self.cancel.cancelled() => break,
+                _ = self.ended.cancelled() => break,
+                _ = self.ready_notify.notified() => {}
+                Some(()) = running.next(), if !running.is_empty() => {}
+            }
+        }
+    }
+
+    /// The session ended: fail every channel and leave the peer's tables.
+    pub(crate) fn on_session_end(self: &Arc<Self>) {
+        let reason = format!(
+            "connection to {} ({}) lost: {}",
+            self.remote_name(),
+            self.endpoint,
+            self.end_reason()
+        );
+        tracing::debug!(%reason, "connection ended");
+        let reason: Arc<str> = reason.into();
+        let chans: Vec<_> = self.channels().drain().map(|(_, c)| c).collect();
+        for c in chans {
+            c.fail(ChannelError::ConnectionLost(reason.clone()));
+        }
+        self.cancel.cancel();
+        self.core.unregister(self.id);
+    }
+
+    /// Closes the connection (disconnect, drop_peer, shutdown).
+    pub(crate) async fn close(&self, why: &str) {
+        let _ = self.end_reason.set(why.to_owned());
+        if let Some(h) = self.handle.get() {
+            h.disconnect(why).await;
+        }
+        self.cancel.cancel();
+    }
+
+    /// Number of channels in the table (for tests and stats).
+    pub(crate) fn channel_count(&self) -> usize {
+        self.channels().len()
+    }
+
+    /// Bytes buffered unread across this connection's channels.
+    pub(crate) fn buffered(&self) -> usize {
+        self.channels().values().map(|c| c.buffered()).sum()
+    }
+}
+
+async fn drain(chan: Arc<ChanShared>) {
+    let Some(writer) = chan.writer.get() else {
+        return;
+    };
+    while let Some(item) = chan.next_out() {
+        if let Err(e) = writer.send(item).await {
+            let why = crate::ssh::describe(&e);
+            chan.fail(ChannelError::ConnectionLost(
+                format!("the session stopped accepting data: {why}").into(),
+            ));
+            let _ = chan.next_out(); // clears the scheduled flag
+            return;
+        }
+    }
+}
+
+/// How long `shutdown` waits for a session to say goodbye.
+pub(crate) const CLOSE_GRACE: Duration = Duration::from_secs(2);

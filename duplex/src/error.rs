@@ -1,0 +1,194 @@
+//! Error types, one enum per operation.
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::endpoint::EndpointError;
+use crate::proto::frame::FrameError;
+use crate::proto::headers::HeaderError;
+use crate::proto::service::ServiceNameError;
+use crate::ssh::keys::Fingerprint;
+use crate::ssh::trust::HostKeyError;
+
+/// [`Peer::connect`](crate::Peer::connect) failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// The endpoint string did not parse.
+    #[error(transparent)]
+    Endpoint(#[from] EndpointError),
+    /// The transport could not be opened (DNS, refused, unreachable).
+    #[error("cannot reach {endpoint}: {source}")]
+    Io {
+        /// Where we tried to connect.
+        endpoint: String,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// The remote's host key is not one we trust. Never retried.
+    #[error("{source} (connecting to {endpoint})")]
+    HostKey {
+        /// Where we tried to connect.
+        endpoint: String,
+        /// Expected and actual fingerprints.
+        source: HostKeyError,
+    },
+    /// The remote does not accept our key. Never retried.
+    #[error(
+        "{endpoint} rejected our key {fingerprint}: add it to the remote peer's authorized keys"
+    )]
+    AuthRejected {
+        /// Where we tried to connect.
+        endpoint: String,
+        /// Our key's fingerprint.
+        fingerprint: Fingerprint,
+    },
+    /// The SSH handshake failed (not SSH, no common algorithm, connection
+    /// dropped mid-handshake).
+    #[error("SSH handshake with {endpoint} failed: {reason}")]
+    Handshake {
+        /// Where we tried to connect.
+        endpoint: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The remote speaks SSH but not (this version of) Duplex.
+    #[error("{endpoint} is not a compatible Duplex peer: {reason}")]
+    Protocol {
+        /// Where we tried to connect.
+        endpoint: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// Connecting, key exchange, authentication and hello took longer than
+    /// the configured handshake timeout.
+    #[error("connecting to {endpoint} timed out after {after:?}")]
+    Timeout {
+        /// Where we tried to connect.
+        endpoint: String,
+        /// The timeout.
+        after: Duration,
+    },
+    /// The peer is shutting down.
+    #[error("the peer is shut down")]
+    Shutdown,
+}
+
+/// [`Peer::bind`](crate::Peer::bind) failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BindError {
+    /// The endpoint string did not parse.
+    #[error(transparent)]
+    Endpoint(#[from] EndpointError),
+    /// The socket could not be bound.
+    #[error("cannot bind {endpoint}: {source}")]
+    Io {
+        /// The endpoint.
+        endpoint: String,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// The peer is shutting down.
+    #[error("the peer is shut down")]
+    Shutdown,
+}
+
+/// [`Peer::open`](crate::Peer::open) (or a channel's `open`) failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    /// The service name is not valid.
+    #[error(transparent)]
+    Service(#[from] ServiceNameError),
+    /// The headers cannot be sent.
+    #[error("cannot send headers: {0}")]
+    Headers(#[from] HeaderError),
+    /// No connected peer has that name.
+    #[error("no connected peer named {name:?}")]
+    NoSuchPeer {
+        /// The name asked for.
+        name: String,
+    },
+    /// The remote application rejected the channel.
+    #[error("{peer} rejected channel {service:?}: {reason}")]
+    Rejected {
+        /// The remote peer.
+        peer: String,
+        /// The service asked for.
+        service: String,
+        /// The reason the remote gave.
+        reason: String,
+    },
+    /// The remote peer refused the open before its application saw it (a
+    /// limit, or a malformed open).
+    #[error("{peer} refused channel {service:?}: {why} (SSH open failure code {code})")]
+    Refused {
+        /// The remote peer.
+        peer: String,
+        /// The service asked for.
+        service: String,
+        /// The SSH reason code.
+        code: u32,
+        /// What the code means.
+        why: &'static str,
+    },
+    /// The remote application neither accepted nor rejected in time.
+    #[error("{peer} did not accept channel {service:?} within {after:?}")]
+    Timeout {
+        /// The remote peer.
+        peer: String,
+        /// The service asked for.
+        service: String,
+        /// The configured open timeout.
+        after: Duration,
+    },
+    /// The connection ended before the channel was accepted.
+    #[error("connection to {peer} lost while opening {service:?}: {reason}")]
+    ConnectionLost {
+        /// The remote peer.
+        peer: String,
+        /// The service asked for.
+        service: String,
+        /// Why the connection ended.
+        reason: Arc<str>,
+    },
+    /// The peer is shutting down.
+    #[error("the peer is shut down")]
+    Shutdown,
+}
+
+/// An operation on an open channel failed. Converts into [`io::Error`] for
+/// the `AsyncRead`/`AsyncWrite` methods.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum ChannelError {
+    /// The connection carrying the channel ended.
+    #[error("connection lost: {0}")]
+    ConnectionLost(Arc<str>),
+    /// The remote closed the channel; nothing more can be written.
+    #[error("channel closed by the remote peer")]
+    ClosedByRemote,
+    /// We already closed our sending side.
+    #[error("channel already closed for writing")]
+    WriteClosed,
+    /// The remote broke the protocol on this channel (for example by
+    /// sending more than its flow-control window); the channel was closed.
+    #[error("protocol violation by the remote peer: {0}")]
+    Protocol(Arc<str>),
+    /// A frame was too large or truncated.
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+}
+
+impl From<ChannelError> for io::Error {
+    fn from(e: ChannelError) -> Self {
+        let kind = match &e {
+            ChannelError::ConnectionLost(_) => io::ErrorKind::ConnectionAborted,
+            ChannelError::ClosedByRemote | ChannelError::WriteClosed => io::ErrorKind::BrokenPipe,
+            ChannelError::Protocol(_) | ChannelError::Frame(_) => io::ErrorKind::InvalidData,
+        };
+        io::Error::new(kind, e)
+    }
+}

@@ -1,0 +1,53 @@
+//! # Duplex: peers and channels over SSH
+//!
+//! Duplex gives applications secure, multiplexed, bidirectional channels
+//! between **peers**. A [`Peer`] is an SSH server and an SSH client with one
+//! key pair: it can [`bind`](Peer::bind) and [`connect`](Peer::connect) to
+//! many endpoints at once, and once two peers are connected *either side*
+//! opens channels to the other and either side serves them, whoever dialled.
+//!
+//! A [`Channel`] carries a service name and [`Headers`], a byte stream
+//! (`AsyncRead`/`AsyncWrite`), length-prefixed message frames on that stream,
+//! a separate stream of error frames, and half-close. Flow control is per
+//! channel and driven by the reader: a channel whose application stops
+//! reading stops its sender and nothing else, and the memory it holds is
+//! bounded by [`Config::channel_window`].
+//!
+//! Because Duplex is SSH, stock tools reach byte-stream services:
+//! `ssh -W SERVICE:1 NAME@HOST` opens a channel to `SERVICE`. The wire
+//! mapping is in `docs/PROTOCOL.md`.
+//!
+//! ## Layout
+//! - [`peer`]: `Peer`, its builder and the connection lifecycle;
+//! - [`channel`]: `Channel`, its halves, `IncomingChannel`, `ChannelMeta`;
+//! - `conn`: one connection's channel table, opens and outbox task;
+//! - `proto`: the wire formats, without I/O (headers, frames, control
+//!   records, service names);
+//! - `ssh`: the only module that talks to `russh`: handlers, keys, trust;
+//! - [`config`], [`error`], [`endpoint`].
+//!
+//! ## Example
+//! See [`Peer`] for two peers talking over TCP, and `examples/echo` for two
+//! processes.
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+pub mod channel;
+pub mod config;
+mod conn;
+pub mod endpoint;
+pub mod error;
+pub mod peer;
+mod proto;
+mod ssh;
+
+pub use channel::{Channel, ChannelMeta, ChannelReader, ChannelWriter, IncomingChannel};
+pub use config::{Config, ConfigError};
+pub use endpoint::{Endpoint, EndpointError};
+pub use error::{BindError, ChannelError, ConnectError, OpenError};
+pub use peer::{Direction, IntoEndpoint, NameError, Peer, PeerBuilder, PeerInfo};
+pub use proto::control::ControlError;
+pub use proto::frame::FrameError;
+pub use proto::headers::{HeaderError, Headers};
+pub use proto::service::{ServiceName, ServiceNameError};
+pub use ssh::keys::{Fingerprint, Identity, KeyError, PublicKey};
+pub use ssh::trust::{AuthorizedKey, AuthorizedKeys, HostKeyError, KnownHosts};

@@ -1,0 +1,753 @@
+//! The peer: an SSH server and client with one key pair, binding and
+//! connecting to many endpoints, opening and accepting channels.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+use tokio_util::sync::{CancellationToken, DropGuard};
+use tokio_util::task::TaskTracker;
+
+use crate::channel::{Channel, IncomingChannel};
+use crate::config::Config;
+use crate::conn::{CLOSE_GRACE, ConnShared};
+use crate::endpoint::{Endpoint, EndpointError};
+use crate::error::{BindError, ConnectError, OpenError};
+use crate::proto::headers::Headers;
+use crate::proto::service::ServiceName;
+use crate::ssh::handler::{ClientHandler, ServerHandler};
+use crate::ssh::keys::{Fingerprint, Identity};
+use crate::ssh::trust::{AuthorizedKeys, KnownHosts};
+use crate::ssh::{self, HandshakeError, SshConfigs};
+
+/// Which side dialled the connection to a remote peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// We connected to the remote.
+    Outbound,
+    /// The remote connected to us.
+    Inbound,
+}
+
+/// A connected remote peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerInfo {
+    /// The remote peer's name.
+    pub name: String,
+    /// Its key fingerprint (`SHA256:...`).
+    pub fingerprint: Fingerprint,
+    /// The endpoint of the connection: the one we dialled, or for inbound
+    /// connections the listener's address scheme and the remote address.
+    pub endpoint: String,
+    /// Who dialled.
+    pub direction: Direction,
+}
+
+/// Anything that names an endpoint: `&str`, `String` or [`Endpoint`].
+pub trait IntoEndpoint {
+    /// Parses or passes through.
+    fn into_endpoint(self) -> Result<Endpoint, EndpointError>;
+}
+
+impl IntoEndpoint for Endpoint {
+    fn into_endpoint(self) -> Result<Endpoint, EndpointError> {
+        Ok(self)
+    }
+}
+
+impl IntoEndpoint for &Endpoint {
+    fn into_endpoint(self) -> Result<Endpoint, EndpointError> {
+        Ok(self.clone())
+    }
+}
+
+impl IntoEndpoint for &str {
+    fn into_endpoint(self) -> Result<Endpoint, EndpointError> {
+        self.parse()
+    }
+}
+
+impl IntoEndpoint for String {
+    fn into_endpoint(self) -> Result<Endpoint, EndpointError> {
+        self.parse()
+    }
+}
+
+impl IntoEndpoint for &String {
+    fn into_endpoint(self) -> Result<Endpoint, EndpointError> {
+        self.parse()
+    }
+}
+
+pub(crate) struct PeerCore {
+    pub(crate) name: Arc<str>,
+    pub(crate) identity: Identity,
+    pub(crate) authorized: AuthorizedKeys,
+    pub(crate) known_hosts: Arc<KnownHosts>,
+    pub(crate) config: Arc<Config>,
+    pub(crate) ssh: SshConfigs,
+    /// Connections whose remote finished the Duplex hello: the peers.
+    peers: Mutex<Vec<Arc<ConnShared>>>,
+    /// Every live connection, for shutdown.
+    all: Mutex<HashMap<u64, Arc<ConnShared>>>,
+    listeners: Mutex<HashMap<Endpoint, CancellationToken>>,
+    dialed: Mutex<HashMap<Endpoint, Arc<ConnShared>>>,
+    pub(crate) incoming_tx: mpsc::Sender<IncomingChannel>,
+    // An async mutex only to let several tasks call `accept`; it guards the
+    // receiver and nothing else.
+    incoming_rx: tokio::sync::Mutex<mpsc::Receiver<IncomingChannel>>,
+    rr: AtomicUsize,
+    conn_ids: AtomicU64,
+    pub(crate) cancel: CancellationToken,
+    pub(crate) tracker: TaskTracker,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl PeerCore {
+    pub(crate) fn next_conn_id(&self) -> u64 {
+        self.conn_ids.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub(crate) fn register(&self, conn: Arc<ConnShared>) {
+        let mut peers = lock(&self.peers);
+        if !peers.iter().any(|c| c.id == conn.id) {
+            tracing::info!(peer = %conn.remote_name(), endpoint = %conn.endpoint, "peer connected");
+            peers.push(conn);
+        }
+    }
+
+    pub(crate) fn unregister(&self, id: u64) {
+        lock(&self.peers).retain(|c| c.id != id);
+        lock(&self.all).remove(&id);
+        lock(&self.dialed).retain(|_, c| c.id != id);
+    }
+
+    fn find(&self, name: &str) -> Option<Arc<ConnShared>> {
+        lock(&self.peers)
+            .iter()
+            .find(|c| c.remote.get().is_some_and(|r| &*r.name == name) && !c.cancel.is_cancelled())
+            .cloned()
+    }
+}
+
+/// A Duplex peer: an SSH server and client sharing one key pair.
+///
+/// Cheap to clone; all clones drive the same peer. When the last clone is
+/// dropped the peer shuts down in the background (listeners close,
+/// connections end); call [`shutdown`](Self::shutdown) to wait for that.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> anyhow::Result<()> {
+/// use duplex::{AuthorizedKeys, Headers, Identity, KnownHosts, Peer};
+/// use tokio::io::{AsyncReadExt, AsyncWriteExt};
+///
+/// let (alice_id, bob_id) = (Identity::generate(), Identity::generate());
+/// let bob = Peer::builder()
+///     .name("bob")
+///     .identity(bob_id.clone())
+///     .authorized_keys(AuthorizedKeys::new().with(alice_id.public_key()))
+///     .build()?;
+/// let addr = bob.bind("tcp://127.0.0.1:0").await?;
+///
+/// let alice = Peer::builder()
+///     .name("alice")
+///     .identity(alice_id)
+///     .known_hosts(KnownHosts::new().with_pinned(bob_id.public_key()))
+///     .build()?;
+/// alice.connect(&addr).await?;
+///
+/// // Bob echoes one channel.
+/// let server = tokio::spawn(async move {
+///     let mut ch = bob.accept().await.unwrap().accept().await;
+///     let mut buf = Vec::new();
+///     ch.read_to_end(&mut buf).await.unwrap();
+///     ch.write_all(&buf).await.unwrap();
+/// });
+///
+/// let mut ch = alice.open("bob", "echo", Headers::new()).await?;
+/// ch.write_all(b"hi").await?;
+/// ch.close_write().await?;
+/// let mut back = Vec::new();
+/// ch.read_to_end(&mut back).await?;
+/// assert_eq!(back, b"hi");
+/// server.await?;
+/// alice.shutdown().await;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Peer {
+    core: Arc<PeerCore>,
+    _guard: Arc<DropGuard>,
+}
+
+impl fmt::Debug for Peer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Peer")
+            .field("name", &self.core.name)
+            .field("fingerprint", &self.core.identity.fingerprint())
+            .finish()
+    }
+}
+
+/// Builds a [`Peer`].
+#[derive(Debug, Default)]
+pub struct PeerBuilder {
+    name: Option<String>,
+    identity: Option<Identity>,
+    authorized: AuthorizedKeys,
+    known_hosts: KnownHosts,
+    config: Config,
+}
+
+/// A peer name that cannot be used.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("invalid peer name {0:?}: use 1 to 255 bytes with no control characters")]
+pub struct NameError(String);
+
+impl PeerBuilder {
+    /// The peer's name, sent to peers we connect to (as the SSH user name)
+    /// and to peers that connect to us. Default: a random name.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// The key pair. Default: a new random ed25519 key, which no remote
+    /// trusts yet.
+    pub fn identity(mut self, identity: Identity) -> Self {
+        self.identity = Some(identity);
+        self
+    }
+
+    /// Keys allowed to connect to us. Default: none.
+    pub fn authorized_keys(mut self, keys: AuthorizedKeys) -> Self {
+        self.authorized = keys;
+        self
+    }
+
+    /// Host keys accepted when we connect. Default: none.
+    pub fn known_hosts(mut self, hosts: KnownHosts) -> Self {
+        self.known_hosts = hosts;
+        self
+    }
+
+    /// Tuning and limits.
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Creates the peer. It does nothing until bound or connected.
+    pub fn build(self) -> Result<Peer, NameError> {
+        let name = self.name.unwrap_or_else(random_name);
+        if name.is_empty() || name.len() > 255 || name.chars().any(char::is_control) {
+            return Err(NameError(name));
+        }
+        let identity = self.identity.unwrap_or_else(Identity::generate);
+        let (tx, rx) = mpsc::channel(self.config.accept_backlog);
+        let cancel = CancellationToken::new();
+        let core = Arc::new(PeerCore {
+            name: name.into(),
+            ssh: SshConfigs::new(&self.config, &identity),
+            identity,
+            authorized: self.authorized,
+            known_hosts: Arc::new(self.known_hosts),
+            config: Arc::new(self.config),
+            peers: Mutex::new(Vec::new()),
+            all: Mutex::new(HashMap::new()),
+            listeners: Mutex::new(HashMap::new()),
+            dialed: Mutex::new(HashMap::new()),
+            incoming_tx: tx,
+            incoming_rx: tokio::sync::Mutex::new(rx),
+            rr: AtomicUsize::new(0),
+            conn_ids: AtomicU64::new(1),
+            cancel: cancel.clone(),
+            tracker: TaskTracker::new(),
+        });
+        Ok(Peer {
+            core,
+            _guard: Arc::new(cancel.drop_guard()),
+        })
+    }
+}
+
+fn random_name() -> String {
+    use rand::RngExt;
+    let n: u128 = rand::rng().random();
+    format!("{n:032x}")
+}
+
+impl Peer {
+    /// Starts building a peer.
+    pub fn builder() -> PeerBuilder {
+        PeerBuilder::default()
+    }
+
+    /// This peer's name.
+    pub fn name(&self) -> &str {
+        &self.core.name
+    }
+
+    /// This peer's key fingerprint.
+    pub fn fingerprint(&self) -> Fingerprint {
+        self.core.identity.fingerprint()
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.core.config
+    }
+
+    /// Listens on `endpoint` (`tcp://HOST:PORT`, port 0 for any free port,
+    /// or `unix:///PATH`) and returns the bound endpoint.
+    ///
+    /// A stale Unix socket file (nobody listening) is replaced. Cancel-safe.
+    pub async fn bind(&self, endpoint: impl IntoEndpoint) -> Result<Endpoint, BindError> {
+        let endpoint = endpoint.into_endpoint()?;
+        if self.core.cancel.is_cancelled() {
+            return Err(BindError::Shutdown);
+        }
+        let io = |source| BindError::Io {
+            endpoint: endpoint.to_string(),
+            source,
+        };
+        let token = self.core.cancel.child_token();
+        let bound = match &endpoint {
+            Endpoint::Tcp { host, port } => {
+                let listener = tokio::net::TcpListener::bind((host.as_str(), *port))
+                    .await
+                    .map_err(io)?;
+                let addr = listener.local_addr().map_err(io)?;
+                let bound = Endpoint::Tcp {
+                    host: host.clone(),
+                    port: addr.port(),
+                };
+                let core = self.core.clone();
+                let t = token.clone();
+                self.core
+                    .tracker
+                    .spawn(accept_tcp(core, listener, t, bound.to_string()));
+                bound
+            }
+            Endpoint::Unix(path) => {
+                let listener = bind_unix(path).await.map_err(io)?;
+                let core = self.core.clone();
+                let t = token.clone();
+                let p = path.clone();
+                self.core.tracker.spawn(accept_unix(core, listener, t, p));
+                endpoint.clone()
+            }
+        };
+        tracing::info!(endpoint = %bound, "listening");
+        if let Some(old) = lock(&self.core.listeners).insert(bound.clone(), token) {
+            old.cancel();
+        }
+        Ok(bound)
+    }
+
+    /// Stops listening on an endpoint `bind` returned. Connections already
+    /// accepted stay up. Returns whether it was bound.
+    pub fn unbind(&self, endpoint: impl IntoEndpoint) -> bool {
+        let Ok(endpoint) = endpoint.into_endpoint() else {
+            return false;
+        };
+        match lock(&self.core.listeners).remove(&endpoint) {
+            Some(t) => {
+                t.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Connects to a listening peer and completes the handshake: key
+    /// exchange with host-key check, authentication with our key, and the
+    /// Duplex hello that tells us the remote's name.
+    ///
+    /// The whole handshake is bounded by the configured handshake timeout.
+    /// Cancel-safe: cancelling abandons the attempt.
+    pub async fn connect(&self, endpoint: impl IntoEndpoint) -> Result<PeerInfo, ConnectError> {
+        let endpoint = endpoint.into_endpoint()?;
+        let label = endpoint.to_string();
+        let timeout = self.core.config.handshake_timeout;
+        let attempt = async {
+            match &endpoint {
+                Endpoint::Tcp { host, port } => {
+                    let stream = tokio::net::TcpStream::connect((host.as_str(), *port))
+                        .await
+                        .map_err(|source| ConnectError::Io {
+                            endpoint: label.clone(),
+                            source,
+                        })?;
+                    let _ = stream.set_nodelay(true);
+                    let name = if *port == 22 {
+                        host.to_ascii_lowercase()
+                    } else {
+                        format!("[{}]:{port}", host.to_ascii_lowercase())
+                    };
+                    self.handshake(stream, label.clone(), name).await
+                }
+                Endpoint::Unix(path) => {
+                    let stream = tokio::net::UnixStream::connect(path)
+                        .await
+                        .map_err(|source| ConnectError::Io {
+                            endpoint: label.clone(),
+                            source,
+                        })?;
+                    self.handshake(stream, label.clone(), path.display().to_string())
+                        .await
+                }
+            }
+        };
+        let (conn, info) = tokio::select! {
+            r = tokio::time::timeout(timeout, attempt) => r.map_err(|_| ConnectError::Timeout {
+                endpoint: label.clone(),
+                after: timeout,
+            })??,
+            _ = self.core.cancel.cancelled() => return Err(ConnectError::Shutdown),
+        };
+        if let Some(old) = lock(&self.core.dialed).insert(endpoint, conn) {
+            // A second connect to the same endpoint: keep both connections
+            // alive, but `disconnect` acts on the newest.
+            drop(old);
+        }
+        Ok(info)
+    }
+
+    /// Runs the dialling side of a connection over any byte stream (an
+    /// in-memory pipe, a child's stdio, an already connected socket).
+    ///
+    /// `label` names the endpoint in `peers()` and errors, and is the host
+    /// name looked up in the known hosts. Cancel-safe.
+    pub async fn connect_stream<S>(&self, stream: S, label: &str) -> Result<PeerInfo, ConnectError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let timeout = self.core.config.handshake_timeout;
+        tokio::select! {
+            r = tokio::time::timeout(timeout, self.handshake(stream, label.to_owned(), label.to_owned())) => {
+                r.map_err(|_| ConnectError::Timeout { endpoint: label.to_owned(), after: timeout })?
+                    .map(|(_, info)| info)
+            }
+            _ = self.core.cancel.cancelled() => Err(ConnectError::Shutdown),
+        }
+    }
+
+    async fn handshake<S>(
+        &self,
+        stream: S,
+        endpoint: String,
+        host_name: String,
+    ) -> Result<(Arc<ConnShared>, PeerInfo), ConnectError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let core = &self.core;
+        let conn = ConnShared::new(core.clone(), endpoint.clone(), Direction::Outbound);
+        let handler = ClientHandler::new(conn.clone(), core.known_hosts.clone(), host_name);
+        // Until the connection is handed to its supervisor, failing (or being
+        // cancelled) must stop its tasks.
+        let abort = conn.cancel.clone().drop_guard();
+        let handle = ssh::client_handshake(&core.ssh, stream, handler, &core.name, &core.identity)
+            .await
+            .map_err(|e| match e {
+                HandshakeError::HostKey(source) => ConnectError::HostKey {
+                    endpoint: endpoint.clone(),
+                    source,
+                },
+                HandshakeError::AuthRejected => ConnectError::AuthRejected {
+                    endpoint: endpoint.clone(),
+                    fingerprint: core.identity.fingerprint(),
+                },
+                HandshakeError::Ssh(reason) => ConnectError::Handshake {
+                    endpoint: endpoint.clone(),
+                    reason,
+                },
+            })?;
+        let _ = conn.handle.set(handle);
+        lock(&core.all).insert(conn.id, conn.clone());
+        core.tracker.spawn(conn.clone().run_outbox());
+        core.tracker.spawn(supervise(conn.clone()));
+        let name = match conn.hello().await {
+            Ok(n) => n,
+            Err(reason) => {
+                conn.close("hello failed").await;
+                return Err(ConnectError::Protocol { endpoint, reason });
+            }
+        };
+        let Some(_) = conn.set_remote(name) else {
+            return Err(ConnectError::Protocol {
+                endpoint,
+                reason: "no host key was recorded".into(),
+            });
+        };
+        core.register(conn.clone());
+        abort.disarm();
+        let info = conn.info().ok_or_else(|| ConnectError::Protocol {
+            endpoint: endpoint.clone(),
+            reason: "no remote identity".into(),
+        })?;
+        Ok((conn, info))
+    }
+
+    /// Serves the listening side of a connection over any byte stream. The
+    /// handshake runs in the background; the remote appears in
+    /// [`peers`](Self::peers) once it completes.
+    pub fn serve_stream<S>(&self, stream: S, label: &str)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        self.core
+            .tracker
+            .spawn(serve(self.core.clone(), stream, label.to_owned()));
+    }
+
+    /// Closes the connection we made to `endpoint`. Returns whether there
+    /// was one.
+    pub async fn disconnect(&self, endpoint: impl IntoEndpoint) -> bool {
+        let Ok(endpoint) = endpoint.into_endpoint() else {
+            return false;
+        };
+        let conn = lock(&self.core.dialed).remove(&endpoint);
+        match conn {
+            Some(c) => {
+                c.close("disconnected by the application").await;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The connected peers (remotes that completed the Duplex handshake),
+    /// in both directions.
+    pub fn peers(&self) -> Vec<PeerInfo> {
+        lock(&self.core.peers)
+            .iter()
+            .filter(|c| !c.cancel.is_cancelled())
+            .filter_map(|c| c.info())
+            .collect()
+    }
+
+    /// The next connected peer in round-robin order, if any.
+    pub fn next_peer(&self) -> Option<PeerInfo> {
+        let peers = self.peers();
+        if peers.is_empty() {
+            return None;
+        }
+        let i = self.core.rr.fetch_add(1, Ordering::Relaxed) % peers.len();
+        peers.into_iter().nth(i)
+    }
+
+    /// Closes every connection to the peer called `name`. Returns whether
+    /// there was one.
+    pub async fn drop_peer(&self, name: &str) -> bool {
+        let conns: Vec<_> = lock(&self.core.peers)
+            .iter()
+            .filter(|c| c.remote.get().is_some_and(|r| &*r.name == name))
+            .cloned()
+            .collect();
+        for c in &conns {
+            c.close("dropped by the application").await;
+        }
+        !conns.is_empty()
+    }
+
+    /// Waits for the next channel a remote opened to us.
+    ///
+    /// Returns `None` once the peer is shut down. Cancel-safe: a cancelled
+    /// call loses no channel.
+    pub async fn accept(&self) -> Option<IncomingChannel> {
+        let mut rx = self.core.incoming_rx.lock().await;
+        tokio::select! {
+            ch = rx.recv() => ch,
+            _ = self.core.cancel.cancelled() => None,
+        }
+    }
+
+    /// Opens a channel for `service` to the connected peer called `peer`,
+    /// and waits until the remote application accepts it.
+    ///
+    /// Fails at once if no peer has that name, with
+    /// [`OpenError::Rejected`] if the remote rejects, and with
+    /// [`OpenError::Timeout`] after the configured open timeout.
+    /// Cancel-safe: a channel whose open is abandoned is closed.
+    pub async fn open(
+        &self,
+        peer: &str,
+        service: &str,
+        headers: Headers,
+    ) -> Result<Channel, OpenError> {
+        let service = ServiceName::new(service)?;
+        if self.core.cancel.is_cancelled() {
+            return Err(OpenError::Shutdown);
+        }
+        let conn = self.core.find(peer).ok_or_else(|| OpenError::NoSuchPeer {
+            name: peer.to_owned(),
+        })?;
+        conn.open(service, headers).await
+    }
+
+    /// Stops listening, closes every connection and waits until every task
+    /// the peer started has ended. Channels fail with a "connection lost"
+    /// error. Idempotent.
+    pub async fn shutdown(&self) {
+        self.core.cancel.cancel();
+        self.core.tracker.close();
+        self.core.tracker.wait().await;
+        // Reject channels nobody accepted (also breaks reference cycles).
+        let mut rx = self.core.incoming_rx.lock().await;
+        rx.close();
+        while let Ok(ch) = rx.try_recv() {
+            drop(ch);
+        }
+    }
+
+    /// Diagnostics: (channels, unread buffered bytes) per connection to
+    /// `peer`, summed.
+    pub fn channel_stats(&self, peer: &str) -> (usize, usize) {
+        lock(&self.core.peers)
+            .iter()
+            .filter(|c| c.remote.get().is_some_and(|r| &*r.name == peer))
+            .fold((0, 0), |(n, b), c| {
+                (n + c.channel_count(), b + c.buffered())
+            })
+    }
+}
+
+/// Waits for a connection's end (or the peer's shutdown), then cleans up.
+async fn supervise(conn: Arc<ConnShared>) {
+    tokio::select! {
+        _ = conn.ended.cancelled() => {}
+        _ = conn.cancel.cancelled() => {
+            conn.close("the peer is shutting down").await;
+            let _ = tokio::time::timeout(CLOSE_GRACE, conn.ended.cancelled()).await;
+        }
+    }
+    conn.on_session_end();
+}
+
+/// The listening side of one connection.
+async fn serve<S>(core: Arc<PeerCore>, stream: S, endpoint: String)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let conn = ConnShared::new(core.clone(), endpoint, Direction::Inbound);
+    lock(&core.all).insert(conn.id, conn.clone());
+    let handler = ServerHandler::new(conn.clone());
+    let timeout = core.config.handshake_timeout;
+    let handshake = async {
+        match ssh::server_start(&core.ssh, stream, handler).await {
+            Ok(handle) => {
+                let _ = conn.handle.set(handle);
+                core.tracker.spawn(conn.clone().run_outbox());
+                tokio::select! {
+                    _ = conn.authenticated.notified() => true,
+                    _ = conn.ended.cancelled() => false,
+                }
+            }
+            Err(e) => {
+                tracing::debug!(endpoint = %conn.endpoint, "SSH handshake failed: {e}");
+                conn.set_end_reason(e);
+                false
+            }
+        }
+    };
+    let ok = tokio::select! {
+        r = tokio::time::timeout(timeout, handshake) => match r {
+            Ok(ok) => ok,
+            Err(_) => {
+                tracing::info!(endpoint = %conn.endpoint, "handshake timed out after {timeout:?}");
+                conn.close("handshake timed out").await;
+                false
+            }
+        },
+        _ = conn.cancel.cancelled() => false,
+    };
+    if !ok {
+        conn.cancel.cancel();
+        let _ = tokio::time::timeout(CLOSE_GRACE, conn.ended.cancelled()).await;
+        conn.on_session_end();
+        return;
+    }
+    supervise(conn).await;
+}
+
+async fn accept_tcp(
+    core: Arc<PeerCore>,
+    listener: tokio::net::TcpListener,
+    stop: CancellationToken,
+    label: String,
+) {
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = stop.cancelled() => break,
+        };
+        match accepted {
+            Ok((stream, addr)) => {
+                let _ = stream.set_nodelay(true);
+                let endpoint = format!("{label} from {addr}");
+                core.tracker.spawn(serve(core.clone(), stream, endpoint));
+            }
+            Err(e) => accept_error(&label, e, &stop).await,
+        }
+    }
+}
+
+async fn accept_unix(
+    core: Arc<PeerCore>,
+    listener: tokio::net::UnixListener,
+    stop: CancellationToken,
+    path: std::path::PathBuf,
+) {
+    let label = format!("unix://{}", path.display());
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = stop.cancelled() => break,
+        };
+        match accepted {
+            Ok((stream, _)) => {
+                core.tracker
+                    .spawn(serve(core.clone(), stream, label.clone()));
+            }
+            Err(e) => accept_error(&label, e, &stop).await,
+        }
+    }
+    let _ = std::fs::remove_file(&path);
+}
+
+/// Accept errors (out of file descriptors, mostly) are transient: log and
+/// back off briefly instead of spinning.
+async fn accept_error(label: &str, e: std::io::Error, stop: &CancellationToken) {
+    tracing::warn!(endpoint = label, "accept failed: {e}");
+    tokio::select! {
+        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+        _ = stop.cancelled() => {}
+    }
+}
+
+async fn bind_unix(path: &Path) -> std::io::Result<tokio::net::UnixListener> {
+    match tokio::net::UnixListener::bind(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            // Replace a stale socket file, never a live listener.
+            match tokio::net::UnixStream::connect(path).await {
+                Err(c) if c.kind() == std::io::ErrorKind::ConnectionRefused => {
+                    std::fs::remove_file(path)?;
+                    tokio::net::UnixListener::bind(path)
+                }
+                _ => Err(e),
+            }
+        }
+        other => other,
+    }
+}

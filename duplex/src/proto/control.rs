@@ -1,0 +1,211 @@
+//! Control records: the messages Duplex exchanges on a channel's
+//! [`EXT_CONTROL`](super::EXT_CONTROL) extended-data stream, each one a frame
+//! (see [`frame`](super::frame)) whose payload is a type byte and a body.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use super::frame;
+
+/// Largest control record accepted (type byte and body).
+pub(crate) const MAX_RECORD: usize = 4096;
+/// Longest rejection reason sent; longer ones are cut at a char boundary.
+pub(crate) const MAX_REASON: usize = 1024;
+
+const ACCEPT: u8 = 1;
+const WINDOW: u8 = 2;
+const REJECT: u8 = 3;
+const HELLO: u8 = 4;
+
+/// One control record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Control {
+    /// The receiving application accepted the channel; the sender may send
+    /// `window` bytes (data and error frames together).
+    Accept { window: u32 },
+    /// The receiver consumed bytes: the sender may send `increment` more.
+    Window { increment: u32 },
+    /// The receiving application refused the channel; it is closed next.
+    Reject { reason: String },
+    /// The listener's answer on the `@hello` channel: its name and protocol
+    /// version as an encoded header block.
+    Hello { headers: String },
+}
+
+/// Why a control record was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ControlError {
+    /// The framing around records is broken.
+    #[error("control stream: {0}")]
+    Frame(#[from] frame::FrameError),
+    /// A record of an unknown type.
+    #[error("unknown control record type {0}")]
+    UnknownType(u8),
+    /// A record whose body does not match its type.
+    #[error("malformed control record of type {0}")]
+    Malformed(u8),
+}
+
+impl Control {
+    /// The record framed for the wire.
+    pub(crate) fn encode(&self) -> Bytes {
+        let mut body = BytesMut::with_capacity(16);
+        match self {
+            Control::Accept { window } => {
+                body.put_u8(ACCEPT);
+                body.put_u32(*window);
+            }
+            Control::Window { increment } => {
+                body.put_u8(WINDOW);
+                body.put_u32(*increment);
+            }
+            Control::Reject { reason } => {
+                body.put_u8(REJECT);
+                body.put_slice(truncate(reason, MAX_REASON).as_bytes());
+            }
+            Control::Hello { headers } => {
+                body.put_u8(HELLO);
+                body.put_slice(truncate(headers, MAX_RECORD - 1).as_bytes());
+            }
+        }
+        let mut out = BytesMut::with_capacity(frame::HEADER_LEN + body.len());
+        out.put_u32(body.len() as u32); // at most MAX_RECORD bytes
+        out.put_slice(&body);
+        out.freeze()
+    }
+
+    /// Parses one record payload (the frame's contents).
+    pub(crate) fn decode(payload: &[u8]) -> Result<Self, ControlError> {
+        let (&ty, body) = payload.split_first().ok_or(ControlError::Malformed(0))?;
+        let u32_body = || -> Result<u32, ControlError> {
+            let b: [u8; 4] = body.try_into().map_err(|_| ControlError::Malformed(ty))?;
+            Ok(u32::from_be_bytes(b))
+        };
+        match ty {
+            ACCEPT => Ok(Control::Accept {
+                window: u32_body()?,
+            }),
+            WINDOW => Ok(Control::Window {
+                increment: u32_body()?,
+            }),
+            REJECT => {
+                let reason = std::str::from_utf8(body).map_err(|_| ControlError::Malformed(ty))?;
+                Ok(Control::Reject {
+                    reason: reason.to_owned(),
+                })
+            }
+            HELLO => {
+                let headers = std::str::from_utf8(body).map_err(|_| ControlError::Malformed(ty))?;
+                Ok(Control::Hello {
+                    headers: headers.to_owned(),
+                })
+            }
+            other => Err(ControlError::UnknownType(other)),
+        }
+    }
+}
+
+/// Incremental parser for a control stream.
+#[derive(Debug)]
+pub(crate) struct Parser {
+    frames: frame::Assembler,
+}
+
+impl Parser {
+    pub(crate) fn new() -> Self {
+        Self {
+            frames: frame::Assembler::new(MAX_RECORD),
+        }
+    }
+
+    pub(crate) fn push(&mut self, chunk: &[u8]) -> Result<Vec<Control>, ControlError> {
+        self.frames
+            .push(chunk)?
+            .iter()
+            .map(|f| Control::decode(f))
+            .collect()
+    }
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s.get(..end).unwrap_or("")
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn golden() {
+        assert_eq!(
+            &Control::Accept {
+                window: 0x0010_0000
+            }
+            .encode()[..],
+            b"\0\0\0\x05\x01\x00\x10\x00\x00"
+        );
+        assert_eq!(
+            &Control::Window { increment: 7 }.encode()[..],
+            b"\0\0\0\x05\x02\0\0\0\x07"
+        );
+        assert_eq!(
+            &Control::Reject {
+                reason: "no".into()
+            }
+            .encode()[..],
+            b"\0\0\0\x03\x03no"
+        );
+    }
+
+    #[test]
+    fn rejects_bad_records() {
+        assert_eq!(Control::decode(&[9]), Err(ControlError::UnknownType(9)));
+        assert_eq!(Control::decode(&[2, 0]), Err(ControlError::Malformed(2)));
+        assert_eq!(Control::decode(&[]), Err(ControlError::Malformed(0)));
+        assert_eq!(Control::decode(&[3, 0xff]), Err(ControlError::Malformed(3)));
+        let mut p = Parser::new();
+        assert!(p.push(&[0, 1, 0, 0]).is_err());
+    }
+
+    #[test]
+    fn long_reason_is_cut_on_a_char_boundary() {
+        let r = "é".repeat(MAX_REASON);
+        let enc = Control::Reject { reason: r }.encode();
+        let mut p = Parser::new();
+        let got = p.push(&enc).unwrap();
+        let Control::Reject { reason } = &got[0] else {
+            unreachable!()
+        };
+        assert!(reason.len() <= MAX_REASON);
+    }
+
+    proptest! {
+        #[test]
+        fn round_trip(w in any::<u32>(), reason in ".{0,100}") {
+            let recs = vec![
+                Control::Accept { window: w },
+                Control::Window { increment: w },
+                Control::Reject { reason: reason.clone() },
+                Control::Hello { headers: reason },
+            ];
+            let mut wire = Vec::new();
+            for r in &recs { wire.extend_from_slice(&r.encode()); }
+            let mut p = Parser::new();
+            prop_assert_eq!(p.push(&wire).unwrap(), recs);
+        }
+
+        #[test]
+        fn never_panics(data in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let _ = Parser::new().push(&data);
+        }
+    }
+}

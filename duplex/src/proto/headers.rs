@@ -1,0 +1,306 @@
+//! Channel headers and their wire encoding.
+//!
+//! Headers are ordered key/value pairs (duplicates allowed). On the wire they
+//! travel in the `originator address` string of a `direct-tcpip` channel open
+//! as `key=value` pairs joined by `&`, with every byte outside the unreserved
+//! set percent-encoded (`%XX`, upper-case hex). The encoding is ASCII, so it
+//! survives any SSH implementation that treats the field as a string.
+
+use std::fmt;
+
+use super::Limits;
+
+/// Ordered key/value pairs sent when a channel is opened (and, later, as
+/// trailers when it is finished).
+///
+/// Keys are non-empty; keys and values are UTF-8 strings. Order is kept and a
+/// key may appear more than once.
+///
+/// ```
+/// use duplex::Headers;
+/// let mut h = Headers::new();
+/// h.push("content-type", "text/plain");
+/// h.push("trace", "a b&c");
+/// assert_eq!(h.get("trace"), Some("a b&c"));
+/// assert_eq!(h.len(), 2);
+/// ```
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Headers {
+    pairs: Vec<(String, String)>,
+}
+
+impl Headers {
+    /// An empty header list.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Appends a pair. Validation (non-empty key, size limits) happens when the
+    /// headers are sent.
+    pub fn push(&mut self, key: impl Into<String>, value: impl Into<String>) -> &mut Self {
+        self.pairs.push((key.into(), value.into()));
+        self
+    }
+
+    /// Builder-style [`push`](Self::push).
+    pub fn with(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.push(key, value);
+        self
+    }
+
+    /// The first value for `key`.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.pairs
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Every value for `key`, in order.
+    pub fn get_all<'a>(&'a self, key: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.pairs
+            .iter()
+            .filter(move |(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The pairs in order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.pairs.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
+    /// Number of pairs.
+    pub fn len(&self) -> usize {
+        self.pairs.len()
+    }
+
+    /// True when there are no pairs.
+    pub fn is_empty(&self) -> bool {
+        self.pairs.is_empty()
+    }
+
+    /// Encodes for the wire, checking the limits a receiver with the same
+    /// limits would apply.
+    pub(crate) fn encode(&self, limits: &Limits) -> Result<String, HeaderError> {
+        if self.pairs.len() > limits.max_header_count {
+            return Err(HeaderError::TooMany {
+                count: self.pairs.len(),
+                max: limits.max_header_count,
+            });
+        }
+        let mut out = String::new();
+        for (i, (k, v)) in self.pairs.iter().enumerate() {
+            if k.is_empty() {
+                return Err(HeaderError::EmptyKey);
+            }
+            if i > 0 {
+                out.push('&');
+            }
+            escape_into(k, &mut out);
+            out.push('=');
+            escape_into(v, &mut out);
+        }
+        if out.len() > limits.max_header_bytes {
+            return Err(HeaderError::TooLarge {
+                len: out.len(),
+                max: limits.max_header_bytes,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Decodes the wire form, enforcing `limits` before allocating per pair.
+    pub(crate) fn decode(s: &str, limits: &Limits) -> Result<Self, HeaderError> {
+        if s.len() > limits.max_header_bytes {
+            return Err(HeaderError::TooLarge {
+                len: s.len(),
+                max: limits.max_header_bytes,
+            });
+        }
+        let mut pairs = Vec::new();
+        if s.is_empty() {
+            return Ok(Self { pairs });
+        }
+        for pair in s.split('&') {
+            if pairs.len() == limits.max_header_count {
+                return Err(HeaderError::TooMany {
+                    count: s.split('&').count(),
+                    max: limits.max_header_count,
+                });
+            }
+            let (k, v) = pair.split_once('=').ok_or(HeaderError::Malformed)?;
+            let k = unescape(k)?;
+            if k.is_empty() {
+                return Err(HeaderError::EmptyKey);
+            }
+            pairs.push((k, unescape(v)?));
+        }
+        Ok(Self { pairs })
+    }
+}
+
+impl fmt::Debug for Headers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for Headers {
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
+        Self {
+            pairs: iter
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+        }
+    }
+}
+
+impl<K: Into<String>, V: Into<String>, const N: usize> From<[(K, V); N]> for Headers {
+    fn from(pairs: [(K, V); N]) -> Self {
+        pairs.into_iter().collect()
+    }
+}
+
+/// Why a header block was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum HeaderError {
+    /// More pairs than the configured maximum.
+    #[error("too many headers: {count} (the limit is {max})")]
+    TooMany {
+        /// Pairs seen (or sent).
+        count: usize,
+        /// The configured limit.
+        max: usize,
+    },
+    /// The encoded block is larger than the configured maximum.
+    #[error("header block too large: {len} bytes encoded (the limit is {max})")]
+    TooLarge {
+        /// Encoded length.
+        len: usize,
+        /// The configured limit.
+        max: usize,
+    },
+    /// A header key is empty.
+    #[error("header key is empty")]
+    EmptyKey,
+    /// A pair without `=`, or a bad `%XX` escape.
+    #[error("malformed header block (expected key=value pairs joined by '&', %XX escapes)")]
+    Malformed,
+    /// An escape decodes to bytes that are not UTF-8.
+    #[error("header is not valid UTF-8 after unescaping")]
+    NotUtf8,
+}
+
+fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'/' | b':' | b',')
+}
+
+fn escape_into(s: &str, out: &mut String) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    for &b in s.as_bytes() {
+        if is_unreserved(b) {
+            out.push(char::from(b));
+        } else {
+            out.push('%');
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 0xf)]));
+        }
+    }
+}
+
+fn hex_val(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+fn unescape(s: &str) -> Result<String, HeaderError> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut bytes = s.bytes();
+    while let Some(b) = bytes.next() {
+        if b == b'%' {
+            let hi = bytes
+                .next()
+                .and_then(hex_val)
+                .ok_or(HeaderError::Malformed)?;
+            let lo = bytes
+                .next()
+                .and_then(hex_val)
+                .ok_or(HeaderError::Malformed)?;
+            out.push(hi << 4 | lo);
+        } else if is_unreserved(b) {
+            out.push(b);
+        } else {
+            return Err(HeaderError::Malformed);
+        }
+    }
+    String::from_utf8(out).map_err(|_| HeaderError::NotUtf8)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn golden_encoding() {
+        let h = Headers::from([("k", "v"), ("a b", "x=y&z"), ("k", "é")]);
+        let s = h.encode(&Limits::default()).unwrap();
+        assert_eq!(s, "k=v&a%20b=x%3Dy%26z&k=%C3%A9");
+        assert_eq!(Headers::decode(&s, &Limits::default()).unwrap(), h);
+        assert_eq!(
+            Headers::decode("", &Limits::default()).unwrap(),
+            Headers::new()
+        );
+        assert_eq!(Headers::new().encode(&Limits::default()).unwrap(), "");
+    }
+
+    #[test]
+    fn rejects_malformed() {
+        let l = Limits::default();
+        for bad in ["k", "=v", "k=v&", "k=%4", "k=%zz", "k=a b", "k=%FF"] {
+            assert!(Headers::decode(bad, &l).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn limits() {
+        let l = Limits {
+            max_header_count: 2,
+            max_header_bytes: 16,
+            ..Limits::default()
+        };
+        assert!(matches!(
+            Headers::decode("a=1&b=2&c=3", &l),
+            Err(HeaderError::TooMany { count: 3, max: 2 })
+        ));
+        assert!(matches!(
+            Headers::decode("a=12345678901234567890", &l),
+            Err(HeaderError::TooLarge { .. })
+        ));
+        let h = Headers::from([("a", "1"), ("b", "2"), ("c", "3")]);
+        assert!(h.encode(&l).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn round_trip(pairs in proptest::collection::vec((".{1,12}", ".{0,20}"), 0..8)) {
+            let h: Headers = pairs.into_iter().collect();
+            let l = Limits { max_header_bytes: 1 << 20, ..Limits::default() };
+            let s = h.encode(&l).unwrap();
+            prop_assert!(s.is_ascii());
+            prop_assert_eq!(Headers::decode(&s, &l).unwrap(), h);
+        }
+
+        #[test]
+        fn decode_never_panics(s in ".{0,64}") {
+            let _ = Headers::decode(&s, &Limits::default());
+        }
+    }
+}

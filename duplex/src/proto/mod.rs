@@ -1,0 +1,36 @@
+//! The wire protocol, without I/O: everything here turns bytes into values and
+//! back, so it can be unit-tested, property-tested and fuzzed on its own.
+//! `docs/PROTOCOL.md` is the prose description of the same rules.
+
+pub(crate) mod control;
+pub(crate) mod frame;
+pub(crate) mod headers;
+pub(crate) mod service;
+
+/// Protocol version carried in the `@hello` exchange.
+pub(crate) const PROTOCOL_VERSION: u32 = 1;
+
+/// Extended-data type code of error frames (SSH's "stderr").
+pub(crate) const EXT_ERROR: u32 = 1;
+/// Extended-data type code of Duplex control records.
+pub(crate) const EXT_CONTROL: u32 = 0x6475_7801; // "dux\x01"
+
+/// The service name of the hello channel a connecting peer opens first.
+pub(crate) const HELLO_SERVICE: &str = "@hello";
+
+/// Limits applied to remote input by the protocol decoders. Part of
+/// [`Config`](crate::Config).
+#[derive(Debug, Clone)]
+pub(crate) struct Limits {
+    pub(crate) max_header_count: usize,
+    pub(crate) max_header_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_header_count: 64,
+            max_header_bytes: 16 * 1024,
+        }
+    }
+}

@@ -1,0 +1,433 @@
+//! Trust: which peers may connect to us (`authorized_keys`), and which host
+//! keys we accept from the peers we connect to (`known_hosts` or pinned
+//! keys). Nothing is trusted by default; the accept-anything options carry
+//! `danger_` in their names.
+
+use std::path::Path;
+
+use hmac::{Hmac, KeyInit, Mac};
+use russh::keys::ssh_key;
+use russh::keys::ssh_key::known_hosts::{HostPatterns, Marker};
+use sha1::Sha1;
+
+use super::keys::{Fingerprint, KeyError, PublicKey};
+
+/// One trusted client key.
+#[derive(Debug, Clone)]
+pub struct AuthorizedKey {
+    /// The key.
+    pub key: PublicKey,
+    /// The comment after the key (often `user@host`), possibly empty.
+    pub comment: String,
+    /// The options field before the key, verbatim (possibly empty).
+    pub options: String,
+}
+
+/// The keys allowed to connect to us, in the format of OpenSSH's
+/// `authorized_keys` (options, key, comment; `#` comments).
+///
+/// ```
+/// let alice = duplex::Identity::generate();
+/// let text = format!("# team\n{}\n", alice.public_key().to_openssh());
+/// let keys = duplex::AuthorizedKeys::parse(&text).unwrap();
+/// assert!(keys.authorizes(&alice.public_key()));
+/// assert!(!keys.authorizes(&duplex::Identity::generate().public_key()));
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct AuthorizedKeys {
+    entries: Vec<AuthorizedKey>,
+    accept_any: bool,
+}
+
+impl AuthorizedKeys {
+    /// An empty list: nobody may connect.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Parses `authorized_keys` text. A line that does not parse is an error
+    /// naming the line, rather than a silently ignored key.
+    pub fn parse(text: &str) -> Result<Self, KeyError> {
+        let mut entries = Vec::new();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let entry: ssh_key::authorized_keys::Entry =
+                line.parse().map_err(|e: ssh_key::Error| KeyError::Parse {
+                    path: None,
+                    why: format!("authorized_keys line {}: {e}", n + 1),
+                })?;
+            entries.push(AuthorizedKey {
+                comment: entry.public_key().comment().to_string(),
+                options: entry.config_opts().as_str().to_owned(),
+                key: PublicKey(entry.public_key().clone()),
+            });
+        }
+        Ok(Self {
+            entries,
+            accept_any: false,
+        })
+    }
+
+    /// Reads an `authorized_keys` file.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self, KeyError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|e| KeyError::io(path, e))?;
+        Self::parse(&text).map_err(|e| e.with_path(path))
+    }
+
+    /// Adds a key.
+    pub fn add(&mut self, key: PublicKey) -> &mut Self {
+        self.entries.push(AuthorizedKey {
+            key,
+            comment: String::new(),
+            options: String::new(),
+        });
+        self
+    }
+
+    /// Builder-style [`add`](Self::add).
+    pub fn with(mut self, key: PublicKey) -> Self {
+        self.add(key);
+        self
+    }
+
+    /// Lets any key connect. Only for tests and demos: anyone who can reach
+    /// the port becomes a peer.
+    pub fn danger_accept_any() -> Self {
+        Self {
+            entries: Vec::new(),
+            accept_any: true,
+        }
+    }
+
+    /// True if `key` may connect.
+    pub fn authorizes(&self, key: &PublicKey) -> bool {
+        self.accept_any || self.entries.iter().any(|e| e.key == *key)
+    }
+
+    /// The entries, in file order.
+    pub fn entries(&self) -> &[AuthorizedKey] {
+        &self.entries
+    }
+}
+
+#[derive(Debug, Clone)]
+struct KnownHost {
+    patterns: HostPatterns,
+    key: PublicKey,
+    revoked: bool,
+}
+
+/// The host keys we accept from peers we connect to: entries in OpenSSH's
+/// `known_hosts` format (patterns with `*`, `?` and `!`, `[host]:port` for
+/// ports other than 22, hashed `|1|` names, `@revoked`), and keys pinned for
+/// any host.
+///
+/// For `tcp://HOST:PORT` the name looked up is `HOST` (port 22) or
+/// `[HOST]:PORT`, as OpenSSH does; for `unix:///PATH` it is `PATH`; for a
+/// stream it is the label given to `connect_stream`.
+///
+/// ```
+/// let server = duplex::Identity::generate();
+/// let line = format!("[127.0.0.1]:7000 {}", server.public_key().to_openssh());
+/// let kh = duplex::KnownHosts::parse(&line).unwrap();
+/// assert!(kh.check("127.0.0.1", 7000, &server.public_key()).is_ok());
+/// assert!(kh.check("127.0.0.1", 7001, &server.public_key()).is_err());
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct KnownHosts {
+    entries: Vec<KnownHost>,
+    pinned: Vec<PublicKey>,
+    accept_any: bool,
+}
+
+/// Why a host key was not accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum HostKeyError {
+    /// We trust other keys for this host.
+    #[error("host key mismatch for {host}: expected {}, got {actual}", fingerprints(.expected))]
+    Mismatch {
+        /// The host name looked up.
+        host: String,
+        /// The fingerprints we trust for it.
+        expected: Vec<Fingerprint>,
+        /// The fingerprint the remote presented.
+        actual: Fingerprint,
+    },
+    /// We trust no key for this host.
+    #[error(
+        "unknown host key for {host}: {actual} is not in known_hosts and not pinned (add it to trust this host)"
+    )]
+    Unknown {
+        /// The host name looked up.
+        host: String,
+        /// The fingerprint the remote presented.
+        actual: Fingerprint,
+    },
+    /// The key is marked `@revoked`.
+    #[error("host key {actual} for {host} is revoked")]
+    Revoked {
+        /// The host name looked up.
+        host: String,
+        /// The fingerprint the remote presented.
+        actual: Fingerprint,
+    },
+}
+
+fn fingerprints(f: &[Fingerprint]) -> String {
+    f.iter()
+        .map(|f| f.to_string())
+        .collect::<Vec<_>>()
+        .join(" or ")
+}
+
+impl KnownHosts {
+    /// An empty list: no host is trusted.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Parses `known_hosts` text. `@cert-authority` lines are skipped
+    /// (certificates are not supported).
+    pub fn parse(text: &str) -> Result<Self, KeyError> {
+        let mut entries = Vec::new();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let entry: ssh_key::known_hosts::Entry =
+                line.parse().map_err(|e: ssh_key::Error| KeyError::Parse {
+                    path: None,
+                    why: format!("known_hosts line {}: {e}", n + 1),
+                })?;
+            if entry.marker() == Some(&Marker::CertAuthority) {
+                continue;
+            }
+            entries.push(KnownHost {
+                patterns: entry.host_patterns().clone(),
+                key: PublicKey(entry.public_key().clone()),
+                revoked: entry.marker() == Some(&Marker::Revoked),
+            });
+        }
+        Ok(Self {
+            entries,
+            pinned: Vec::new(),
+            accept_any: false,
+        })
+    }
+
+    /// Reads a `known_hosts` file.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self, KeyError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|e| KeyError::io(path, e))?;
+        Self::parse(&text).map_err(|e| e.with_path(path))
+    }
+
+    /// Trusts `key` for every host.
+    pub fn pin(&mut self, key: PublicKey) -> &mut Self {
+        self.pinned.push(key);
+        self
+    }
+
+    /// Builder-style [`pin`](Self::pin).
+    pub fn with_pinned(mut self, key: PublicKey) -> Self {
+        self.pin(key);
+        self
+    }
+
+    /// Accepts any host key. Only for tests and demos: it gives up protection
+    /// against a man in the middle.
+    pub fn danger_accept_any() -> Self {
+        Self {
+            accept_any: true,
+            ..Self::default()
+        }
+    }
+
+    /// Checks the key `host:port` presented.
+    pub fn check(&self, host: &str, port: u16, key: &PublicKey) -> Result<(), HostKeyError> {
+        let name = if port == 22 {
+            host.to_ascii_lowercase()
+        } else {
+            format!("[{}]:{port}", host.to_ascii_lowercase())
+        };
+        self.check_name(&name, key)
+    }
+
+    pub(crate) fn check_name(&self, name: &str, key: &PublicKey) -> Result<(), HostKeyError> {
+        let actual = key.fingerprint();
+        let matching: Vec<&KnownHost> = self
+            .entries
+            .iter()
+            .filter(|e| host_matches(&e.patterns, name))
+            .collect();
+        if matching.iter().any(|e| e.revoked && e.key == *key) {
+            return Err(HostKeyError::Revoked {
+                host: name.to_owned(),
+                actual,
+            });
+        }
+        if self.accept_any
+            || self.pinned.contains(key)
+            || matching.iter().any(|e| !e.revoked && e.key == *key)
+        {
+            return Ok(());
+        }
+        let expected: Vec<Fingerprint> = matching
+            .iter()
+            .filter(|e| !e.revoked)
+            .map(|e| e.key.fingerprint())
+            .chain(self.pinned.iter().map(PublicKey::fingerprint))
+            .collect();
+        if expected.is_empty() {
+            Err(HostKeyError::Unknown {
+                host: name.to_owned(),
+                actual,
+            })
+        } else {
+            Err(HostKeyError::Mismatch {
+                host: name.to_owned(),
+                expected,
+                actual,
+            })
+        }
+    }
+}
+
+fn host_matches(patterns: &HostPatterns, name: &str) -> bool {
+    match patterns {
+        HostPatterns::HashedName { salt, hash } => {
+            let Ok(mac) = <Hmac<Sha1> as KeyInit>::new_from_slice(salt) else {
+                return false;
+            };
+            mac.chain_update(name.as_bytes()).verify_slice(hash).is_ok()
+        }
+        HostPatterns::Patterns(list) => {
+            let mut positive = false;
+            for p in list {
+                let p = p.to_ascii_lowercase();
+                if let Some(neg) = p.strip_prefix('!') {
+                    if glob(neg.as_bytes(), name.as_bytes()) {
+                        return false;
+                    }
+                } else if glob(p.as_bytes(), name.as_bytes()) {
+                    positive = true;
+                }
+            }
+            positive
+        }
+    }
+}
+
+/// `*` and `?` glob matching, iterative (no recursion depth to exhaust).
+fn glob(pattern: &[u8], text: &[u8]) -> bool {
+    let (mut p, mut t) = (0usize, 0usize);
+    let mut star: Option<(usize, usize)> = None;
+    while t < text.len() {
+        match pattern.get(p) {
+            Some(b'*') => {
+                star = Some((p, t));
+                p += 1;
+            }
+            Some(&c) if c == b'?' || Some(&c) == text.get(t) => {
+                p += 1;
+                t += 1;
+            }
+            _ => match star {
+                Some((sp, st)) => {
+                    p = sp + 1;
+                    t = st + 1;
+                    star = Some((sp, st + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    pattern
+        .get(p..)
+        .is_some_and(|rest| rest.iter().all(|&c| c == b'*'))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::Identity;
+    use base64::Engine;
+
+    #[test]
+    fn globbing() {
+        assert!(glob(b"*.example.com", b"a.example.com"));
+        assert!(!glob(b"*.example.com", b"example.com"));
+        assert!(glob(b"h?st", b"host"));
+        assert!(glob(b"*", b""));
+        assert!(!glob(b"a", b""));
+    }
+
+    #[test]
+    fn known_hosts_rules() {
+        let k1 = Identity::generate().public_key();
+        let k2 = Identity::generate().public_key();
+        let text = format!(
+            "# c\n*.lan,!bad.lan {}\n[10.0.0.1]:7000 {}\n@revoked * {}\n",
+            k1.to_openssh(),
+            k1.to_openssh(),
+            k2.to_openssh()
+        );
+        let kh = KnownHosts::parse(&text).unwrap();
+        assert!(kh.check("a.lan", 22, &k1).is_ok());
+        assert!(matches!(
+            kh.check("bad.lan", 22, &k1),
+            Err(HostKeyError::Unknown { .. })
+        ));
+        assert!(kh.check("10.0.0.1", 7000, &k1).is_ok());
+        let err = kh.check("a.lan", 22, &Identity::generate().public_key());
+        let msg = err.unwrap_err().to_string();
+        assert!(msg.contains(&k1.fingerprint().to_string()), "{msg}");
+        assert!(matches!(
+            kh.check("x", 22, &k2),
+            Err(HostKeyError::Revoked { .. })
+        ));
+    }
+
+    #[test]
+    fn hashed_hosts() {
+        let k = Identity::generate().public_key();
+        let salt = [7u8; 20];
+        let mac = <Hmac<Sha1> as KeyInit>::new_from_slice(&salt)
+            .unwrap()
+            .chain_update(b"[127.0.0.1]:2222")
+            .finalize()
+            .into_bytes();
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let line = format!(
+            "|1|{}|{} {}",
+            b64.encode(salt),
+            b64.encode(mac),
+            k.to_openssh()
+        );
+        let kh = KnownHosts::parse(&line).unwrap();
+        assert!(kh.check("127.0.0.1", 2222, &k).is_ok());
+        assert!(kh.check("127.0.0.1", 2223, &k).is_err());
+    }
+
+    #[test]
+    fn pinned_and_danger() {
+        let k = Identity::generate().public_key();
+        assert!(
+            KnownHosts::new()
+                .with_pinned(k.clone())
+                .check("h", 1, &k)
+                .is_ok()
+        );
+        assert!(KnownHosts::new().check("h", 1, &k).is_err());
+        assert!(KnownHosts::danger_accept_any().check("h", 1, &k).is_ok());
+        assert!(AuthorizedKeys::danger_accept_any().authorizes(&k));
+        assert!(!AuthorizedKeys::new().authorizes(&k));
+    }
+}

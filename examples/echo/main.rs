@@ -1,0 +1,282 @@
+//! Echo over Duplex, in two processes.
+//!
+//! ```text
+//! echo serve ENDPOINT                       accept channels, echo bytes, frames and error frames
+//! echo send ENDPOINT [SERVICE] [KEY=VALUE]...  copy stdin to a channel, the echo to stdout
+//! echo demo                                 start `serve` as a child process, send to it, stop it
+//!
+//! flags: --key FILE              private key (default: the demo key, created if missing)
+//!        --authorized-keys FILE  keys allowed to connect (serve)
+//!        --known-hosts FILE      host keys accepted (send)
+//!        --trust-key FILE.pub    trust this public key both ways (repeatable)
+//!        --name NAME             peer name (default: echo-server / echo-client)
+//! ```
+//!
+//! With no key or trust flags both sides use a demo key pair kept in
+//! `.duplex-demo/` under the current directory, and trust only that key, so
+//! `serve` and `send` started from the same directory trust each other.
+//! `serve` prints `listening on ENDPOINT` once bound (handy with port 0).
+
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::process::Stdio;
+use std::task::Poll;
+
+use anyhow::{Context, bail};
+use duplex::{AuthorizedKeys, Headers, Identity, KnownHosts, Peer, PublicKey};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader, ReadBuf};
+
+const USAGE: &str = "usage:
+  echo serve ENDPOINT [flags]
+  echo send ENDPOINT [SERVICE] [KEY=VALUE]... [flags]
+  echo demo
+flags: --key FILE  --authorized-keys FILE  --known-hosts FILE  --trust-key FILE.pub  --name NAME
+ENDPOINT: tcp://HOST:PORT or unix:///PATH";
+
+#[derive(Default)]
+struct Flags {
+    key: Option<PathBuf>,
+    authorized_keys: Option<PathBuf>,
+    known_hosts: Option<PathBuf>,
+    trust_keys: Vec<PathBuf>,
+    name: Option<String>,
+    positional: Vec<String>,
+}
+
+fn parse_flags(args: impl Iterator<Item = String>) -> anyhow::Result<Flags> {
+    let mut f = Flags::default();
+    let mut args = args.peekable();
+    while let Some(a) = args.next() {
+        let mut value = |flag: &str| args.next().with_context(|| format!("{flag} needs a value"));
+        match a.as_str() {
+            "--key" => f.key = Some(value("--key")?.into()),
+            "--authorized-keys" => f.authorized_keys = Some(value("--authorized-keys")?.into()),
+            "--known-hosts" => f.known_hosts = Some(value("--known-hosts")?.into()),
+            "--trust-key" => f.trust_keys.push(value("--trust-key")?.into()),
+            "--name" => f.name = Some(value("--name")?),
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            s if s.starts_with("--") => bail!("unknown flag {s}\n{USAGE}"),
+            _ => f.positional.push(a),
+        }
+    }
+    Ok(f)
+}
+
+/// Builds the peer from the flags: identity, trust in both directions.
+fn build_peer(f: &Flags, default_name: &str) -> anyhow::Result<Peer> {
+    let key_path = f
+        .key
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(".duplex-demo/id_ed25519"));
+    if f.key.is_none() {
+        std::fs::create_dir_all(".duplex-demo").context("creating .duplex-demo")?;
+    }
+    let identity = if f.key.is_some() {
+        Identity::load(&key_path)?
+    } else {
+        Identity::load_or_generate(&key_path)?
+    };
+    let mut authorized = match &f.authorized_keys {
+        Some(p) => AuthorizedKeys::from_file(p)?,
+        None => AuthorizedKeys::new(),
+    };
+    let mut known = match &f.known_hosts {
+        Some(p) => KnownHosts::from_file(p)?,
+        None => KnownHosts::new(),
+    };
+    for p in &f.trust_keys {
+        let k = PublicKey::load(p)?;
+        authorized.add(k.clone());
+        known.pin(k);
+    }
+    if f.authorized_keys.is_none() && f.known_hosts.is_none() && f.trust_keys.is_empty() {
+        // Demo mode: trust only our own key.
+        authorized.add(identity.public_key());
+        known.pin(identity.public_key());
+    }
+    Ok(Peer::builder()
+        .name(f.name.clone().unwrap_or_else(|| default_name.to_owned()))
+        .identity(identity)
+        .authorized_keys(authorized)
+        .known_hosts(known)
+        .build()?)
+}
+
+async fn serve(f: Flags) -> anyhow::Result<()> {
+    let endpoint = f.positional.first().context(USAGE)?.clone();
+    let peer = build_peer(&f, "echo-server")?;
+    let bound = peer.bind(endpoint.as_str()).await?;
+    println!("listening on {bound}");
+    println!("name {} fingerprint {}", peer.name(), peer.fingerprint());
+    let _ = std::io::Write::flush(&mut std::io::stdout());
+    loop {
+        let incoming = tokio::select! {
+            i = peer.accept() => i,
+            _ = tokio::signal::ctrl_c() => None,
+        };
+        let Some(incoming) = incoming else { break };
+        eprintln!(
+            "channel {:?} from {} headers {:?}",
+            incoming.service(),
+            incoming.meta().remote_peer(),
+            incoming.headers()
+        );
+        let ch = incoming.accept().await;
+        tokio::spawn(async move {
+            if let Err(e) = echo(ch).await {
+                eprintln!("echo ended with an error: {e}");
+            }
+        });
+    }
+    peer.shutdown().await;
+    Ok(())
+}
+
+/// Echoes the byte stream (and so any frames on it) and the error frames.
+async fn echo(ch: duplex::Channel) -> anyhow::Result<()> {
+    enum Event {
+        Data(std::io::Result<usize>),
+        Error(Result<Option<bytes::Bytes>, duplex::ChannelError>),
+    }
+    let (mut r, mut w) = ch.split();
+    let mut buf = vec![0u8; 64 << 10];
+    let mut data_done = false;
+    let mut err_done = false;
+    while !(data_done && err_done) {
+        let event = std::future::poll_fn(|cx| {
+            if !err_done {
+                if let Poll::Ready(e) = r.poll_read_error(cx) {
+                    return Poll::Ready(Event::Error(e));
+                }
+            }
+            if !data_done {
+                let mut rb = ReadBuf::new(&mut buf);
+                if let Poll::Ready(res) = Pin::new(&mut r).poll_read(cx, &mut rb) {
+                    return Poll::Ready(Event::Data(res.map(|()| rb.filled().len())));
+                }
+            }
+            Poll::Pending
+        })
+        .await;
+        match event {
+            Event::Data(n) => match n? {
+                0 => data_done = true,
+                n => w.write_all(&buf[..n]).await?,
+            },
+            Event::Error(e) => match e? {
+                Some(frame) => w.write_error(&frame).await?,
+                None => err_done = true,
+            },
+        }
+    }
+    w.close_write().await?;
+    Ok(())
+}
+
+async fn send(f: Flags) -> anyhow::Result<()> {
+    let mut pos = f.positional.iter();
+    let endpoint = pos.next().context(USAGE)?.clone();
+    let mut service = "echo".to_owned();
+    let mut headers = Headers::new();
+    for a in pos {
+        match a.split_once('=') {
+            Some((k, v)) => {
+                headers.push(k, v);
+            }
+            None => service = a.clone(),
+        }
+    }
+    let peer = build_peer(&f, "echo-client")?;
+    let remote = peer.connect(endpoint.as_str()).await?;
+    eprintln!("connected to {} ({})", remote.name, remote.fingerprint);
+    let ch = peer.open(&remote.name, &service, headers).await?;
+    let (mut r, mut w) = ch.split();
+    let upload = async move {
+        let mut stdin = tokio::io::stdin();
+        tokio::io::copy(&mut stdin, &mut w).await?;
+        w.close_write().await?;
+        anyhow::Ok(())
+    };
+    let download = async move {
+        let mut stdout = tokio::io::stdout();
+        tokio::io::copy(&mut r, &mut stdout).await?;
+        stdout.flush().await?;
+        anyhow::Ok(())
+    };
+    let (up, down) = tokio::join!(upload, download);
+    up?;
+    down?;
+    peer.shutdown().await;
+    Ok(())
+}
+
+/// Two processes: this one sends, a child serves.
+async fn demo() -> anyhow::Result<()> {
+    let exe = std::env::current_exe()?;
+    let mut child = tokio::process::Command::new(&exe)
+        .args(["serve", "tcp://127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting the server process")?;
+    let stdout = child.stdout.take().context("no stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let endpoint = loop {
+        let line = lines
+            .next_line()
+            .await?
+            .context("the server exited before listening")?;
+        if let Some(e) = line.strip_prefix("listening on ") {
+            break e.to_owned();
+        }
+    };
+    println!(
+        "server process {} listening on {endpoint}",
+        child.id().unwrap_or(0)
+    );
+
+    let peer = build_peer(&Flags::default(), "echo-client")?;
+    let remote = peer.connect(endpoint.as_str()).await?;
+    println!("connected to {} ({})", remote.name, remote.fingerprint);
+    let headers = Headers::new().with("greeting", "hello");
+    let mut ch = peer.open(&remote.name, "echo", headers).await?;
+    let message = b"Hello over Duplex!\n";
+    ch.write_all(message).await?;
+    ch.write_frame(b"a frame").await?;
+    ch.write_error(b"an error frame").await?;
+    ch.close_write().await?;
+    let mut back = vec![0u8; message.len()];
+    ch.read_exact(&mut back).await?;
+    print!("echoed bytes: {}", String::from_utf8_lossy(&back));
+    let frame = ch.read_frame().await?.context("no frame echoed")?;
+    println!("echoed frame: {}", String::from_utf8_lossy(&frame));
+    let err = ch.read_error().await?.context("no error frame echoed")?;
+    println!("echoed error frame: {}", String::from_utf8_lossy(&err));
+    drop(ch);
+    peer.shutdown().await;
+    child.kill().await?;
+    println!("server stopped; demo done");
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let mut args = std::env::args().skip(1);
+    let cmd = args.next().unwrap_or_default();
+    let flags = parse_flags(args)?;
+    match cmd.as_str() {
+        "serve" => serve(flags).await,
+        "send" => send(flags).await,
+        "demo" => demo().await,
+        _ => bail!("{USAGE}"),
+    }
+}
