@@ -30,6 +30,7 @@ pub struct Config {
     pub(crate) handshake_timeout: Duration,
     pub(crate) keepalive_interval: Option<Duration>,
     pub(crate) keepalive_max: usize,
+    pub(crate) max_send_buffer: usize,
 }
 
 impl Default for Config {
@@ -46,6 +47,7 @@ impl Default for Config {
             handshake_timeout: Duration::from_secs(10),
             keepalive_interval: Some(Duration::from_secs(15)),
             keepalive_max: 3,
+            max_send_buffer: 64 << 20,
         }
     }
 }
@@ -211,6 +213,21 @@ impl Config {
     pub fn keepalive_max(mut self, count: usize) -> Self {
         self.keepalive_max = count.max(1);
         self
+    }
+
+    /// Most bytes a connection buffers for the network before its SSH
+    /// session waits. Default 64 MiB; at least 1 MiB.
+    ///
+    /// Flow control already bounds what is sent (by the credit the remote
+    /// granted); this is the last-resort cap. See `docs/PROTOCOL.md` on why
+    /// writes are buffered at all (two sessions writing at once must not
+    /// wait on each other).
+    pub fn max_send_buffer(mut self, bytes: usize) -> Result<Self, ConfigError> {
+        check("max_send_buffer", bytes >= 1 << 20, || {
+            format!("{bytes} is less than 1 MiB")
+        })?;
+        self.max_send_buffer = bytes;
+        Ok(self)
     }
 
     /// The configured [`max_frame_len`](Self::max_frame_len).

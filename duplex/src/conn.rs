@@ -47,6 +47,12 @@ pub(crate) struct ConnShared {
     duplex: AtomicBool,
     pub(crate) handle: OnceLock<SessionHandle>,
     channels: Mutex<HashMap<u32, Arc<ChanShared>>>,
+    /// Channels we opened that only one of {handler, opening task} has seen
+    /// yet (see `meet`). Kept apart from `channels` because the whole
+    /// exchange (confirm, reject, close) can complete before the task runs;
+    /// russh never reuses an id soon (a 32-bit counter), so a stale entry
+    /// cannot be confused with a new channel.
+    unclaimed: Mutex<HashMap<u32, Arc<ChanShared>>>,
     pending: AtomicUsize,
     ready: Mutex<Vec<u32>>,
     ready_notify: Notify,
@@ -56,10 +62,26 @@ pub(crate) struct ConnShared {
     pub(crate) cancel: CancellationToken,
     /// Cancelled when russh's session task has ended.
     pub(crate) ended: CancellationToken,
+    /// Stops the transport's writer task (after its grace period); fired
+    /// once the connection is over.
+    pub(crate) transport_stop: CancellationToken,
     end_reason: OnceLock<String>,
 }
 
 impl ConnShared {
+    /// Wraps the connection's byte stream (see `transport`).
+    pub(crate) fn transport<S>(&self, stream: S) -> crate::transport::Decoupled<S>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+    {
+        crate::transport::decouple(
+            stream,
+            self.config.max_send_buffer,
+            &self.core.tracker,
+            self.transport_stop.clone(),
+        )
+    }
+
     pub(crate) fn new(core: Arc<PeerCore>, endpoint: String, direction: Direction) -> Arc<Self> {
         Arc::new(Self {
             id: core.next_conn_id(),
@@ -74,11 +96,13 @@ impl ConnShared {
             duplex: AtomicBool::new(false),
             handle: OnceLock::new(),
             channels: Mutex::new(HashMap::new()),
+            unclaimed: Mutex::new(HashMap::new()),
             pending: AtomicUsize::new(0),
             ready: Mutex::new(Vec::new()),
             ready_notify: Notify::new(),
             authenticated: Notify::new(),
             ended: CancellationToken::new(),
+            transport_stop: CancellationToken::new(),
             end_reason: OnceLock::new(),
         })
     }
@@ -156,10 +180,29 @@ impl ConnShared {
     /// follow the confirmation have somewhere to go before the opening task
     /// claims it.
     pub(crate) fn on_confirm(self: &Arc<Self>, id: u32) {
-        let window = u64::from(self.config.channel_window);
-        self.channels()
-            .entry(id)
-            .or_insert_with(|| ChanShared::new(self.clone(), id, Kind::Duplex, window));
+        self.meet(id);
+    }
+
+    /// The opening task takes the channel for `id`.
+    fn claim(self: &Arc<Self>, id: u32) -> Arc<ChanShared> {
+        self.meet(id)
+    }
+
+    /// The handler (confirmation) and the opening task (open returned) both
+    /// come here for each channel we open, in either order: the first
+    /// creates and registers the channel, the second takes it.
+    fn meet(self: &Arc<Self>, id: u32) -> Arc<ChanShared> {
+        let mut unclaimed = lock(&self.unclaimed);
+        match unclaimed.remove(&id) {
+            Some(chan) => chan,
+            None => {
+                let window = u64::from(self.config.channel_window);
+                let chan = ChanShared::new(self.clone(), id, Kind::Duplex, window);
+                self.channels().insert(id, chan.clone());
+                unclaimed.insert(id, chan.clone());
+                chan
+            }
+        }
     }
 
     pub(crate) async fn on_data(&self, id: u32, data: &[u8]) {
@@ -396,10 +439,7 @@ impl ConnShared {
             Err(OpenFailed::Gone) => return Err(lost(self.end_reason())),
         };
         let id = write.id();
-        self.on_confirm(id); // normally done already by the handler
-        let Some(chan) = self.get(id) else {
-            return Err(lost("the channel closed while opening".into()));
-        };
+        let chan = self.claim(id);
         let _ = chan.writer.set(write);
         let _ = chan.meta.set(Arc::new(self.meta(service.clone(), headers)));
         let channel = Channel::new(chan.clone());
@@ -457,8 +497,7 @@ impl ConnShared {
             Err(OpenFailed::Gone) => return Err(self.end_reason()),
         };
         let id = write.id();
-        self.on_confirm(id);
-        let chan = self.get(id).ok_or("the hello channel closed at once")?;
+        let chan = self.claim(id);
         let _ = chan.writer.set(write);
         let guard = Channel::new(chan.clone());
         loop {
@@ -543,11 +582,13 @@ impl ConnShared {
         );
         tracing::debug!(%reason, "connection ended");
         let reason: Arc<str> = reason.into();
+        lock(&self.unclaimed).clear();
         let chans: Vec<_> = self.channels().drain().map(|(_, c)| c).collect();
         for c in chans {
             c.fail(ChannelError::ConnectionLost(reason.clone()));
         }
         self.cancel.cancel();
+        self.transport_stop.cancel();
         self.core.unregister(self.id);
     }
 
@@ -585,6 +626,10 @@ async fn drain(chan: Arc<ChanShared>) {
             return;
         }
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// How long `shutdown` waits for a session to say goodbye.

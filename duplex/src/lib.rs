@@ -39,6 +39,7 @@ pub mod error;
 pub mod peer;
 mod proto;
 mod ssh;
+mod transport;
 
 pub use channel::{Channel, ChannelMeta, ChannelReader, ChannelWriter, IncomingChannel};
 pub use config::{Config, ConfigError};

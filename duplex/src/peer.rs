@@ -457,6 +457,8 @@ impl Peer {
         // Until the connection is handed to its supervisor, failing (or being
         // cancelled) must stop its tasks.
         let abort = conn.cancel.clone().drop_guard();
+        let stop_transport = conn.transport_stop.clone().drop_guard();
+        let stream = conn.transport(stream);
         let handle = ssh::client_handshake(&core.ssh, stream, handler, &core.name, &core.identity)
             .await
             .map_err(|e| match e {
@@ -492,6 +494,7 @@ impl Peer {
         };
         core.register(conn.clone());
         abort.disarm();
+        stop_transport.disarm();
         let info = conn.info().ok_or_else(|| ConnectError::Protocol {
             endpoint: endpoint.clone(),
             reason: "no remote identity".into(),
@@ -643,6 +646,7 @@ where
     let conn = ConnShared::new(core.clone(), endpoint, Direction::Inbound);
     lock(&core.all).insert(conn.id, conn.clone());
     let handler = ServerHandler::new(conn.clone());
+    let stream = conn.transport(stream);
     let timeout = core.config.handshake_timeout;
     let handshake = async {
         match ssh::server_start(&core.ssh, stream, handler).await {

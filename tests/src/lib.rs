@@ -1,1 +1,151 @@
-//! Test harness.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+//! Test harness: peers that trust each other, connected over TCP, a Unix
+//! socket or an in-memory pipe.
+
+use std::time::Duration;
+
+use duplex::{AuthorizedKeys, Config, Identity, KnownHosts, Peer};
+
+/// Installs a tracing subscriber once (RUST_LOG controls it).
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// How two peers are joined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// TCP on 127.0.0.1.
+    Tcp,
+    /// A Unix socket in a temporary directory.
+    Unix,
+    /// An in-memory pipe (`tokio::io::duplex`).
+    Memory,
+}
+
+/// All transports, for tests that run on each.
+pub const TRANSPORTS: [Transport; 3] = [Transport::Tcp, Transport::Unix, Transport::Memory];
+
+/// A peer with its identity.
+pub struct TestPeer {
+    /// The peer.
+    pub peer: Peer,
+    /// Its key pair.
+    pub identity: Identity,
+}
+
+/// Builds a peer named `name` that trusts `trusted` both ways.
+pub fn peer_trusting(
+    name: &str,
+    identity: &Identity,
+    trusted: &[&Identity],
+    config: Config,
+) -> Peer {
+    let mut ak = AuthorizedKeys::new();
+    let mut kh = KnownHosts::new();
+    for t in trusted {
+        ak.add(t.public_key());
+        kh.pin(t.public_key());
+    }
+    Peer::builder()
+        .name(name)
+        .identity(identity.clone())
+        .authorized_keys(ak)
+        .known_hosts(kh)
+        .config(config)
+        .build()
+        .unwrap()
+}
+
+/// A unique temporary directory, removed on drop.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    /// Creates one.
+    pub fn new(tag: &str) -> Self {
+        use rand::RngExt;
+        let n: u64 = rand::rng().random();
+        let p = std::env::temp_dir().join(format!("duplex-{tag}-{n:016x}"));
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Two connected peers: `client` dialled `server`.
+pub struct Pair {
+    /// The listening side, named "server".
+    pub server: Peer,
+    /// The dialling side, named "client".
+    pub client: Peer,
+    _dir: Option<TempDir>,
+}
+
+impl Pair {
+    /// Shuts both down.
+    pub async fn shutdown(self) {
+        self.client.shutdown().await;
+        self.server.shutdown().await;
+    }
+}
+
+/// Connects a client peer to a server peer over `transport`.
+pub async fn pair(transport: Transport) -> Pair {
+    pair_with(transport, Config::default(), Config::default()).await
+}
+
+/// [`pair`] with configurations.
+pub async fn pair_with(transport: Transport, server_config: Config, client_config: Config) -> Pair {
+    init_tracing();
+    let (sid, cid) = (Identity::generate(), Identity::generate());
+    let server = peer_trusting("server", &sid, &[&cid], server_config);
+    let client = peer_trusting("client", &cid, &[&sid], client_config);
+    let mut dir = None;
+    match transport {
+        Transport::Tcp => {
+            let ep = server.bind("tcp://127.0.0.1:0").await.unwrap();
+            client.connect(ep).await.unwrap();
+        }
+        Transport::Unix => {
+            let d = TempDir::new("sock");
+            let ep = format!("unix://{}/s.sock", d.0.display());
+            server.bind(ep.as_str()).await.unwrap();
+            client.connect(ep.as_str()).await.unwrap();
+            dir = Some(d);
+        }
+        Transport::Memory => {
+            let (a, b) = tokio::io::duplex(256 << 10);
+            server.serve_stream(b, "memory");
+            client.connect_stream(a, "memory").await.unwrap();
+        }
+    }
+    Pair {
+        server,
+        client,
+        _dir: dir,
+    }
+}
+
+/// Random bytes.
+pub fn random_bytes(n: usize) -> Vec<u8> {
+    use rand::RngExt;
+    let mut v = vec![0u8; n];
+    rand::rng().fill(&mut v[..]);
+    v
+}
+
+/// Awaits `f` for at most `secs` seconds, failing the test on timeout.
+pub async fn within<F: std::future::Future>(secs: u64, f: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(secs), f)
+        .await
+        .expect("timed out")
+}

@@ -1,0 +1,274 @@
+//! Done-when 1: two peers over TCP, a Unix socket and an in-memory pipe;
+//! open in both directions; bytes and frames round-trip exactly (1 byte to
+//! 64 MiB, random content); headers and service arrive intact; EOF and close
+//! are seen; error frames arrive as errors.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use duplex::{Headers, OpenError, Peer};
+use duplex_tests::{TRANSPORTS, Transport, pair, random_bytes, within};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Accepts one channel on `peer` and echoes its bytes, then its error
+/// frames, then closes.
+async fn echo_one(peer: Peer) -> (String, Headers) {
+    let incoming = peer.accept().await.expect("peer shut down");
+    let service = incoming.service().to_owned();
+    let headers = incoming.headers().clone();
+    let ch = incoming.accept().await;
+    let (mut r, mut w) = ch.split();
+    tokio::io::copy(&mut r, &mut w).await.unwrap();
+    while let Some(e) = r.read_error().await.unwrap() {
+        w.write_error(&e).await.unwrap();
+    }
+    w.close_write().await.unwrap();
+    (service, headers)
+}
+
+/// Sends `data` through an echo channel and checks it comes back intact.
+async fn round_trip(opener: &Peer, acceptor: &Peer, remote: &str, data: Vec<u8>) {
+    let server = tokio::spawn(echo_one(acceptor.clone()));
+    let headers = Headers::new()
+        .with("k", "v")
+        .with("unicode", "héllo wörld & = %")
+        .with("k", "second");
+    let ch = opener
+        .open(remote, "echo/bytes", headers.clone())
+        .await
+        .unwrap();
+    assert_eq!(ch.service(), "echo/bytes");
+    assert_eq!(ch.meta().remote_peer(), remote);
+    let (mut r, mut w) = ch.split();
+    let expected = data.clone();
+    let writer = tokio::spawn(async move {
+        w.write_all(&data).await.unwrap();
+        w.close_write().await.unwrap();
+        w
+    });
+    let mut back = Vec::with_capacity(expected.len());
+    r.read_to_end(&mut back).await.unwrap();
+    let _w = writer.await.unwrap();
+    assert_eq!(back.len(), expected.len());
+    assert!(back == expected, "echoed bytes differ");
+    let (service, got_headers) = server.await.unwrap();
+    assert_eq!(service, "echo/bytes");
+    assert_eq!(got_headers, headers);
+}
+
+async fn sizes_both_ways(t: Transport) {
+    let p = pair(t).await;
+    for &n in &[1usize, 1000, (64 << 10) + 3, 1 << 20, 64 << 20] {
+        let data = random_bytes(n);
+        within(
+            120,
+            round_trip(&p.client, &p.server, "server", data.clone()),
+        )
+        .await;
+        within(120, round_trip(&p.server, &p.client, "client", data)).await;
+    }
+    p.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_round_trip_tcp() {
+    sizes_both_ways(Transport::Tcp).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_round_trip_unix() {
+    sizes_both_ways(Transport::Unix).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_round_trip_memory() {
+    sizes_both_ways(Transport::Memory).await;
+}
+
+/// Frames of many sizes, interleaved with error frames, both directions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_and_error_frames_round_trip() {
+    for t in TRANSPORTS {
+        let p = pair(t).await;
+        for (opener, acceptor, remote) in [
+            (&p.client, &p.server, "server"),
+            (&p.server, &p.client, "client"),
+        ] {
+            let server = tokio::spawn(echo_one(acceptor.clone()));
+            let ch = opener.open(remote, "echo", Headers::new()).await.unwrap();
+            let frames: Vec<Vec<u8>> = [0usize, 1, 5, 4096, 100_000, 3 << 20]
+                .iter()
+                .map(|&n| random_bytes(n))
+                .collect();
+            let (mut r, mut w) = ch.split();
+            let to_send = frames.clone();
+            let writer = tokio::spawn(async move {
+                for f in &to_send {
+                    w.write_frame(f).await.unwrap();
+                    w.write_error(&f[..f.len().min(1000)]).await.unwrap();
+                }
+                w.close_write().await.unwrap();
+                w
+            });
+            for f in &frames {
+                let got = within(60, r.read_frame()).await.unwrap().expect("frame");
+                assert!(got[..] == f[..], "frame of {} bytes differs", f.len());
+            }
+            assert!(
+                r.read_frame().await.unwrap().is_none(),
+                "clean EOF after frames"
+            );
+            for f in &frames {
+                let e = r.read_error().await.unwrap().expect("error frame");
+                assert_eq!(&e[..], &f[..f.len().min(1000)]);
+            }
+            assert!(r.read_error().await.unwrap().is_none());
+            let _w = writer.await.unwrap();
+            server.await.unwrap();
+            drop((r, _w));
+        }
+        p.shutdown().await;
+    }
+}
+
+/// EOF is seen while the other direction stays open; close is seen as the
+/// end of both directions and as a write error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eof_and_close_are_seen() {
+    for t in TRANSPORTS {
+        let p = pair(t).await;
+        let acceptor = p.server.clone();
+        let server = tokio::spawn(async move {
+            let mut ch = acceptor.accept().await.unwrap().accept().await;
+            // Half-close from the client: we read EOF, then still write.
+            let mut got = Vec::new();
+            ch.read_to_end(&mut got).await.unwrap();
+            assert_eq!(got, b"ping");
+            ch.write_all(b"pong after your EOF").await.unwrap();
+            ch.close().await.unwrap();
+        });
+        let mut ch = p
+            .client
+            .open("server", "svc", Headers::new())
+            .await
+            .unwrap();
+        ch.write_all(b"ping").await.unwrap();
+        ch.close_write().await.unwrap();
+        let mut back = Vec::new();
+        within(10, ch.read_to_end(&mut back)).await.unwrap();
+        assert_eq!(back, b"pong after your EOF");
+        server.await.unwrap();
+        // The remote closed: writing now fails.
+        let err = loop {
+            match ch.write_all(b"x").await {
+                Ok(()) => tokio::task::yield_now().await,
+                Err(e) => break e,
+            }
+        };
+        assert!(
+            err.to_string().contains("closed"),
+            "unexpected write error: {err}"
+        );
+        p.shutdown().await;
+    }
+}
+
+/// Dropping a channel closes it on the other side.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drop_closes_remote() {
+    let p = pair(Transport::Tcp).await;
+    let acceptor = p.server.clone();
+    let server = tokio::spawn(async move {
+        let mut ch = acceptor.accept().await.unwrap().accept().await;
+        let mut got = Vec::new();
+        ch.read_to_end(&mut got).await.unwrap();
+        got
+    });
+    let mut ch = p
+        .client
+        .open("server", "svc", Headers::new())
+        .await
+        .unwrap();
+    ch.write_all(b"bye").await.unwrap();
+    drop(ch);
+    assert_eq!(within(10, server).await.unwrap(), b"bye");
+    p.shutdown().await;
+}
+
+/// Rejections reach the opener with the reason; invalid names fail locally.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reject_with_reason_both_ways() {
+    let p = pair(Transport::Tcp).await;
+    for (opener, acceptor, remote) in [
+        (&p.client, &p.server, "server"),
+        (&p.server, &p.client, "client"),
+    ] {
+        let a = acceptor.clone();
+        tokio::spawn(async move {
+            let inc = a.accept().await.unwrap();
+            inc.reject("no such service: nope").await;
+        });
+        let err = opener
+            .open(remote, "nope", Headers::new())
+            .await
+            .unwrap_err();
+        match &err {
+            OpenError::Rejected { reason, .. } => assert_eq!(reason, "no such service: nope"),
+            other => panic!("expected a rejection, got {other:?}"),
+        }
+        // Dropping an incoming channel rejects it too.
+        let a = acceptor.clone();
+        tokio::spawn(async move { drop(a.accept().await.unwrap()) });
+        let err = opener
+            .open(remote, "dropped", Headers::new())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, OpenError::Rejected { .. }), "{err:?}");
+    }
+    assert!(matches!(
+        p.client.open("server", "bad name", Headers::new()).await,
+        Err(OpenError::Service(_))
+    ));
+    assert!(matches!(
+        p.client.open("nobody", "svc", Headers::new()).await,
+        Err(OpenError::NoSuchPeer { .. })
+    ));
+    p.shutdown().await;
+}
+
+/// Many channels at once on one connection, both directions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_concurrent_channels() {
+    let p = pair(Transport::Tcp).await;
+    for acceptor in [p.server.clone(), p.client.clone()] {
+        tokio::spawn(async move {
+            while let Some(inc) = acceptor.accept().await {
+                tokio::spawn(async move {
+                    let mut ch = inc.accept().await;
+                    let mut v = Vec::new();
+                    ch.read_to_end(&mut v).await.unwrap();
+                    ch.write_all(&v).await.unwrap();
+                });
+            }
+        });
+    }
+    let mut tasks = Vec::new();
+    for i in 0..100 {
+        let (opener, remote) = if i % 2 == 0 {
+            (p.client.clone(), "server")
+        } else {
+            (p.server.clone(), "client")
+        };
+        tasks.push(tokio::spawn(async move {
+            let data = random_bytes(10_000 + i * 97);
+            let mut ch = opener.open(remote, "echo", Headers::new()).await.unwrap();
+            ch.write_all(&data).await.unwrap();
+            ch.close_write().await.unwrap();
+            let mut back = Vec::new();
+            ch.read_to_end(&mut back).await.unwrap();
+            assert!(back == data);
+        }));
+    }
+    for t in tasks {
+        within(60, t).await.unwrap();
+    }
+    p.shutdown().await;
+}
