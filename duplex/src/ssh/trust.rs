@@ -54,15 +54,14 @@ impl AuthorizedKeys {
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let entry: ssh_key::authorized_keys::Entry =
-                line.parse().map_err(|e: ssh_key::Error| KeyError::Parse {
-                    path: None,
-                    why: format!("authorized_keys line {}: {e}", n + 1),
-                })?;
+            let (options, key) = parse_authorized_line(line).map_err(|e| KeyError::Parse {
+                path: None,
+                why: format!("authorized_keys line {}: {e}", n + 1),
+            })?;
             entries.push(AuthorizedKey {
-                comment: entry.public_key().comment().to_string(),
-                options: entry.config_opts().as_str().to_owned(),
-                key: PublicKey(entry.public_key().clone()),
+                comment: key.comment().to_string(),
+                options: options.to_owned(),
+                key: PublicKey(key),
             });
         }
         Ok(Self {
@@ -112,6 +111,34 @@ impl AuthorizedKeys {
     pub fn entries(&self) -> &[AuthorizedKey] {
         &self.entries
     }
+}
+
+/// Splits an `authorized_keys` line into its options field (possibly
+/// empty) and key, as sshd does: a line either starts with a key type, or
+/// with options (which may hold double-quoted strings with spaces) and then
+/// the key.
+fn parse_authorized_line(line: &str) -> Result<(&str, ssh_key::PublicKey), ssh_key::Error> {
+    if let Ok(key) = ssh_key::PublicKey::from_openssh(line) {
+        return Ok(("", key));
+    }
+    let mut in_quote = false;
+    let mut escaped = false;
+    let mut end = line.len();
+    for (i, c) in line.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if in_quote => escaped = true,
+            '"' => in_quote = !in_quote,
+            ' ' | '\t' if !in_quote => {
+                end = i;
+                break;
+            }
+            _ => {}
+        }
+    }
+    let (options, rest) = line.split_at(end);
+    let key = ssh_key::PublicKey::from_openssh(rest.trim_start())?;
+    Ok((options, key))
 }
 
 #[derive(Debug, Clone)]
@@ -414,6 +441,22 @@ mod tests {
         let kh = KnownHosts::parse(&line).unwrap();
         assert!(kh.check("127.0.0.1", 2222, &k).is_ok());
         assert!(kh.check("127.0.0.1", 2223, &k).is_err());
+    }
+
+    #[test]
+    fn authorized_keys_with_options_and_comments() {
+        let k = Identity::generate().public_key();
+        let line = k.to_openssh();
+        let text = format!(
+            "{line} alice@laptop\nno-pty,command=\"echo a b\" {line} with spaces\nfrom=\"10.0.0.1\" {line}\n"
+        );
+        let ak = AuthorizedKeys::parse(&text).unwrap();
+        assert_eq!(ak.entries().len(), 3);
+        assert_eq!(ak.entries()[0].comment, "alice@laptop");
+        assert_eq!(ak.entries()[1].options, "no-pty,command=\"echo a b\"");
+        assert_eq!(ak.entries()[1].comment, "with spaces");
+        assert!(ak.authorizes(&k));
+        assert!(AuthorizedKeys::parse("garbage here").is_err());
     }
 
     #[test]

@@ -1,0 +1,138 @@
+//! Done-when 4: a flood into a channel whose receiver never reads does not
+//! delay a second channel on the same connection, and the receiver's memory
+//! stays under the configured bound.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::{Duration, Instant};
+
+use duplex::{Config, Headers};
+use duplex_tests::{TRANSPORTS, pair_with, random_bytes, within};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const WINDOW: u32 = 256 << 10;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unread_channel_does_not_stall_others() {
+    for t in TRANSPORTS {
+        let config = Config::default().channel_window(WINDOW).unwrap();
+        let p = pair_with(t, config.clone(), config).await;
+
+        // The server accepts the flood channel and never reads it; it echoes
+        // the ping channel.
+        let server = p.server.clone();
+        let (flood_tx, flood_rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let flood = server.accept().await.unwrap().accept().await;
+            flood_tx.send(flood).unwrap();
+            let mut ping = server.accept().await.unwrap().accept().await;
+            let mut buf = [0u8; 64];
+            loop {
+                if ping.read_exact(&mut buf).await.is_err() {
+                    break;
+                }
+                ping.write_all(&buf).await.unwrap();
+            }
+        });
+
+        let mut flood = p
+            .client
+            .open("server", "flood", Headers::new())
+            .await
+            .unwrap();
+        let flood_server = flood_rx.await.unwrap();
+        let data = random_bytes(16 << 20);
+        let sent = data.clone();
+        let writer = tokio::spawn(async move {
+            flood.write_all(&sent).await.unwrap();
+            flood.close_write().await.unwrap();
+            flood
+        });
+
+        // Wait until the flood has filled the receiver's window: from then
+        // on the sender is blocked on credit.
+        within(30, async {
+            while flood_server.buffered_len() < WINDOW as usize {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+        .await;
+
+        let mut ping = p
+            .client
+            .open("server", "ping", Headers::new())
+            .await
+            .unwrap();
+        let mut rtts = Vec::new();
+        let msg = [42u8; 64];
+        let mut back = [0u8; 64];
+        for _ in 0..200 {
+            let t0 = Instant::now();
+            ping.write_all(&msg).await.unwrap();
+            within(5, ping.read_exact(&mut back)).await.unwrap();
+            rtts.push(t0.elapsed());
+            assert_eq!(back, msg);
+        }
+        rtts.sort();
+        let p50 = rtts[rtts.len() / 2];
+        let max = *rtts.last().unwrap();
+        println!("{t:?}: ping during flood p50 {p50:?} max {max:?}");
+        // The stall this guards against lasted seconds (BRIEF section 3).
+        assert!(p50 < Duration::from_millis(50), "{t:?}: p50 {p50:?}");
+        assert!(max < Duration::from_secs(1), "{t:?}: max {max:?}");
+
+        // Memory: the unread channel holds at most its window, and the sender
+        // is still stuck.
+        let held = flood_server.buffered_len();
+        assert!(held <= WINDOW as usize, "{t:?}: {held} bytes buffered");
+        assert!(
+            !writer.is_finished(),
+            "the sender should be blocked on credit"
+        );
+        let (chans, total) = p.server.channel_stats("client");
+        assert!(
+            total <= WINDOW as usize + 64,
+            "{t:?}: {total} bytes over {chans} channels"
+        );
+
+        // Reading resumes the flood; every byte arrives, in order.
+        let mut flood_server = flood_server;
+        let mut got = Vec::new();
+        within(60, flood_server.read_to_end(&mut got))
+            .await
+            .unwrap();
+        assert!(got == data, "{t:?}: flood data differs");
+        drop(writer.await.unwrap());
+        drop(ping);
+        p.shutdown().await;
+    }
+}
+
+/// Dropping the reader half discards incoming data but keeps granting
+/// credit, so the sender finishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_reader_does_not_block_sender() {
+    let config = Config::default().channel_window(WINDOW).unwrap();
+    let p = pair_with(duplex_tests::Transport::Tcp, config.clone(), config).await;
+    let server = p.server.clone();
+    tokio::spawn(async move {
+        let ch = server.accept().await.unwrap().accept().await;
+        let (r, mut w) = ch.split();
+        drop(r);
+        w.write_all(b"ok").await.unwrap();
+        w.close_write().await.unwrap();
+        // Keep the writer (and so the channel) open until the client is done.
+        tokio::time::sleep(Duration::from_secs(30)).await;
+    });
+    let mut ch = p
+        .client
+        .open("server", "sink", Headers::new())
+        .await
+        .unwrap();
+    within(30, ch.write_all(&random_bytes(8 << 20)))
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    within(10, ch.read_to_end(&mut got)).await.unwrap();
+    assert_eq!(got, b"ok");
+    p.shutdown().await;
+}
