@@ -56,12 +56,16 @@ pub(crate) struct ConnShared {
     pending: AtomicUsize,
     ready: Mutex<Vec<u32>>,
     ready_notify: Notify,
+    /// Fired when a channel's outbox queue has been sent.
+    idle: Notify,
     /// Fired when the session has finished a handshake (authenticated).
     pub(crate) authenticated: Notify,
     /// Cancelled to stop this connection's tasks.
     pub(crate) cancel: CancellationToken,
     /// Cancelled when russh's session task has ended.
     pub(crate) ended: CancellationToken,
+    /// Fired when the connection is fully cleaned up.
+    pub(crate) finished: CancellationToken,
     /// Stops the transport's writer task (after its grace period); fired
     /// once the connection is over.
     pub(crate) transport_stop: CancellationToken,
@@ -100,9 +104,11 @@ impl ConnShared {
             pending: AtomicUsize::new(0),
             ready: Mutex::new(Vec::new()),
             ready_notify: Notify::new(),
+            idle: Notify::new(),
             authenticated: Notify::new(),
             ended: CancellationToken::new(),
             transport_stop: CancellationToken::new(),
+            finished: CancellationToken::new(),
             end_reason: OnceLock::new(),
         })
     }
@@ -564,10 +570,27 @@ impl ConnShared {
                 }
             }
             tokio::select! {
-                _ = self.cancel.cancelled() => break,
+                // Not on `cancel`: a closing connection first sends what its
+                // channels queued (see `flush_all`).
                 _ = self.ended.cancelled() => break,
                 _ = self.ready_notify.notified() => {}
                 Some(()) = running.next(), if !running.is_empty() => {}
+            }
+        }
+    }
+
+    /// Waits (up to `grace`) until every channel's queued bytes were handed
+    /// to the session, so closing does not cut off data already written.
+    pub(crate) async fn flush_all(&self, grace: Duration) {
+        let deadline = tokio::time::Instant::now() + grace;
+        loop {
+            let idle = self.idle.notified();
+            let chans: Vec<_> = self.channels().values().cloned().collect();
+            if chans.iter().all(|c| c.is_flushed()) || self.ended.is_cancelled() {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, idle).await.is_err() {
+                return;
             }
         }
     }
@@ -590,13 +613,24 @@ impl ConnShared {
         self.cancel.cancel();
         self.transport_stop.cancel();
         self.core.unregister(self.id);
+        self.finished.cancel();
     }
 
     /// Closes the connection (disconnect, drop_peer, shutdown).
+    /// Closes the connection gracefully (disconnect, drop_peer, shutdown):
+    /// queued channel data is sent first (up to a grace period), then the
+    /// session is disconnected. Returns once the connection is gone.
     pub(crate) async fn close(&self, why: &str) {
         let _ = self.end_reason.set(why.to_owned());
+        self.cancel.cancel();
+        let _ = tokio::time::timeout(CLOSE_GRACE * 3, self.finished.cancelled()).await;
+    }
+
+    /// Disconnects at once, without waiting for anything.
+    pub(crate) async fn disconnect_now(&self, why: &str) {
+        let _ = self.end_reason.set(why.to_owned());
         if let Some(h) = self.handle.get() {
-            h.disconnect(why).await;
+            h.disconnect(&self.end_reason()).await;
         }
         self.cancel.cancel();
     }
@@ -616,6 +650,7 @@ async fn drain(chan: Arc<ChanShared>) {
     let Some(writer) = chan.writer.get() else {
         return;
     };
+    let _idle = IdleOnDrop(&chan.conn);
     while let Some(item) = chan.next_out() {
         if let Err(e) = writer.send(item).await {
             let why = crate::ssh::describe(&e);
@@ -625,6 +660,15 @@ async fn drain(chan: Arc<ChanShared>) {
             let _ = chan.next_out(); // clears the scheduled flag
             return;
         }
+    }
+}
+
+/// Tells `flush_all` that a channel finished a turn.
+struct IdleOnDrop<'a>(&'a ConnShared);
+
+impl Drop for IdleOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.idle.notify_waiters();
     }
 }
 

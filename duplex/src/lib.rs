@@ -30,6 +30,7 @@
 //! See [`Peer`] for two peers talking over TCP, and `examples/echo` for two
 //! processes.
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![cfg_attr(not(test), deny(clippy::indexing_slicing))]
 
 pub mod channel;
 pub mod config;

@@ -631,7 +631,8 @@ async fn supervise(conn: Arc<ConnShared>) {
     tokio::select! {
         _ = conn.ended.cancelled() => {}
         _ = conn.cancel.cancelled() => {
-            conn.close("the peer is shutting down").await;
+            conn.flush_all(CLOSE_GRACE).await;
+            conn.disconnect_now("the peer is shutting down").await;
             let _ = tokio::time::timeout(CLOSE_GRACE, conn.ended.cancelled()).await;
         }
     }
@@ -670,7 +671,7 @@ where
             Ok(ok) => ok,
             Err(_) => {
                 tracing::info!(endpoint = %conn.endpoint, "handshake timed out after {timeout:?}");
-                conn.close("handshake timed out").await;
+                conn.disconnect_now("handshake timed out").await;
                 false
             }
         },

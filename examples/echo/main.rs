@@ -147,10 +147,10 @@ async fn echo(ch: duplex::Channel) -> anyhow::Result<()> {
     let mut err_done = false;
     while !(data_done && err_done) {
         let event = std::future::poll_fn(|cx| {
-            if !err_done {
-                if let Poll::Ready(e) = r.poll_read_error(cx) {
-                    return Poll::Ready(Event::Error(e));
-                }
+            if !err_done
+                && let Poll::Ready(e) = r.poll_read_error(cx)
+            {
+                return Poll::Ready(Event::Error(e));
             }
             if !data_done {
                 let mut rb = ReadBuf::new(&mut buf);

@@ -557,6 +557,12 @@ impl ChanShared {
         Poll::Pending
     }
 
+    /// Nothing is queued or being sent.
+    pub(crate) fn is_flushed(&self) -> bool {
+        let st = self.lock();
+        (st.out.is_empty() && !st.inflight && !st.scheduled) || st.failed.is_some() || st.close_in
+    }
+
     /// Queues EOF (once).
     pub(crate) fn send_eof(&self) {
         let mut st = self.lock();

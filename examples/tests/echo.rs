@@ -1,0 +1,175 @@
+//! The echo example as real processes: `serve` and `send` talking, stock
+//! OpenSSH reaching the echo service with `ssh -W echo:1`, and the README's
+//! demo command.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::process::{Command, Stdio};
+
+use duplex::Identity;
+use duplex_tests::{TempDir, random_bytes, within};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+const ECHO: &str = env!("CARGO_BIN_EXE_echo");
+
+/// A running `echo serve`, killed on drop.
+struct Server {
+    child: tokio::process::Child,
+    endpoint: String,
+}
+
+async fn start_server(dir: &TempDir, args: &[&str]) -> Server {
+    let mut child = tokio::process::Command::new(ECHO)
+        .arg("serve")
+        .args(args)
+        .current_dir(&dir.0)
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let endpoint = within(30, async {
+        loop {
+            let line = lines.next_line().await.unwrap().expect("server exited");
+            if let Some(e) = line.strip_prefix("listening on ") {
+                break e.to_owned();
+            }
+        }
+    })
+    .await;
+    Server { child, endpoint }
+}
+
+fn port_of(endpoint: &str) -> &str {
+    endpoint.rsplit(':').next().unwrap()
+}
+
+/// Keys for an OpenSSH client and the server, with the trust files.
+fn keys(dir: &TempDir) -> (std::path::PathBuf, std::path::PathBuf, Identity) {
+    let server = Identity::generate();
+    let client = Identity::generate();
+    let skey = dir.0.join("server_key");
+    let ckey = dir.0.join("client_key");
+    server.save(&skey).unwrap();
+    client.save(&ckey).unwrap();
+    std::fs::write(
+        dir.0.join("authorized_keys"),
+        format!("{}\n", client.public_key().to_openssh()),
+    )
+    .unwrap();
+    (skey, ckey, server)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openssh_client_reaches_echo_service() {
+    let dir = TempDir::new("ssh-w");
+    let (skey, ckey, server_id) = keys(&dir);
+    let mut server = start_server(
+        &dir,
+        &[
+            "tcp://127.0.0.1:0",
+            "--key",
+            skey.to_str().unwrap(),
+            "--authorized-keys",
+            dir.0.join("authorized_keys").to_str().unwrap(),
+        ],
+    )
+    .await;
+    let port = port_of(&server.endpoint).to_owned();
+    // Strict host key checking against a known_hosts file we wrote.
+    let kh = dir.0.join("known_hosts");
+    std::fs::write(&kh, format!("[127.0.0.1]:{port} {}\n", server_id.public_key().to_openssh())).unwrap();
+
+    for size in [6usize, 1 << 20] {
+        let data = if size == 6 { b"hello\n".to_vec() } else { random_bytes(size) };
+        let mut ssh = tokio::process::Command::new("ssh")
+            .args(["-p", &port, "-i", ckey.to_str().unwrap()])
+            .args(["-F", "/dev/null", "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes"])
+            .args(["-o", "StrictHostKeyChecking=yes"])
+            .arg("-o")
+            .arg(format!("UserKnownHostsFile={}", kh.display()))
+            .args(["-W", "echo:1", "tester@127.0.0.1"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the OpenSSH client (ssh) must be installed: apt-get install openssh-client");
+        let mut stdin = ssh.stdin.take().unwrap();
+        let input = data.clone();
+        tokio::spawn(async move {
+            stdin.write_all(&input).await.unwrap();
+            drop(stdin);
+        });
+        let out = within(60, ssh.wait_with_output()).await.unwrap();
+        assert!(
+            out.status.success(),
+            "ssh failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(out.stdout.len(), data.len());
+        assert!(out.stdout == data, "echo through ssh -W differs");
+    }
+
+    // An OpenSSH client whose key is not authorized is refused.
+    let stranger = dir.0.join("stranger");
+    Identity::generate().save(&stranger).unwrap();
+    let out = Command::new("ssh")
+        .args(["-p", &port, "-i", stranger.to_str().unwrap()])
+        .args(["-F", "/dev/null", "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes"])
+        .arg("-o")
+        .arg(format!("UserKnownHostsFile={}", kh.display()))
+        .args(["-W", "echo:1", "tester@127.0.0.1"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    server.child.kill().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_and_serve_processes() {
+    let dir = TempDir::new("echo-procs");
+    // Demo mode: both processes share the demo key in `dir`.
+    let mut server = start_server(&dir, &["tcp://127.0.0.1:0"]).await;
+    let data = random_bytes(3 << 20);
+    let mut send = tokio::process::Command::new(ECHO)
+        .args(["send", &server.endpoint, "echo", "trace=abc"])
+        .current_dir(&dir.0)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdin = send.stdin.take().unwrap();
+    let input = data.clone();
+    tokio::spawn(async move {
+        stdin.write_all(&input).await.unwrap();
+    });
+    let out = within(60, send.wait_with_output()).await.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.stdout == data);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("connected to echo-server"));
+    server.child.kill().await.unwrap();
+}
+
+#[test]
+fn demo_command_runs() {
+    let dir = TempDir::new("demo");
+    let out = Command::new(ECHO)
+        .arg("demo")
+        .current_dir(&dir.0)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("echoed bytes: Hello over Duplex!"), "{stdout}");
+    assert!(stdout.contains("echoed frame: a frame"), "{stdout}");
+    assert!(stdout.contains("echoed error frame: an error frame"), "{stdout}");
+    assert!(stdout.contains("demo done"), "{stdout}");
+}
