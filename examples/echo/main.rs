@@ -17,6 +17,7 @@
 //! `serve` and `send` started from the same directory trust each other.
 //! `serve` prints `listening on ENDPOINT` once bound (handy with port 0).
 
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::process::Stdio;
@@ -109,9 +110,17 @@ async fn serve(f: Flags) -> anyhow::Result<()> {
     let endpoint = f.positional.first().context(USAGE)?.clone();
     let peer = build_peer(&f, "echo-server")?;
     let bound = peer.bind(endpoint.as_str()).await?;
-    println!("listening on {bound}");
-    println!("name {} fingerprint {}", peer.name(), peer.fingerprint());
-    let _ = std::io::Write::flush(&mut std::io::stdout());
+    // Whoever started us may stop reading stdout once it has the endpoint:
+    // a failed write must not take the server down.
+    let mut out = std::io::stdout();
+    let _ = writeln!(out, "listening on {bound}");
+    let _ = writeln!(
+        out,
+        "name {} fingerprint {}",
+        peer.name(),
+        peer.fingerprint()
+    );
+    let _ = out.flush();
     loop {
         let incoming = tokio::select! {
             i = peer.accept() => i,
@@ -147,9 +156,7 @@ async fn echo(ch: duplex::Channel) -> anyhow::Result<()> {
     let mut err_done = false;
     while !(data_done && err_done) {
         let event = std::future::poll_fn(|cx| {
-            if !err_done
-                && let Poll::Ready(e) = r.poll_read_error(cx)
-            {
+            if !err_done && let Poll::Ready(e) = r.poll_read_error(cx) {
                 return Poll::Ready(Event::Error(e));
             }
             if !data_done {

@@ -36,6 +36,8 @@ async fn start_server(dir: &TempDir, args: &[&str]) -> Server {
         }
     })
     .await;
+    // Keep draining the server's stdout so it never writes into a closed pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     Server { child, endpoint }
 }
 
@@ -77,13 +79,31 @@ async fn openssh_client_reaches_echo_service() {
     let port = port_of(&server.endpoint).to_owned();
     // Strict host key checking against a known_hosts file we wrote.
     let kh = dir.0.join("known_hosts");
-    std::fs::write(&kh, format!("[127.0.0.1]:{port} {}\n", server_id.public_key().to_openssh())).unwrap();
+    std::fs::write(
+        &kh,
+        format!(
+            "[127.0.0.1]:{port} {}\n",
+            server_id.public_key().to_openssh()
+        ),
+    )
+    .unwrap();
 
     for size in [6usize, 1 << 20] {
-        let data = if size == 6 { b"hello\n".to_vec() } else { random_bytes(size) };
+        let data = if size == 6 {
+            b"hello\n".to_vec()
+        } else {
+            random_bytes(size)
+        };
         let mut ssh = tokio::process::Command::new("ssh")
             .args(["-p", &port, "-i", ckey.to_str().unwrap()])
-            .args(["-F", "/dev/null", "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes"])
+            .args([
+                "-F",
+                "/dev/null",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "IdentitiesOnly=yes",
+            ])
             .args(["-o", "StrictHostKeyChecking=yes"])
             .arg("-o")
             .arg(format!("UserKnownHostsFile={}", kh.display()))
@@ -115,7 +135,14 @@ async fn openssh_client_reaches_echo_service() {
     Identity::generate().save(&stranger).unwrap();
     let out = Command::new("ssh")
         .args(["-p", &port, "-i", stranger.to_str().unwrap()])
-        .args(["-F", "/dev/null", "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes"])
+        .args([
+            "-F",
+            "/dev/null",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "IdentitiesOnly=yes",
+        ])
         .arg("-o")
         .arg(format!("UserKnownHostsFile={}", kh.display()))
         .args(["-W", "echo:1", "tester@127.0.0.1"])
@@ -152,7 +179,11 @@ async fn send_and_serve_processes() {
         stdin.write_all(&input).await.unwrap();
     });
     let out = within(60, send.wait_with_output()).await.unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(out.stdout == data);
     assert!(String::from_utf8_lossy(&out.stderr).contains("connected to echo-server"));
     server.child.kill().await.unwrap();
@@ -167,9 +198,19 @@ fn demo_command_runs() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("echoed bytes: Hello over Duplex!"), "{stdout}");
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("echoed bytes: Hello over Duplex!"),
+        "{stdout}"
+    );
     assert!(stdout.contains("echoed frame: a frame"), "{stdout}");
-    assert!(stdout.contains("echoed error frame: an error frame"), "{stdout}");
+    assert!(
+        stdout.contains("echoed error frame: an error frame"),
+        "{stdout}"
+    );
     assert!(stdout.contains("demo done"), "{stdout}");
 }
