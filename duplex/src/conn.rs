@@ -12,7 +12,7 @@ use futures_util::stream::FuturesUnordered;
 use tokio::sync::{Notify, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::channel::state::{ChanShared, Delivery, Kind, OpenPhase};
+use crate::channel::state::{ChanShared, Delivery, Kind, OpenPhase, Out};
 use crate::channel::{Channel, ChannelMeta, IncomingChannel};
 use crate::config::Config;
 use crate::error::{ChannelError, OpenError};
@@ -20,7 +20,7 @@ use crate::peer::{Direction, PeerCore, PeerInfo};
 use crate::proto::control::Control;
 use crate::proto::headers::Headers;
 use crate::proto::service::ServiceName;
-use crate::proto::{HELLO_SERVICE, PROTOCOL_VERSION};
+use crate::proto::{EXT_CONTROL, HELLO_SERVICE, PROTOCOL_VERSION};
 use crate::ssh::keys::{Fingerprint, PublicKey};
 use crate::ssh::{
     IncomingOpen, OPEN_PROHIBITED, OPEN_RESOURCE_SHORTAGE, OpenFailed, SessionHandle,
@@ -261,7 +261,9 @@ impl ConnShared {
             Ok(s) => s,
             Err(e) => return open.reply.reject(OPEN_PROHIBITED, &e.to_string()).await,
         };
-        let duplex = self.duplex.load(Ordering::Acquire);
+        // Everything a listener opens to us is Duplex; a dialler is Duplex
+        // once it said hello.
+        let duplex = self.direction == Direction::Outbound || self.duplex.load(Ordering::Acquire);
         if !duplex && self.direction == Direction::Inbound && service.as_str() == HELLO_SERVICE {
             return self.on_hello(open).await;
         }
@@ -376,9 +378,20 @@ impl ConnShared {
             .with("name", self.core.name.to_string())
             .with("version", PROTOCOL_VERSION.to_string());
         let encoded = ours.encode(&self.config.limits).unwrap_or_default();
-        chan.send_control(&Control::Hello { headers: encoded });
-        chan.send_close();
-        self.core.register(self.clone());
+        // Send the answer before the application can learn of the peer (and
+        // open channels to it): our opens share the session queue with this
+        // data, so they cannot overtake it. Not awaited here, in the session
+        // loop, since that queue is drained by this very loop.
+        let conn = self.clone();
+        self.core.tracker.spawn(async move {
+            if let Some(w) = chan.writer.get() {
+                let hello = Out::Ext(EXT_CONTROL, Control::Hello { headers: encoded }.encode());
+                if w.send(hello).await.is_ok() {
+                    conn.core.register(conn.clone());
+                }
+            }
+            chan.send_close();
+        });
     }
 
     // ---- opening ----

@@ -243,3 +243,44 @@ async fn trust_from_files() {
     server.shutdown().await;
     client.shutdown().await;
 }
+
+/// The listener opens a channel the moment the dialler appears in its peer
+/// list; the dialler sees it as a Duplex channel from the named peer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listener_opens_immediately_after_hello() {
+    init_tracing();
+    for _ in 0..20 {
+        let (sid, cid) = (Identity::generate(), Identity::generate());
+        let server = peer_trusting("server", &sid, &[&cid], Default::default());
+        let client = peer_trusting("client", &cid, &[&sid], Default::default());
+        let (a, b) = tokio::io::duplex(64 << 10);
+        server.serve_stream(b, "memory");
+        let s = server.clone();
+        let opener = tokio::spawn(async move {
+            while s.peers().is_empty() {
+                tokio::task::yield_now().await;
+            }
+            let mut ch = s
+                .open("client", "early", Headers::new().with("h", "1"))
+                .await
+                .unwrap();
+            ch.write_all(b"early bird").await.unwrap();
+            ch.close_write().await.unwrap();
+        });
+        let c = client.clone();
+        let acceptor = tokio::spawn(async move {
+            let inc = c.accept().await.unwrap();
+            assert_eq!(inc.meta().remote_peer(), "server");
+            assert_eq!(inc.headers().get("h"), Some("1"));
+            let mut ch = inc.accept().await;
+            let mut got = Vec::new();
+            ch.read_to_end(&mut got).await.unwrap();
+            assert_eq!(got, b"early bird");
+        });
+        client.connect_stream(a, "memory").await.unwrap();
+        within(10, opener).await.unwrap();
+        within(10, acceptor).await.unwrap();
+        client.shutdown().await;
+        server.shutdown().await;
+    }
+}

@@ -267,7 +267,15 @@ impl ChanShared {
                 }
                 Control::Hello { headers } => {
                     match Headers::decode(&headers, &self.conn.config.limits) {
-                        Ok(h) => st.open = OpenPhase::Hello(h),
+                        Ok(h) => {
+                            // Learn the listener's name now, in the session
+                            // loop, so channels it opens right after its hello
+                            // already carry it.
+                            if let Some(name) = h.get("name") {
+                                self.conn.set_remote(name.to_owned());
+                            }
+                            st.open = OpenPhase::Hello(h);
+                        }
                         Err(e) => st.open = OpenPhase::Rejected(format!("bad hello: {e}")),
                     }
                     opened = true;
