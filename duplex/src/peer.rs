@@ -95,7 +95,9 @@ pub(crate) struct PeerCore {
     peers: Mutex<Vec<Arc<ConnShared>>>,
     /// Every live connection, for shutdown.
     all: Mutex<HashMap<u64, Arc<ConnShared>>>,
-    listeners: Mutex<HashMap<Endpoint, CancellationToken>>,
+    /// Per bound endpoint: the token that stops its accept loop, and the
+    /// token the loop fires once its socket is closed.
+    listeners: Mutex<HashMap<Endpoint, (CancellationToken, CancellationToken)>>,
     dialed: Mutex<HashMap<Endpoint, Arc<ConnShared>>>,
     pub(crate) incoming_tx: mpsc::Sender<IncomingChannel>,
     // An async mutex only to let several tasks call `accept`; it guards the
@@ -321,6 +323,7 @@ impl Peer {
             source,
         };
         let token = self.core.cancel.child_token();
+        let closed = CancellationToken::new();
         let bound = match &endpoint {
             Endpoint::Tcp { host, port } => {
                 let listener = tokio::net::TcpListener::bind((host.as_str(), *port))
@@ -332,37 +335,44 @@ impl Peer {
                     port: addr.port(),
                 };
                 let core = self.core.clone();
-                let t = token.clone();
+                let stop = (token.clone(), closed.clone());
                 self.core
                     .tracker
-                    .spawn(accept_tcp(core, listener, t, bound.to_string()));
+                    .spawn(accept_tcp(core, listener, stop, bound.to_string()));
                 bound
             }
             Endpoint::Unix(path) => {
                 let listener = bind_unix(path).await.map_err(io)?;
                 let core = self.core.clone();
-                let t = token.clone();
+                let stop = (token.clone(), closed.clone());
                 let p = path.clone();
-                self.core.tracker.spawn(accept_unix(core, listener, t, p));
+                self.core
+                    .tracker
+                    .spawn(accept_unix(core, listener, stop, p));
                 endpoint.clone()
             }
         };
         tracing::info!(endpoint = %bound, "listening");
-        if let Some(old) = lock(&self.core.listeners).insert(bound.clone(), token) {
+        if let Some((old, _)) = lock(&self.core.listeners).insert(bound.clone(), (token, closed)) {
             old.cancel();
         }
         Ok(bound)
     }
 
-    /// Stops listening on an endpoint `bind` returned. Connections already
+    /// Stops listening on an endpoint `bind` returned, and returns once the
+    /// socket is closed (a Unix socket's file removed). Connections already
     /// accepted stay up. Returns whether it was bound.
-    pub fn unbind(&self, endpoint: impl IntoEndpoint) -> bool {
+    ///
+    /// Cancel-safe: the listener stops whether or not this is awaited.
+    pub async fn unbind(&self, endpoint: impl IntoEndpoint) -> bool {
         let Ok(endpoint) = endpoint.into_endpoint() else {
             return false;
         };
-        match lock(&self.core.listeners).remove(&endpoint) {
-            Some(t) => {
-                t.cancel();
+        let entry = lock(&self.core.listeners).remove(&endpoint);
+        match entry {
+            Some((stop, closed)) => {
+                stop.cancel();
+                closed.cancelled().await;
                 true
             }
             None => false,
@@ -689,13 +699,15 @@ where
 async fn accept_tcp(
     core: Arc<PeerCore>,
     listener: tokio::net::TcpListener,
-    stop: CancellationToken,
+    (stop, closed): (CancellationToken, CancellationToken),
     label: String,
 ) {
+    let _closed = closed.drop_guard();
     loop {
         let accepted = tokio::select! {
-            r = listener.accept() => r,
+            biased;
             _ = stop.cancelled() => break,
+            r = listener.accept() => r,
         };
         match accepted {
             Ok((stream, addr)) => {
@@ -706,19 +718,22 @@ async fn accept_tcp(
             Err(e) => accept_error(&label, e, &stop).await,
         }
     }
+    drop(listener); // before `_closed` fires
 }
 
 async fn accept_unix(
     core: Arc<PeerCore>,
     listener: tokio::net::UnixListener,
-    stop: CancellationToken,
+    (stop, closed): (CancellationToken, CancellationToken),
     path: std::path::PathBuf,
 ) {
+    let _closed = closed.drop_guard();
     let label = format!("unix://{}", path.display());
     loop {
         let accepted = tokio::select! {
-            r = listener.accept() => r,
+            biased;
             _ = stop.cancelled() => break,
+            r = listener.accept() => r,
         };
         match accepted {
             Ok((stream, _)) => {
@@ -728,6 +743,7 @@ async fn accept_unix(
             Err(e) => accept_error(&label, e, &stop).await,
         }
     }
+    drop(listener);
     let _ = std::fs::remove_file(&path);
 }
 

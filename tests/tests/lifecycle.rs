@@ -91,7 +91,7 @@ async fn unbind_and_rebind_unix() {
     let other = peer_trusting("other", &Identity::generate(), &[], Default::default());
     assert!(other.bind(ep.as_str()).await.is_err());
     client.connect(ep.as_str()).await.unwrap();
-    assert!(server.unbind(ep.as_str()));
+    assert!(server.unbind(ep.as_str()).await);
     // New connections are refused; the existing one keeps working.
     let fresh = peer_trusting("fresh", &cid, &[&sid], Default::default());
     within(10, async {

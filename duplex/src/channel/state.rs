@@ -163,13 +163,10 @@ impl ChanShared {
             return Delivery::Ok;
         }
         let n = data.len() as u64;
-        if self.kind == Kind::Duplex {
-            if n > st.recv_credit {
-                drop(st);
-                self.fail_protocol("sent more data than its flow-control window allows");
-                return Delivery::Violation;
-            }
-            st.recv_credit -= n;
+        if !self.charge(&mut st, n) {
+            drop(st);
+            self.fail_protocol("sent more data than its flow-control window allows");
+            return Delivery::Violation;
         }
         if st.reader_gone {
             // Nobody will read: discard, and give the credit straight back.
@@ -186,6 +183,21 @@ impl ChanShared {
             Delivery::Wait
         } else {
             Delivery::Ok
+        }
+    }
+
+    /// Counts `n` received bytes against the credit we granted; false when
+    /// the remote overran it (a protocol violation).
+    fn charge(&self, st: &mut ChanState, n: u64) -> bool {
+        if self.kind == Kind::Plain {
+            return true;
+        }
+        match st.recv_credit.checked_sub(n) {
+            Some(left) => {
+                st.recv_credit = left;
+                true
+            }
+            None => false,
         }
     }
 
@@ -213,13 +225,10 @@ impl ChanShared {
             return Delivery::Ok;
         }
         let n = data.len() as u64;
-        if self.kind == Kind::Duplex {
-            if n > st.recv_credit {
-                drop(st);
-                self.fail_protocol("sent more error data than its flow-control window allows");
-                return Delivery::Violation;
-            }
-            st.recv_credit -= n;
+        if !self.charge(&mut st, n) {
+            drop(st);
+            self.fail_protocol("sent more error data than its flow-control window allows");
+            return Delivery::Violation;
         }
         match st.err_asm.push(data) {
             Ok(frames) => {
@@ -515,11 +524,12 @@ impl ChanShared {
         if let Some(e) = &st.failed {
             return Poll::Ready(Err(e.clone()));
         }
+        // Our own close_write first: that error is the caller's to fix.
+        if st.eof_out || (st.close_out && !st.close_in) {
+            return Poll::Ready(Err(ChannelError::WriteClosed));
+        }
         if st.close_in {
             return Poll::Ready(Err(ChannelError::ClosedByRemote));
-        }
-        if st.eof_out || st.close_out {
-            return Poll::Ready(Err(ChannelError::WriteClosed));
         }
         let room = match self.kind {
             Kind::Duplex => st.send_credit,

@@ -31,8 +31,18 @@ impl fmt::Debug for Fingerprint {
 }
 
 /// A public key (ed25519, ECDSA or RSA).
-#[derive(Clone, PartialEq, Eq)]
+///
+/// Two keys are equal when their key material is: the comment is ignored.
+#[derive(Clone)]
 pub struct PublicKey(pub(crate) ssh_key::PublicKey);
+
+impl PartialEq for PublicKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.key_data() == other.0.key_data()
+    }
+}
+
+impl Eq for PublicKey {}
 
 impl PublicKey {
     /// Parses one OpenSSH public key line (`ssh-ed25519 AAAA... comment`),
