@@ -433,9 +433,17 @@ impl ConnShared {
         let Some(handle) = self.handle.get() else {
             return Err(lost("the session is not running".into()));
         };
+        let deadline = tokio::time::Instant::now() + self.config.open_timeout;
         let write = tokio::select! {
             r = handle.open(service.as_str(), encoded, 0) => r,
             _ = self.ended.cancelled() => Err(OpenFailed::Gone),
+            _ = tokio::time::sleep_until(deadline) => {
+                return Err(OpenError::Timeout {
+                    peer,
+                    service: service.to_string(),
+                    after: self.config.open_timeout,
+                });
+            }
         };
         let write = match write {
             Ok(w) => w,
@@ -460,11 +468,11 @@ impl ConnShared {
         let id = write.id();
         let chan = self.claim(id);
         let _ = chan.writer.set(write);
+        chan.kick();
         let _ = chan.meta.set(Arc::new(self.meta(service.clone(), headers)));
         let channel = Channel::new(chan.clone());
         chan.grant_initial();
 
-        let deadline = tokio::time::Instant::now() + self.config.open_timeout;
         loop {
             let notified = chan.opened.notified();
             let (phase, failed, closed) = chan.open_phase();
@@ -518,6 +526,7 @@ impl ConnShared {
         let id = write.id();
         let chan = self.claim(id);
         let _ = chan.writer.set(write);
+        chan.kick();
         let guard = Channel::new(chan.clone());
         loop {
             let notified = chan.opened.notified();
@@ -643,7 +652,9 @@ impl ConnShared {
     pub(crate) async fn disconnect_now(&self, why: &str) {
         let _ = self.end_reason.set(why.to_owned());
         if let Some(h) = self.handle.get() {
-            h.disconnect(&self.end_reason()).await;
+            // Bounded: a session stuck writing to a remote that stopped
+            // reading never takes the message.
+            let _ = tokio::time::timeout(CLOSE_GRACE, h.disconnect(&self.end_reason())).await;
         }
         self.cancel.cancel();
     }
@@ -661,6 +672,7 @@ impl ConnShared {
 
 async fn drain(chan: Arc<ChanShared>) {
     let Some(writer) = chan.writer.get() else {
+        chan.unschedule(); // the opener reschedules once it sets the writer
         return;
     };
     let _idle = IdleOnDrop(&chan.conn);
@@ -670,7 +682,7 @@ async fn drain(chan: Arc<ChanShared>) {
             chan.fail(ChannelError::ConnectionLost(
                 format!("the session stopped accepting data: {why}").into(),
             ));
-            let _ = chan.next_out(); // clears the scheduled flag
+            while chan.next_out().is_some() {} // discards; clears `scheduled`
             return;
         }
     }

@@ -88,7 +88,7 @@ async fn openssh_client_reaches_echo_service() {
     )
     .unwrap();
 
-    for size in [6usize, 1 << 20] {
+    for size in [6usize, 16 << 20] {
         let data = if size == 6 {
             b"hello\n".to_vec()
         } else {

@@ -136,3 +136,32 @@ async fn dropped_reader_does_not_block_sender() {
     assert_eq!(got, b"ok");
     p.shutdown().await;
 }
+
+/// An error frame larger than the receiver's window still gets through (its
+/// partial bytes are granted back as they arrive), and data flows after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn error_frame_larger_than_the_window() {
+    let config = Config::default().channel_window(64 << 10).unwrap();
+    let p = pair_with(duplex_tests::Transport::Memory, config.clone(), config).await;
+    let server = p.server.clone();
+    let big = random_bytes(3 << 20);
+    let expect = big.clone();
+    let reader = tokio::spawn(async move {
+        let mut ch = server.accept().await.unwrap().accept().await;
+        let e = ch.read_error().await.unwrap().unwrap();
+        assert!(e[..] == expect[..]);
+        let mut rest = Vec::new();
+        ch.read_to_end(&mut rest).await.unwrap();
+        assert_eq!(rest, b"after");
+    });
+    let mut ch = p
+        .client
+        .open("server", "err", Headers::new())
+        .await
+        .unwrap();
+    within(30, ch.write_error(&big)).await.unwrap();
+    ch.write_all(b"after").await.unwrap();
+    ch.close_write().await.unwrap();
+    within(30, reader).await.unwrap();
+    p.shutdown().await;
+}

@@ -54,7 +54,9 @@ pub(crate) struct ChanState {
     // Receiving.
     data: VecDeque<Bytes>,
     data_len: usize,
-    errs: VecDeque<Bytes>,
+    /// Complete error frames, each with the credit still owed for it (the
+    /// part not granted back while it was partial).
+    errs: VecDeque<(Bytes, u64)>,
     err_asm: Assembler,
     ctrl: control::Parser,
     /// Bytes the remote may still send (granted, not yet received).
@@ -205,6 +207,9 @@ impl ChanShared {
     pub(crate) fn has_space(&self) -> bool {
         let st = self.lock();
         st.data_len <= self.conn.config.plain_channel_buffer
+            // The application is waiting to write (and so not reading):
+            // holding the session loop now would deadlock us both.
+            || st.write_waker.is_some()
             || st.reader_gone
             || st.failed.is_some()
             || st.close_in
@@ -213,7 +218,8 @@ impl ChanShared {
     /// Extended data arrived.
     pub(crate) fn on_ext(&self, code: u32, data: &[u8]) -> Delivery {
         match code {
-            EXT_ERROR => self.on_error_bytes(data),
+            // A plain client's stderr has no credit to bound it: dropped.
+            EXT_ERROR if self.kind == Kind::Duplex => self.on_error_bytes(data),
             EXT_CONTROL if self.kind == Kind::Duplex => self.on_control(data),
             _ => Delivery::Ok, // unknown streams are ignored, as RFC 4254 allows
         }
@@ -230,17 +236,32 @@ impl ChanShared {
             self.fail_protocol("sent more error data than its flow-control window allows");
             return Delivery::Violation;
         }
+        let before = st.err_asm.partial_len() as u64;
         match st.err_asm.push(data) {
             Ok(frames) => {
                 if st.reader_gone {
                     st.unreported += n;
-                    self.maybe_grant(&mut st);
+                } else if frames.is_empty() {
+                    // Bytes of an unfinished frame are granted back at once:
+                    // the assembler bounds them (max_frame_len), and a frame
+                    // larger than the window could never finish otherwise.
+                    st.unreported += n;
                 } else {
-                    // Partial frame bytes are granted back when the whole
-                    // frame is consumed (its length includes the prefix).
-                    st.errs.extend(frames);
+                    // The first finished frame contains the `before` bytes
+                    // granted while it was partial; the new partial bytes
+                    // are granted now; the rest when the frames are read.
+                    let after = st.err_asm.partial_len() as u64;
+                    let mut pregranted = before;
+                    for f in frames {
+                        let total = (f.len() + crate::proto::frame::HEADER_LEN) as u64;
+                        let owed = total - pregranted.min(total);
+                        pregranted = 0;
+                        st.errs.push_back((f, owed));
+                    }
+                    st.unreported += after;
                     wake(&mut st.err_waker);
                 }
+                self.maybe_grant(&mut st);
                 Delivery::Ok
             }
             Err(e) => {
@@ -265,11 +286,13 @@ impl ChanShared {
         for rec in records {
             match rec {
                 Control::Accept { window } => {
-                    st.send_credit += u64::from(window);
+                    st.send_credit = st.send_credit.saturating_add(u64::from(window));
                     st.open = OpenPhase::Accepted;
                     opened = true;
                 }
-                Control::Window { increment } => st.send_credit += u64::from(increment),
+                Control::Window { increment } => {
+                    st.send_credit = st.send_credit.saturating_add(u64::from(increment))
+                }
                 Control::Reject { reason } => {
                     st.open = OpenPhase::Rejected(reason);
                     opened = true;
@@ -424,9 +447,8 @@ impl ChanShared {
         cx: &mut Context<'_>,
     ) -> Poll<Result<Option<Bytes>, ChannelError>> {
         let mut st = self.lock();
-        if let Some(frame) = st.errs.pop_front() {
-            let n = frame.len() + crate::proto::frame::HEADER_LEN;
-            self.consumed_err(&mut st, n);
+        if let Some((frame, owed)) = st.errs.pop_front() {
+            self.consumed_err(&mut st, owed);
             return Poll::Ready(Ok(Some(frame)));
         }
         if let Some(e) = &st.failed {
@@ -457,9 +479,9 @@ impl ChanShared {
         }
     }
 
-    fn consumed_err(&self, st: &mut ChanState, n: usize) {
+    fn consumed_err(&self, st: &mut ChanState, owed: u64) {
         if self.kind == Kind::Duplex {
-            st.unreported += n as u64;
+            st.unreported += owed;
             self.maybe_grant(st);
         }
     }
@@ -467,7 +489,7 @@ impl ChanShared {
     /// Grants consumed bytes back once they add up to a quarter window, so
     /// the sender never stalls while the reader keeps up.
     fn maybe_grant(&self, st: &mut ChanState) {
-        if self.kind != Kind::Duplex || st.close_in || st.close_out {
+        if self.kind != Kind::Duplex || st.close_in || st.close_out || st.failed.is_some() {
             return;
         }
         if st.unreported >= self.window() / 4 {
@@ -484,11 +506,7 @@ impl ChanShared {
     pub(crate) fn reader_dropped(&self) {
         let mut st = self.lock();
         st.reader_gone = true;
-        let n = st.data_len as u64
-            + st.errs
-                .iter()
-                .map(|f| (f.len() + crate::proto::frame::HEADER_LEN) as u64)
-                .sum::<u64>();
+        let n = st.data_len as u64 + st.errs.iter().map(|(_, owed)| owed).sum::<u64>();
         st.data.clear();
         st.errs.clear();
         st.data_len = 0;
@@ -503,7 +521,7 @@ impl ChanShared {
     /// Buffered, unread bytes (data and error frames): for tests and stats.
     pub(crate) fn buffered(&self) -> usize {
         let st = self.lock();
-        st.data_len + st.errs.iter().map(|f| f.len()).sum::<usize>()
+        st.data_len + st.errs.iter().map(|(f, _)| f.len()).sum::<usize>()
     }
 
     // ---- writing ----
@@ -532,7 +550,12 @@ impl ChanShared {
             return Poll::Ready(Err(ChannelError::ClosedByRemote));
         }
         let room = match self.kind {
-            Kind::Duplex => st.send_credit,
+            // Credit, but never more queued than twice our own window: a
+            // remote that grants credit and withholds SSH window cannot make
+            // us queue without bound.
+            Kind::Duplex => st
+                .send_credit
+                .min((2 * self.window()).saturating_sub(st.out_bytes as u64)),
             Kind::Plain => self
                 .conn
                 .config
@@ -541,6 +564,10 @@ impl ChanShared {
         };
         if room == 0 {
             st.write_waker = Some(cx.waker().clone());
+            if self.kind == Kind::Plain {
+                drop(st);
+                self.space.notify_one();
+            }
             return Poll::Pending;
         }
         let n = want
@@ -573,6 +600,20 @@ impl ChanShared {
         }
         st.flush_waker = Some(cx.waker().clone());
         Poll::Pending
+    }
+
+    /// Ends a turn that could not run (no writer yet); a later `schedule`
+    /// starts a new one.
+    pub(crate) fn unschedule(&self) {
+        self.lock().scheduled = false;
+    }
+
+    /// Reschedules if anything is waiting (after the writer was installed).
+    pub(crate) fn kick(&self) {
+        let mut st = self.lock();
+        if !st.out.is_empty() || st.grant > 0 {
+            self.schedule(&mut st);
+        }
     }
 
     /// Nothing is queued or being sent.
@@ -634,6 +675,9 @@ impl ChanShared {
     /// the SSH open is confirmed).
     pub(crate) fn grant_initial(&self) {
         let mut st = self.lock();
+        if st.close_in || st.failed.is_some() {
+            return;
+        }
         st.grant += self.window();
         self.schedule(&mut st);
     }
@@ -641,6 +685,9 @@ impl ChanShared {
     /// Gives the remote its initial credit as part of accepting.
     pub(crate) fn accept_duplex(&self) {
         let mut st = self.lock();
+        if st.close_in || st.failed.is_some() {
+            return;
+        }
         let w = self.window();
         st.recv_credit += w;
         st.out.push_back(Out::Ext(

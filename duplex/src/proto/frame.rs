@@ -112,6 +112,11 @@ impl Assembler {
         }
     }
 
+    /// Bytes held for the frame being assembled.
+    pub(crate) fn partial_len(&self) -> usize {
+        self.buf.len()
+    }
+
     /// Called at end of stream: an error if a frame was left incomplete.
     pub(crate) fn finish(&self) -> Result<(), FrameError> {
         if self.buf.is_empty() {
