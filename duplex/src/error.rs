@@ -180,6 +180,13 @@ pub enum ChannelError {
     /// A frame was too large or truncated.
     #[error(transparent)]
     Frame(#[from] FrameError),
+    /// Trailers that cannot be sent (over a header limit).
+    #[error("cannot send trailers: {0}")]
+    Trailers(HeaderError),
+    /// The remote is a plain SSH client, which has no way to receive
+    /// trailers.
+    #[error("trailers cannot be sent to a plain SSH client")]
+    TrailersUnsupported,
 }
 
 impl From<ChannelError> for io::Error {
@@ -187,6 +194,9 @@ impl From<ChannelError> for io::Error {
         let kind = match &e {
             ChannelError::ConnectionLost(_) => io::ErrorKind::ConnectionAborted,
             ChannelError::ClosedByRemote | ChannelError::WriteClosed => io::ErrorKind::BrokenPipe,
+            ChannelError::Trailers(_) | ChannelError::TrailersUnsupported => {
+                io::ErrorKind::InvalidInput
+            }
             ChannelError::Protocol(_) | ChannelError::Frame(_) => io::ErrorKind::InvalidData,
         };
         io::Error::new(kind, e)

@@ -180,6 +180,19 @@ impl Channel {
         self.writer.close_write().await
     }
 
+    /// Ends our writing with trailers (key/value pairs the remote reads with
+    /// [`trailers`](Self::trailers) after all the data), then EOF. Writing
+    /// afterwards is an error. See [`ChannelWriter::write_trailers`].
+    pub async fn write_trailers(&mut self, trailers: &Headers) -> Result<(), ChannelError> {
+        self.writer.write_trailers(trailers).await
+    }
+
+    /// Waits until the remote finished writing and returns its trailers
+    /// (empty if it sent none). See [`ChannelReader::trailers`].
+    pub async fn trailers(&self) -> Result<Headers, ChannelError> {
+        self.reader.trailers().await
+    }
+
     /// Flushes what is queued, then closes the channel in both directions.
     ///
     /// Not needed for cleanup (dropping closes too), but it lets the caller
@@ -356,6 +369,17 @@ impl ChannelReader {
         std::future::poll_fn(|cx| self.shared.poll_read_error(cx)).await
     }
 
+    /// Waits until the remote finished writing (EOF or close) and returns
+    /// the trailers it sent, or empty headers if it sent none.
+    ///
+    /// Trailers arrive after all of the remote's data; they are kept until
+    /// asked for, and a reader that never asks is unaffected. This does not
+    /// consume data: call it after reading to the end, or from another task.
+    /// Cancel-safe.
+    pub async fn trailers(&self) -> Result<Headers, ChannelError> {
+        std::future::poll_fn(|cx| self.shared.poll_trailers(cx)).await
+    }
+
     /// Poll form of [`read_error`](Self::read_error), for reading both
     /// streams from one task.
     pub fn poll_read_error(
@@ -433,6 +457,20 @@ impl ChannelWriter {
         let max = self.shared.conn.config.max_frame_len;
         let framed = frame::encode(payload, max)?;
         self.write_owned(Some(EXT_ERROR), framed).await
+    }
+
+    /// Ends our writing: queues the trailers after everything written so
+    /// far, then EOF, and waits until they are handed to the session.
+    ///
+    /// Fails with [`ChannelError::WriteClosed`] after `close_write` or a
+    /// previous `write_trailers`, and with
+    /// [`ChannelError::TrailersUnsupported`] towards a plain SSH client.
+    /// Trailers are bounded like open headers (64 pairs, 16 KiB encoded by
+    /// default). Cancel-safe: once it returned an error nothing was queued;
+    /// once queued, cancelling only skips the wait.
+    pub async fn write_trailers(&mut self, trailers: &Headers) -> Result<(), ChannelError> {
+        self.shared.send_trailers(trailers)?;
+        std::future::poll_fn(|cx| self.shared.poll_flush(cx)).await
     }
 
     /// Flushes, then sends EOF: the remote reads end of stream. Reading

@@ -69,6 +69,8 @@ pub(crate) struct ChanState {
     reader_gone: bool,
     read_waker: Option<Waker>,
     err_waker: Option<Waker>,
+    trailers: Option<Headers>,
+    trailers_waker: Option<Waker>,
     // Sending.
     send_credit: u64,
     out: VecDeque<Out>,
@@ -129,6 +131,8 @@ impl ChanShared {
                 reader_gone: false,
                 read_waker: None,
                 err_waker: None,
+                trailers: None,
+                trailers_waker: None,
                 send_credit: if kind == Kind::Plain { u64::MAX } else { 0 },
                 out: VecDeque::new(),
                 out_bytes: 0,
@@ -297,6 +301,21 @@ impl ChanShared {
                     st.open = OpenPhase::Rejected(reason);
                     opened = true;
                 }
+                Control::Trailers { headers } => {
+                    match Headers::decode(&headers, &self.conn.config.limits) {
+                        Ok(h) if st.trailers.is_none() && !st.eof_in => st.trailers = Some(h),
+                        Ok(_) => {
+                            drop(st);
+                            self.fail_protocol("sent trailers twice or after EOF");
+                            return Delivery::Violation;
+                        }
+                        Err(e) => {
+                            drop(st);
+                            self.fail_protocol(&format!("sent malformed trailers: {e}"));
+                            return Delivery::Violation;
+                        }
+                    }
+                }
                 Control::Hello { headers } => {
                     match Headers::decode(&headers, &self.conn.config.limits) {
                         Ok(h) => {
@@ -371,6 +390,7 @@ impl ChanShared {
     fn wake_readers(&self, st: &mut ChanState) {
         wake(&mut st.read_waker);
         wake(&mut st.err_waker);
+        wake(&mut st.trailers_waker);
     }
 
     // ---- the opener's view ----
@@ -412,6 +432,51 @@ impl ChanShared {
         }
         self.consumed(&mut st, copied);
         Poll::Ready(Ok(()))
+    }
+
+    /// Ready once the remote finished writing (EOF or close): its trailers,
+    /// or empty headers if it sent none.
+    pub(crate) fn poll_trailers(
+        &self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Headers, ChannelError>> {
+        let mut st = self.lock();
+        if st.eof_in || st.close_in {
+            return Poll::Ready(Ok(st.trailers.clone().unwrap_or_default()));
+        }
+        if let Some(e) = &st.failed {
+            return Poll::Ready(Err(e.clone()));
+        }
+        st.trailers_waker = Some(cx.waker().clone());
+        Poll::Pending
+    }
+
+    /// Queues trailers and EOF: the end of our writing.
+    pub(crate) fn send_trailers(&self, trailers: &Headers) -> Result<(), ChannelError> {
+        let encoded = trailers
+            .encode(&self.conn.config.limits)
+            .map_err(ChannelError::Trailers)?;
+        let mut st = self.lock();
+        if let Some(e) = &st.failed {
+            return Err(e.clone());
+        }
+        if st.eof_out || st.close_out {
+            return Err(ChannelError::WriteClosed);
+        }
+        if st.close_in {
+            return Err(ChannelError::ClosedByRemote);
+        }
+        if self.kind == Kind::Plain {
+            return Err(ChannelError::TrailersUnsupported);
+        }
+        st.out.push_back(Out::Ext(
+            EXT_CONTROL,
+            Control::Trailers { headers: encoded }.encode(),
+        ));
+        st.out.push_back(Out::Eof);
+        st.eof_out = true;
+        self.schedule(&mut st);
+        Ok(())
     }
 
     /// Takes up to `max` buffered bytes as one chunk, without copying.

@@ -6,8 +6,9 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use super::frame;
 
-/// Largest control record accepted (type byte and body).
-pub(crate) const MAX_RECORD: usize = 4096;
+/// Largest control record accepted (type byte and body): room for a header
+/// block of the largest size `Config::max_header_bytes` allows.
+pub(crate) const MAX_RECORD: usize = 32 << 10;
 /// Longest rejection reason sent; longer ones are cut at a char boundary.
 pub(crate) const MAX_REASON: usize = 1024;
 
@@ -15,6 +16,7 @@ const ACCEPT: u8 = 1;
 const WINDOW: u8 = 2;
 const REJECT: u8 = 3;
 const HELLO: u8 = 4;
+const TRAILERS: u8 = 5;
 
 /// One control record.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,6 +31,8 @@ pub(crate) enum Control {
     /// The listener's answer on the `@hello` channel: its name and protocol
     /// version as an encoded header block.
     Hello { headers: String },
+    /// Trailers: a header block sent once, after the last data, before EOF.
+    Trailers { headers: String },
 }
 
 /// Why a control record was refused.
@@ -67,6 +71,10 @@ impl Control {
                 body.put_u8(HELLO);
                 body.put_slice(truncate(headers, MAX_RECORD - 1).as_bytes());
             }
+            Control::Trailers { headers } => {
+                body.put_u8(TRAILERS);
+                body.put_slice(truncate(headers, MAX_RECORD - 1).as_bytes());
+            }
         }
         let mut out = BytesMut::with_capacity(frame::HEADER_LEN + body.len());
         out.put_u32(body.len() as u32); // at most MAX_RECORD bytes
@@ -94,10 +102,14 @@ impl Control {
                     reason: reason.to_owned(),
                 })
             }
-            HELLO => {
-                let headers = std::str::from_utf8(body).map_err(|_| ControlError::Malformed(ty))?;
-                Ok(Control::Hello {
-                    headers: headers.to_owned(),
+            HELLO | TRAILERS => {
+                let headers = std::str::from_utf8(body)
+                    .map_err(|_| ControlError::Malformed(ty))?
+                    .to_owned();
+                Ok(if ty == HELLO {
+                    Control::Hello { headers }
+                } else {
+                    Control::Trailers { headers }
                 })
             }
             other => Err(ControlError::UnknownType(other)),
@@ -195,7 +207,8 @@ mod tests {
                 Control::Accept { window: w },
                 Control::Window { increment: w },
                 Control::Reject { reason: reason.clone() },
-                Control::Hello { headers: reason },
+                Control::Hello { headers: reason.clone() },
+                Control::Trailers { headers: reason },
             ];
             let mut wire = Vec::new();
             for r in &recs { wire.extend_from_slice(&r.encode()); }
