@@ -42,7 +42,9 @@ mod proto;
 mod ssh;
 mod transport;
 
-pub use channel::{Channel, ChannelMeta, ChannelReader, ChannelWriter, IncomingChannel};
+pub use channel::{
+    Channel, ChannelMeta, ChannelReader, ChannelWriter, IncomingChannel, JoinError, JoinStats,
+};
 pub use config::{Config, ConfigError};
 pub use endpoint::{Endpoint, EndpointError};
 pub use error::{BindError, ChannelError, ConnectError, OpenError};

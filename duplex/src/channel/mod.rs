@@ -1,6 +1,9 @@
 //! Channels: the application's view of one multiplexed stream.
 
+mod join;
 pub(crate) mod state;
+
+pub use join::{JoinError, JoinStats};
 
 use std::fmt;
 use std::io;
