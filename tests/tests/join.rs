@@ -126,3 +126,87 @@ async fn join_two_channels() {
     assert_eq!(got, b"SPLICED");
     p.shutdown().await;
 }
+
+/// A gateway routes each client channel to one of two backends by a header,
+/// passing headers through and carrying data, error frames and trailers
+/// back with `splice`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_routes_by_header_and_carries_trailers() {
+    use duplex::Identity;
+    use duplex_tests::peer_trusting;
+    let ids: Vec<Identity> = (0..4).map(|_| Identity::generate()).collect();
+    let all: Vec<&Identity> = ids.iter().collect();
+    let gateway = peer_trusting("gateway", &ids[0], &all, Default::default());
+    let client = peer_trusting("client", &ids[1], &all, Default::default());
+    let backends = [
+        peer_trusting("backend-a", &ids[2], &all, Default::default()),
+        peer_trusting("backend-b", &ids[3], &all, Default::default()),
+    ];
+    // The backends dial the gateway (they may sit behind a firewall).
+    let ep = gateway.bind("tcp://127.0.0.1:0").await.unwrap();
+    for b in &backends {
+        b.connect(&ep).await.unwrap();
+        let b = b.clone();
+        tokio::spawn(async move {
+            while let Some(inc) = b.accept().await {
+                let me = b.name().to_owned();
+                tokio::spawn(async move {
+                    let user = inc.headers().get("user").unwrap_or("?").to_owned();
+                    let mut ch = inc.accept().await;
+                    let mut v = Vec::new();
+                    ch.read_to_end(&mut v).await.unwrap();
+                    ch.write_all(format!("{me} served {user}: ").as_bytes())
+                        .await
+                        .unwrap();
+                    ch.write_all(&v).await.unwrap();
+                    ch.write_error(b"a warning").await.unwrap();
+                    ch.write_trailers(&Headers::new().with("served-by", me))
+                        .await
+                        .unwrap();
+                });
+            }
+        });
+    }
+    client.connect(&ep).await.unwrap();
+    let g = gateway.clone();
+    tokio::spawn(async move {
+        while let Some(inc) = g.accept().await {
+            let g = g.clone();
+            tokio::spawn(async move {
+                let target = match inc.headers().get("route") {
+                    Some("a") => "backend-a",
+                    Some("b") => "backend-b",
+                    _ => return inc.reject("no route header").await,
+                };
+                let headers = inc.headers().clone();
+                let service = inc.service().to_owned();
+                let back = g.open(target, &service, headers).await.unwrap();
+                let front = inc.accept().await;
+                front.splice(back).await.unwrap();
+            });
+        }
+    });
+    for (route, expect) in [("a", "backend-a"), ("b", "backend-b")] {
+        let headers = Headers::new().with("route", route).with("user", "ann");
+        let mut ch = client.open("gateway", "hello", headers).await.unwrap();
+        ch.write_all(b"hi").await.unwrap();
+        ch.close_write().await.unwrap();
+        let mut got = String::new();
+        within(10, ch.read_to_string(&mut got)).await.unwrap();
+        assert_eq!(got, format!("{expect} served ann: hi"));
+        assert_eq!(&ch.read_error().await.unwrap().unwrap()[..], b"a warning");
+        let t = within(10, ch.trailers()).await.unwrap();
+        assert_eq!(t.get("served-by"), Some(expect));
+    }
+    let err = client
+        .open("gateway", "hello", Headers::new())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("no route header"), "{err}");
+    for p in [client, gateway] {
+        p.shutdown().await;
+    }
+    for b in backends {
+        b.shutdown().await;
+    }
+}

@@ -81,3 +81,101 @@ impl Channel {
         }
     }
 }
+
+/// One direction of [`Channel::splice`]: data, error frames, then trailers
+/// (or plain EOF).
+async fn forward(
+    mut from: super::ChannelReader,
+    to: &mut super::ChannelWriter,
+    moved: &mut u64,
+) -> Result<(), crate::ChannelError> {
+    use std::pin::Pin;
+    use std::task::Poll;
+    use tokio::io::ReadBuf;
+
+    enum Event {
+        Data(io::Result<usize>),
+        Error(Result<Option<bytes::Bytes>, crate::ChannelError>),
+    }
+    let mut buf = vec![0u8; BUF];
+    let (mut data_done, mut errors_done) = (false, false);
+    while !(data_done && errors_done) {
+        let event = std::future::poll_fn(|cx| {
+            if !errors_done && let Poll::Ready(e) = from.poll_read_error(cx) {
+                return Poll::Ready(Event::Error(e));
+            }
+            if !data_done {
+                let mut rb = ReadBuf::new(&mut buf);
+                if let Poll::Ready(r) = Pin::new(&mut from).poll_read(cx, &mut rb) {
+                    return Poll::Ready(Event::Data(r.map(|()| rb.filled().len())));
+                }
+            }
+            Poll::Pending
+        })
+        .await;
+        match event {
+            Event::Data(r) => match r.map_err(io_to_channel)? {
+                0 => data_done = true,
+                n => {
+                    to.write_all(buf.get(..n).unwrap_or_default())
+                        .await
+                        .map_err(io_to_channel)?;
+                    *moved += n as u64;
+                }
+            },
+            Event::Error(e) => match e? {
+                Some(frame) => to.write_error(&frame).await?,
+                None => errors_done = true,
+            },
+        }
+    }
+    let trailers = from.trailers().await?;
+    if trailers.is_empty() {
+        to.close_write().await
+    } else {
+        to.write_trailers(&trailers).await
+    }
+}
+
+fn io_to_channel(e: io::Error) -> crate::ChannelError {
+    match e
+        .into_inner()
+        .map(|inner| inner.downcast::<crate::ChannelError>())
+    {
+        Some(Ok(ce)) => *ce,
+        Some(Err(other)) => crate::ChannelError::ConnectionLost(other.to_string().into()),
+        None => crate::ChannelError::ConnectionLost("I/O error".into()),
+    }
+}
+
+/// [`Channel::splice`] stopped on an error.
+#[derive(Debug, thiserror::Error)]
+#[error("splice failed after {} bytes one way and {} the other: {source}", .stats.to_channel, .stats.from_channel)]
+pub struct SpliceError {
+    /// What was moved before the error (`from_channel`: from `self`).
+    pub stats: JoinStats,
+    /// The first error, from either direction.
+    pub source: crate::ChannelError,
+}
+
+impl Channel {
+    /// Splices two channels (a gateway between two peers): data, error
+    /// frames, half-close and trailers each way, until both directions are
+    /// done. In the returned stats `from_channel` counts bytes read from
+    /// `self`, `to_channel` bytes written to it.
+    ///
+    /// Dropping the future stops both directions and closes both channels.
+    pub async fn splice(self, other: Channel) -> Result<JoinStats, SpliceError> {
+        let (a_read, mut a_write) = self.split();
+        let (b_read, mut b_write) = other.split();
+        let mut stats = JoinStats::default();
+        let result = tokio::try_join!(
+            forward(a_read, &mut b_write, &mut stats.from_channel),
+            forward(b_read, &mut a_write, &mut stats.to_channel),
+        );
+        match result {
+            Ok(_) => Ok(stats),
+            Err(source) => Err(SpliceError { stats, source }),
+        }
+    }
+}

@@ -3,7 +3,7 @@
 mod join;
 pub(crate) mod state;
 
-pub use join::{JoinError, JoinStats};
+pub use join::{JoinError, JoinStats, SpliceError};
 
 use std::fmt;
 use std::io;
