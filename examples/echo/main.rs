@@ -18,13 +18,12 @@
 //! `serve` prints `listening on ENDPOINT` once bound (handy with port 0).
 
 use std::io::Write as _;
-use std::path::PathBuf;
 use std::pin::Pin;
 use std::process::Stdio;
 use std::task::Poll;
 
 use anyhow::{Context, bail};
-use duplex::{AuthorizedKeys, Headers, Identity, KnownHosts, Peer, PublicKey};
+use duplex::Headers;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader, ReadBuf};
 
 const USAGE: &str = "usage:
@@ -34,76 +33,12 @@ const USAGE: &str = "usage:
 flags: --key FILE  --authorized-keys FILE  --known-hosts FILE  --trust-key FILE.pub  --name NAME
 ENDPOINT: tcp://HOST:PORT or unix:///PATH";
 
-#[derive(Default)]
-struct Flags {
-    key: Option<PathBuf>,
-    authorized_keys: Option<PathBuf>,
-    known_hosts: Option<PathBuf>,
-    trust_keys: Vec<PathBuf>,
-    name: Option<String>,
-    positional: Vec<String>,
-}
+#[path = "../common/flags.rs"]
+mod flags;
+use flags::{Flags, build_peer};
 
 fn parse_flags(args: impl Iterator<Item = String>) -> anyhow::Result<Flags> {
-    let mut f = Flags::default();
-    let mut args = args.peekable();
-    while let Some(a) = args.next() {
-        let mut value = |flag: &str| args.next().with_context(|| format!("{flag} needs a value"));
-        match a.as_str() {
-            "--key" => f.key = Some(value("--key")?.into()),
-            "--authorized-keys" => f.authorized_keys = Some(value("--authorized-keys")?.into()),
-            "--known-hosts" => f.known_hosts = Some(value("--known-hosts")?.into()),
-            "--trust-key" => f.trust_keys.push(value("--trust-key")?.into()),
-            "--name" => f.name = Some(value("--name")?),
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                std::process::exit(0);
-            }
-            s if s.starts_with("--") => bail!("unknown flag {s}\n{USAGE}"),
-            _ => f.positional.push(a),
-        }
-    }
-    Ok(f)
-}
-
-/// Builds the peer from the flags: identity, trust in both directions.
-fn build_peer(f: &Flags, default_name: &str) -> anyhow::Result<Peer> {
-    let key_path = f
-        .key
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(".duplex-demo/id_ed25519"));
-    if f.key.is_none() {
-        std::fs::create_dir_all(".duplex-demo").context("creating .duplex-demo")?;
-    }
-    let identity = if f.key.is_some() {
-        Identity::load(&key_path)?
-    } else {
-        Identity::load_or_generate(&key_path)?
-    };
-    let mut authorized = match &f.authorized_keys {
-        Some(p) => AuthorizedKeys::from_file(p)?,
-        None => AuthorizedKeys::new(),
-    };
-    let mut known = match &f.known_hosts {
-        Some(p) => KnownHosts::from_file(p)?,
-        None => KnownHosts::new(),
-    };
-    for p in &f.trust_keys {
-        let k = PublicKey::load(p)?;
-        authorized.add(k.clone());
-        known.pin(k);
-    }
-    if f.authorized_keys.is_none() && f.known_hosts.is_none() && f.trust_keys.is_empty() {
-        // Demo mode: trust only our own key.
-        authorized.add(identity.public_key());
-        known.pin(identity.public_key());
-    }
-    Ok(Peer::builder()
-        .name(f.name.clone().unwrap_or_else(|| default_name.to_owned()))
-        .identity(identity)
-        .authorized_keys(authorized)
-        .known_hosts(known)
-        .build()?)
+    flags::parse_flags(args, USAGE)
 }
 
 async fn serve(f: Flags) -> anyhow::Result<()> {
