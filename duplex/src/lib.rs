@@ -44,7 +44,7 @@ mod transport;
 
 pub use channel::{
     Channel, ChannelMeta, ChannelReader, ChannelWriter, IncomingChannel, JoinError, JoinStats,
-    SpliceError,
+    ReadEvent, SpliceError,
 };
 pub use config::{Config, ConfigError};
 pub use endpoint::{Endpoint, EndpointError};

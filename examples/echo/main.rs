@@ -18,13 +18,11 @@
 //! `serve` prints `listening on ENDPOINT` once bound (handy with port 0).
 
 use std::io::Write as _;
-use std::pin::Pin;
 use std::process::Stdio;
-use std::task::Poll;
 
 use anyhow::{Context, bail};
-use duplex::Headers;
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader, ReadBuf};
+use duplex::{Headers, ReadEvent};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 const USAGE: &str = "usage:
   echo serve ENDPOINT [flags]
@@ -81,37 +79,12 @@ async fn serve(f: Flags) -> anyhow::Result<()> {
 
 /// Echoes the byte stream (and so any frames on it) and the error frames.
 async fn echo(ch: duplex::Channel) -> anyhow::Result<()> {
-    enum Event {
-        Data(std::io::Result<usize>),
-        Error(Result<Option<bytes::Bytes>, duplex::ChannelError>),
-    }
     let (mut r, mut w) = ch.split();
     let mut buf = vec![0u8; 64 << 10];
-    let mut data_done = false;
-    let mut err_done = false;
-    while !(data_done && err_done) {
-        let event = std::future::poll_fn(|cx| {
-            if !err_done && let Poll::Ready(e) = r.poll_read_error(cx) {
-                return Poll::Ready(Event::Error(e));
-            }
-            if !data_done {
-                let mut rb = ReadBuf::new(&mut buf);
-                if let Poll::Ready(res) = Pin::new(&mut r).poll_read(cx, &mut rb) {
-                    return Poll::Ready(Event::Data(res.map(|()| rb.filled().len())));
-                }
-            }
-            Poll::Pending
-        })
-        .await;
+    while let Some(event) = r.read_event(&mut buf).await? {
         match event {
-            Event::Data(n) => match n? {
-                0 => data_done = true,
-                n => w.write_all(&buf[..n]).await?,
-            },
-            Event::Error(e) => match e? {
-                Some(frame) => w.write_error(&frame).await?,
-                None => err_done = true,
-            },
+            ReadEvent::Data(n) => w.write_all(&buf[..n]).await?,
+            ReadEvent::Error(frame) => w.write_error(&frame).await?,
         }
     }
     w.close_write().await?;

@@ -89,44 +89,16 @@ async fn forward(
     to: &mut super::ChannelWriter,
     moved: &mut u64,
 ) -> Result<(), crate::ChannelError> {
-    use std::pin::Pin;
-    use std::task::Poll;
-    use tokio::io::ReadBuf;
-
-    enum Event {
-        Data(io::Result<usize>),
-        Error(Result<Option<bytes::Bytes>, crate::ChannelError>),
-    }
     let mut buf = vec![0u8; BUF];
-    let (mut data_done, mut errors_done) = (false, false);
-    while !(data_done && errors_done) {
-        let event = std::future::poll_fn(|cx| {
-            if !errors_done && let Poll::Ready(e) = from.poll_read_error(cx) {
-                return Poll::Ready(Event::Error(e));
-            }
-            if !data_done {
-                let mut rb = ReadBuf::new(&mut buf);
-                if let Poll::Ready(r) = Pin::new(&mut from).poll_read(cx, &mut rb) {
-                    return Poll::Ready(Event::Data(r.map(|()| rb.filled().len())));
-                }
-            }
-            Poll::Pending
-        })
-        .await;
+    while let Some(event) = from.read_event(&mut buf).await? {
         match event {
-            Event::Data(r) => match r.map_err(io_to_channel)? {
-                0 => data_done = true,
-                n => {
-                    to.write_all(buf.get(..n).unwrap_or_default())
-                        .await
-                        .map_err(io_to_channel)?;
-                    *moved += n as u64;
-                }
-            },
-            Event::Error(e) => match e? {
-                Some(frame) => to.write_error(&frame).await?,
-                None => errors_done = true,
-            },
+            super::ReadEvent::Data(n) => {
+                to.write_all(buf.get(..n).unwrap_or_default())
+                    .await
+                    .map_err(io_to_channel)?;
+                *moved += n as u64;
+            }
+            super::ReadEvent::Error(frame) => to.write_error(&frame).await?,
         }
     }
     let trailers = from.trailers().await?;

@@ -127,6 +127,7 @@ impl Channel {
             reader: ChannelReader {
                 shared: shared.clone(),
                 frame: FrameReadState::default(),
+                ended: (false, false),
                 _closer: closer.clone(),
             },
             writer: ChannelWriter {
@@ -252,7 +253,18 @@ struct FrameReadState {
 pub struct ChannelReader {
     shared: Arc<ChanShared>,
     frame: FrameReadState,
+    /// Streams `read_event` has seen end: (data, error frames).
+    ended: (bool, bool),
     _closer: Arc<Closer>,
+}
+
+/// What [`ChannelReader::read_event`] found next.
+#[derive(Debug)]
+pub enum ReadEvent {
+    /// This many bytes of data were read into the buffer.
+    Data(usize),
+    /// One error frame.
+    Error(Bytes),
 }
 
 impl fmt::Debug for ChannelReader {
@@ -381,6 +393,45 @@ impl ChannelReader {
     /// Cancel-safe.
     pub async fn trailers(&self) -> Result<Headers, ChannelError> {
         std::future::poll_fn(|cx| self.shared.poll_trailers(cx)).await
+    }
+
+    /// Waits for whichever comes first, data (read into `buf`) or an error
+    /// frame, to follow both streams from one task; `Ok(None)` once both
+    /// have ended. Cancel-safe.
+    pub async fn read_event(&mut self, buf: &mut [u8]) -> Result<Option<ReadEvent>, ChannelError> {
+        loop {
+            let (data_done, errors_done) = self.ended;
+            if data_done && errors_done {
+                return Ok(None);
+            }
+            enum Got {
+                Data(Result<usize, ChannelError>),
+                Error(Result<Option<Bytes>, ChannelError>),
+            }
+            let got = std::future::poll_fn(|cx| {
+                if !errors_done && let Poll::Ready(e) = self.shared.poll_read_error(cx) {
+                    return Poll::Ready(Got::Error(e));
+                }
+                if !data_done {
+                    let mut rb = ReadBuf::new(buf);
+                    if let Poll::Ready(r) = self.shared.poll_read(cx, &mut rb) {
+                        return Poll::Ready(Got::Data(r.map(|()| rb.filled().len())));
+                    }
+                }
+                Poll::Pending
+            })
+            .await;
+            match got {
+                Got::Data(r) => match r? {
+                    0 if !buf.is_empty() => self.ended.0 = true,
+                    n => return Ok(Some(ReadEvent::Data(n))),
+                },
+                Got::Error(e) => match e? {
+                    Some(frame) => return Ok(Some(ReadEvent::Error(frame))),
+                    None => self.ended.1 = true,
+                },
+            }
+        }
     }
 
     /// Poll form of [`read_error`](Self::read_error), for reading both
