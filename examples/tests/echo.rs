@@ -11,6 +11,16 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 const ECHO: &str = env!("CARGO_BIN_EXE_echo");
 
+/// OpenSSH options for a test: no user config, no prompts, only the given key.
+const SSH_OPTS: [&str; 6] = [
+    "-F",
+    "/dev/null",
+    "-o",
+    "BatchMode=yes",
+    "-o",
+    "IdentitiesOnly=yes",
+];
+
 /// A running `echo serve`, killed on drop.
 struct Server {
     child: tokio::process::Child,
@@ -96,14 +106,7 @@ async fn openssh_client_reaches_echo_service() {
         };
         let mut ssh = tokio::process::Command::new("ssh")
             .args(["-p", &port, "-i", ckey.to_str().unwrap()])
-            .args([
-                "-F",
-                "/dev/null",
-                "-o",
-                "BatchMode=yes",
-                "-o",
-                "IdentitiesOnly=yes",
-            ])
+            .args(SSH_OPTS)
             .args(["-o", "StrictHostKeyChecking=yes"])
             .arg("-o")
             .arg(format!("UserKnownHostsFile={}", kh.display()))
@@ -135,14 +138,7 @@ async fn openssh_client_reaches_echo_service() {
     Identity::generate().save(&stranger).unwrap();
     let out = Command::new("ssh")
         .args(["-p", &port, "-i", stranger.to_str().unwrap()])
-        .args([
-            "-F",
-            "/dev/null",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "IdentitiesOnly=yes",
-        ])
+        .args(SSH_OPTS)
         .arg("-o")
         .arg(format!("UserKnownHostsFile={}", kh.display()))
         .args(["-W", "echo:1", "tester@127.0.0.1"])
