@@ -564,6 +564,15 @@ impl ConnShared {
         self.pending.fetch_sub(1, Ordering::AcqRel);
     }
 
+    /// Removes a channel whose close we sent (unless the number is in use by
+    /// another channel already).
+    pub(crate) fn forget(&self, chan: &Arc<ChanShared>) {
+        let mut chans = self.channels();
+        if chans.get(&chan.id).is_some_and(|c| Arc::ptr_eq(c, chan)) {
+            chans.remove(&chan.id);
+        }
+    }
+
     /// Registers an accepted plain channel so its data can be delivered.
     pub(crate) fn insert(&self, chan: Arc<ChanShared>) {
         self.channels().insert(chan.id, chan);
@@ -677,7 +686,14 @@ async fn drain(chan: Arc<ChanShared>) {
     };
     let _idle = IdleOnDrop(&chan.conn);
     while let Some(item) = chan.next_out() {
-        if let Err(e) = writer.send(item).await {
+        let closing = matches!(item, Out::Close);
+        let sent = writer.send(item).await;
+        if closing && sent.is_ok() {
+            // russh forgets a channel once it has sent our close, and never
+            // reports the remote's answering close: forget it too.
+            chan.conn.forget(&chan);
+        }
+        if let Err(e) = sent {
             let why = crate::ssh::describe(&e);
             chan.fail(ChannelError::ConnectionLost(
                 format!("the session stopped accepting data: {why}").into(),

@@ -272,3 +272,47 @@ async fn many_concurrent_channels() {
     }
     p.shutdown().await;
 }
+
+/// Closed channels leave the connection's table, whichever side closes
+/// first: with room for 4 channels, 200 opened and closed one after another
+/// all succeed, and both tables end empty. (russh forgets a channel once it
+/// sent our close and never reports the answering close, so we forget it
+/// then too.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closed_channels_leave_the_table() {
+    let config = || {
+        duplex::Config::default()
+            .max_channels_per_connection(4)
+            .unwrap()
+    };
+    let p = duplex_tests::pair_with(Transport::Tcp, config(), config()).await;
+    for i in 0..200 {
+        let s = p.server.clone();
+        let server_closes_first = i % 2 == 0;
+        let acceptor = tokio::spawn(async move {
+            let mut ch = s.accept().await.unwrap().accept().await;
+            if server_closes_first {
+                drop(ch);
+            } else {
+                let mut rest = Vec::new();
+                ch.read_to_end(&mut rest).await.unwrap();
+            }
+        });
+        let mut ch = within(10, p.client.open("server", "x", Headers::new()))
+            .await
+            .unwrap_or_else(|e| panic!("open {i}: {e}"));
+        if server_closes_first {
+            let mut rest = Vec::new();
+            within(10, ch.read_to_end(&mut rest)).await.unwrap();
+        }
+        drop(ch);
+        within(10, acceptor).await.unwrap();
+    }
+    within(10, async {
+        while p.client.channel_stats("server").0 + p.server.channel_stats("client").0 > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    p.shutdown().await;
+}
