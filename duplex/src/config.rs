@@ -25,6 +25,7 @@ pub struct Config {
     pub(crate) plain_channel_buffer: usize,
     pub(crate) max_channels_per_connection: usize,
     pub(crate) max_pending_channels: usize,
+    pub(crate) max_nesting_depth: u32,
     pub(crate) accept_backlog: usize,
     pub(crate) open_timeout: Duration,
     pub(crate) handshake_timeout: Duration,
@@ -42,6 +43,7 @@ impl Default for Config {
             plain_channel_buffer: 1 << 20,
             max_channels_per_connection: 4096,
             max_pending_channels: 256,
+            max_nesting_depth: 8,
             accept_backlog: 1024,
             open_timeout: Duration::from_secs(30),
             handshake_timeout: Duration::from_secs(10),
@@ -167,6 +169,25 @@ impl Config {
             || format!("{count} is not between 1 and 65536"),
         )?;
         self.max_pending_channels = count;
+        Ok(self)
+    }
+
+    /// How deep channels may nest: a channel opened with
+    /// [`Channel::open`](crate::Channel::open) inside a top-level channel
+    /// is at depth 1, one inside that at depth 2, and so on. Default 8; 0
+    /// turns nesting off.
+    ///
+    /// Checked on both sides: opening deeper than our own limit fails with
+    /// [`OpenError::DepthLimit`](crate::OpenError::DepthLimit) before
+    /// anything is sent, and a remote opening deeper than our limit is
+    /// rejected with a reason that says so. DOS mitigation: every level
+    /// keeps its ancestors' state alive, and closing a parent walks its
+    /// descendants.
+    pub fn max_nesting_depth(mut self, depth: u32) -> Result<Self, ConfigError> {
+        check("max_nesting_depth", depth <= 64, || {
+            format!("{depth} is not between 0 and 64")
+        })?;
+        self.max_nesting_depth = depth;
         Ok(self)
     }
 

@@ -19,6 +19,7 @@ use crate::error::{ChannelError, OpenError};
 use crate::peer::{Direction, PeerCore, PeerInfo};
 use crate::proto::control::Control;
 use crate::proto::headers::Headers;
+use crate::proto::nest::{ParentRef, TOP_LEVEL};
 use crate::proto::service::ServiceName;
 use crate::proto::{EXT_CONTROL, HELLO_SERVICE, PROTOCOL_VERSION};
 use crate::ssh::keys::{Fingerprint, PublicKey};
@@ -203,7 +204,7 @@ impl ConnShared {
             Some(chan) => chan,
             None => {
                 let window = u64::from(self.config.channel_window);
-                let chan = ChanShared::new(self.clone(), id, Kind::Duplex, window);
+                let chan = ChanShared::new(self.clone(), id, Kind::Duplex, window, true);
                 self.channels().insert(id, chan.clone());
                 unclaimed.insert(id, chan.clone());
                 chan
@@ -250,6 +251,7 @@ impl ConnShared {
 
     pub(crate) fn on_close(&self, id: u32) {
         let chan = self.channels().remove(&id);
+        tracing::trace!(channel = id, known = chan.is_some(), "remote closed");
         if let Some(chan) = chan {
             chan.on_close();
         }
@@ -297,9 +299,17 @@ impl ConnShared {
         } else {
             Headers::new() // a plain client's originator is an address, not headers
         };
-        if duplex && open.originator_port != 0 {
-            let why = "nested channels are not supported by this peer";
-            return open.reply.reject(OPEN_PROHIBITED, why).await;
+        if duplex {
+            match ParentRef::decode(open.port_to_connect, open.originator_port) {
+                Ok(None) => {}
+                Ok(Some(parent)) => {
+                    return self.on_nested_open(open, service, headers, parent).await;
+                }
+                Err(e) => {
+                    let why = format!("malformed open: {e}");
+                    return open.reply.reject(OPEN_PROHIBITED, &why).await;
+                }
+            }
         }
         let Ok(permit) = self.core.incoming_tx.try_reserve() else {
             let why = "the accept queue is full";
@@ -307,8 +317,8 @@ impl ConnShared {
         };
         let id = open.write.id();
         let kind = if duplex { Kind::Duplex } else { Kind::Plain };
-        let chan = ChanShared::new(self.clone(), id, kind, 0);
-        let meta = Arc::new(self.meta(service, headers));
+        let chan = ChanShared::new(self.clone(), id, kind, 0, false);
+        let meta = Arc::new(self.meta(service, headers, None));
         let _ = chan.meta.set(meta);
         let _ = chan.writer.set(open.write);
         self.pending.fetch_add(1, Ordering::AcqRel);
@@ -325,9 +335,88 @@ impl ConnShared {
         permit.send(IncomingChannel::new(chan, reply));
     }
 
-    fn meta(&self, service: ServiceName, headers: Headers) -> ChannelMeta {
+    /// The remote opened a channel inside one of this connection's
+    /// channels: check the parent and the depth, and hand the child to the
+    /// parent's `accept`. Refusals go in a `REJECT` record, so the opener
+    /// reads the reason (russh drops the text of SSH open failures).
+    async fn on_nested_open(
+        self: &Arc<Self>,
+        open: IncomingOpen,
+        service: ServiceName,
+        headers: Headers,
+        parent: ParentRef,
+    ) {
+        let parent = match parent {
+            // A channel the remote opened: our own number for it.
+            ParentRef::Yours(n) => self.get(n).filter(|c| !c.outgoing),
+            // A channel we opened: the number the remote gave in ACCEPT.
+            ParentRef::Mine(n) => self
+                .channels()
+                .values()
+                .find(|c| c.outgoing && c.remote_id.get() == Some(&n))
+                .cloned(),
+        };
+        let Some(parent) = parent.filter(|p| p.kind == Kind::Duplex && p.is_established()) else {
+            return self
+                .refuse(open, "the parent channel is not open on this side".into())
+                .await;
+        };
+        if let Some(why) = parent.closed_reason() {
+            return self.refuse(open, why.to_string()).await;
+        }
+        let parent_meta = parent.meta.get().cloned();
+        let depth = parent_meta.as_ref().map_or(0, |m| m.depth()) + 1;
+        let limit = self.config.max_nesting_depth;
+        if depth > limit {
+            let why = format!(
+                "nesting depth {depth} is over {}'s limit of {limit} (Config::max_nesting_depth)",
+                self.core.name
+            );
+            return self.refuse(open, why).await;
+        }
+        let id = open.write.id();
+        let chan = ChanShared::new(self.clone(), id, Kind::Duplex, 0, false);
+        let _ = chan
+            .meta
+            .set(Arc::new(self.meta(service, headers, parent_meta)));
+        let _ = chan.writer.set(open.write);
+        self.channels().insert(id, chan.clone());
+        open.reply.accept().await;
+        if let Err(why) = parent.adopt(&chan) {
+            // The parent closed meanwhile.
+            chan.send_control(&Control::Reject {
+                reason: why.to_string(),
+            });
+            chan.send_close();
+            return;
+        }
+        self.pending.fetch_add(1, Ordering::AcqRel);
+        tracing::debug!(channel = id, parent = parent.id, "incoming nested channel");
+        if let Some(child) = parent.offer_child(IncomingChannel::new(chan, None)) {
+            child.reject("the parent channel closed").await;
+        }
+    }
+
+    /// Accepts the SSH open only to refuse the Duplex channel with a reason.
+    async fn refuse(self: &Arc<Self>, open: IncomingOpen, why: String) {
+        let chan = ChanShared::new(self.clone(), open.write.id(), Kind::Duplex, 0, false);
+        tracing::debug!(channel = chan.id, %why, "refusing a nested channel");
+        let _ = chan.writer.set(open.write);
+        self.channels().insert(chan.id, chan.clone());
+        open.reply.accept().await;
+        chan.send_control(&Control::Reject { reason: why });
+        chan.send_close();
+    }
+
+    fn meta(
+        &self,
+        service: ServiceName,
+        headers: Headers,
+        parent: Option<Arc<ChannelMeta>>,
+    ) -> ChannelMeta {
         let remote = self.remote.get();
         ChannelMeta {
+            parent,
             service,
             headers,
             local_peer: self.core.name.to_string(),
@@ -370,7 +459,7 @@ impl ConnShared {
         self.duplex.store(true, Ordering::Release);
 
         let id = open.write.id();
-        let chan = ChanShared::new(self.clone(), id, Kind::Duplex, 0);
+        let chan = ChanShared::new(self.clone(), id, Kind::Duplex, 0, false);
         let _ = chan.writer.set(open.write);
         self.channels().insert(id, chan.clone());
         open.reply.accept().await;
@@ -396,18 +485,33 @@ impl ConnShared {
 
     // ---- opening ----
 
-    /// Opens a channel; the work runs in a task of its own so that dropping
-    /// the returned future never strands a half-open channel.
+    /// Opens a channel (nested in `parent` if given); the work runs in a
+    /// task of its own so that dropping the returned future never strands a
+    /// half-open channel.
     pub(crate) async fn open(
         self: &Arc<Self>,
         service: ServiceName,
         headers: Headers,
+        parent: Option<Arc<ChanShared>>,
     ) -> Result<Channel, OpenError> {
         let encoded = headers.encode(&self.config.limits)?;
+        let wire = match &parent {
+            None => ParentRef::encode(None),
+            Some(p) => ParentRef::encode(Some(self.parent_ref(p, &service)?)),
+        };
+        let Some(wire) = wire else {
+            return Err(OpenError::ParentClosed {
+                service: service.to_string(),
+                parent: parent_service(parent.as_ref()),
+                reason: "its channel number cannot be named in an open".into(),
+            });
+        };
         let (tx, rx) = oneshot::channel();
         let conn = self.clone();
         self.core.tracker.spawn(async move {
-            let res = conn.open_inner(service, headers, encoded).await;
+            let res = conn
+                .open_inner(service, headers, encoded, wire, parent)
+                .await;
             if let Err(Ok(chan)) = tx.send(res) {
                 drop(chan); // the caller went away: closes the channel
             }
@@ -415,11 +519,62 @@ impl ConnShared {
         rx.await.unwrap_or(Err(OpenError::Shutdown))
     }
 
+    /// How the remote names `parent`, after checking a child may be opened
+    /// in it.
+    fn parent_ref(
+        &self,
+        parent: &ChanShared,
+        service: &ServiceName,
+    ) -> Result<ParentRef, OpenError> {
+        let parent_service = || {
+            parent
+                .meta
+                .get()
+                .map(|m| m.service().to_owned())
+                .unwrap_or_default()
+        };
+        if parent.kind != Kind::Duplex {
+            return Err(OpenError::NotNestable {
+                service: service.to_string(),
+                parent: parent_service(),
+            });
+        }
+        let depth = parent.meta.get().map_or(0, |m| m.depth()) + 1;
+        let limit = self.config.max_nesting_depth;
+        if depth > limit {
+            return Err(OpenError::DepthLimit {
+                service: service.to_string(),
+                depth,
+                limit,
+            });
+        }
+        if let Some(reason) = parent.closed_reason() {
+            return Err(OpenError::ParentClosed {
+                service: service.to_string(),
+                parent: parent_service(),
+                reason,
+            });
+        }
+        if !parent.outgoing {
+            return Ok(ParentRef::Mine(parent.id));
+        }
+        match parent.remote_id.get() {
+            Some(&n) => Ok(ParentRef::Yours(n)),
+            None => Err(OpenError::ParentClosed {
+                service: service.to_string(),
+                parent: parent_service(),
+                reason: "the parent is not open yet".into(),
+            }),
+        }
+    }
+
     async fn open_inner(
         self: &Arc<Self>,
         service: ServiceName,
         headers: Headers,
         encoded: String,
+        wire: (u32, u32),
+        parent: Option<Arc<ChanShared>>,
     ) -> Result<Channel, OpenError> {
         let peer = self.remote_name();
         let lost = |reason: String| OpenError::ConnectionLost {
@@ -435,7 +590,7 @@ impl ConnShared {
         };
         let deadline = tokio::time::Instant::now() + self.config.open_timeout;
         let write = tokio::select! {
-            r = handle.open(service.as_str(), encoded, 0) => r,
+            r = handle.open(service.as_str(), encoded, wire) => r,
             _ = self.ended.cancelled() => Err(OpenFailed::Gone),
             _ = tokio::time::sleep_until(deadline) => {
                 return Err(OpenError::Timeout {
@@ -469,8 +624,20 @@ impl ConnShared {
         let chan = self.claim(id);
         let _ = chan.writer.set(write);
         chan.kick();
-        let _ = chan.meta.set(Arc::new(self.meta(service.clone(), headers)));
+        let parent_meta = parent.as_ref().and_then(|p| p.meta.get().cloned());
+        let _ = chan
+            .meta
+            .set(Arc::new(self.meta(service.clone(), headers, parent_meta)));
         let channel = Channel::new(chan.clone());
+        if let Some(p) = &parent
+            && let Err(reason) = p.adopt(&chan)
+        {
+            return Err(OpenError::ParentClosed {
+                service: service.to_string(),
+                parent: parent_service(Some(p)),
+                reason,
+            });
+        }
         chan.grant_initial();
 
         loop {
@@ -488,6 +655,13 @@ impl ConnShared {
                 OpenPhase::Waiting => {}
             }
             if let Some(e) = failed {
+                if let ChannelError::ParentClosed(reason) = e {
+                    return Err(OpenError::ParentClosed {
+                        service: service.to_string(),
+                        parent: parent_service(parent.as_ref()),
+                        reason,
+                    });
+                }
                 return Err(lost(e.to_string()));
             }
             if closed {
@@ -516,7 +690,7 @@ impl ConnShared {
         let Some(handle) = self.handle.get() else {
             return Err("the session is not running".into());
         };
-        let write = match handle.open(HELLO_SERVICE, encoded, 0).await {
+        let write = match handle.open(HELLO_SERVICE, encoded, TOP_LEVEL).await {
             Ok(w) => w,
             Err(OpenFailed::Refused(_)) => {
                 return Err("the remote refused the Duplex hello (it is not a Duplex peer, or speaks another protocol version)".into());
@@ -711,6 +885,14 @@ impl Drop for IdleOnDrop<'_> {
     fn drop(&mut self) {
         self.0.idle.notify_waiters();
     }
+}
+
+fn parent_service(parent: Option<&Arc<ChanShared>>) -> String {
+    parent
+        .map(|p| &**p)
+        .and_then(|p| p.meta.get())
+        .map(|m| m.service().to_owned())
+        .unwrap_or_default()
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

@@ -157,6 +157,40 @@ pub enum OpenError {
     /// The peer is shutting down.
     #[error("the peer is shut down")]
     Shutdown,
+    /// A nested open on a parent channel that is closed (or closing, or
+    /// failed).
+    #[error("cannot open {service:?} inside channel {parent:?}: {reason}")]
+    ParentClosed {
+        /// The service asked for.
+        service: String,
+        /// The parent channel's service.
+        parent: String,
+        /// Why the parent is no longer open.
+        reason: Arc<str>,
+    },
+    /// A nested open deeper than this peer's `Config::max_nesting_depth`.
+    #[error(
+        "cannot open {service:?} at nesting depth {depth}: channels nest at most {limit} levels deep (Config::max_nesting_depth)"
+    )]
+    DepthLimit {
+        /// The service asked for.
+        service: String,
+        /// The depth the channel would have had (top-level channels are 0).
+        depth: u32,
+        /// The configured limit.
+        limit: u32,
+    },
+    /// A nested open inside a channel from a plain SSH client, which cannot
+    /// receive nested channels.
+    #[error(
+        "cannot open {service:?} inside channel {parent:?}: its remote is a plain SSH client, which cannot receive nested channels"
+    )]
+    NotNestable {
+        /// The service asked for.
+        service: String,
+        /// The parent channel's service.
+        parent: String,
+    },
 }
 
 /// An operation on an open channel failed. Converts into [`io::Error`] for
@@ -187,12 +221,18 @@ pub enum ChannelError {
     /// trailers.
     #[error("trailers cannot be sent to a plain SSH client")]
     TrailersUnsupported,
+    /// The channel was nested inside another, and that parent closed or
+    /// failed: a nested channel never outlives its parent.
+    #[error("parent channel closed: {0}")]
+    ParentClosed(Arc<str>),
 }
 
 impl From<ChannelError> for io::Error {
     fn from(e: ChannelError) -> Self {
         let kind = match &e {
-            ChannelError::ConnectionLost(_) => io::ErrorKind::ConnectionAborted,
+            ChannelError::ConnectionLost(_) | ChannelError::ParentClosed(_) => {
+                io::ErrorKind::ConnectionAborted
+            }
             ChannelError::ClosedByRemote | ChannelError::WriteClosed => io::ErrorKind::BrokenPipe,
             ChannelError::Trailers(_) | ChannelError::TrailersUnsupported => {
                 io::ErrorKind::InvalidInput

@@ -8,10 +8,11 @@
 //!
 //! A [`Channel`] carries a service name and [`Headers`], a byte stream
 //! (`AsyncRead`/`AsyncWrite`), length-prefixed message frames on that stream,
-//! a separate stream of error frames, and half-close. Flow control is per
-//! channel and driven by the reader: a channel whose application stops
-//! reading stops its sender and nothing else, and the memory it holds is
-//! bounded by [`Config::channel_window`].
+//! a separate stream of error frames, half-close, trailers, and channels
+//! nested inside it ([`Children`]) whose lifetime is bound to it. Flow
+//! control is per channel and driven by the reader: a channel whose
+//! application stops reading stops its sender and nothing else, and the
+//! memory it holds is bounded by [`Config::channel_window`].
 //!
 //! Because Duplex is SSH, stock tools reach byte-stream services:
 //! `ssh -W SERVICE:1 NAME@HOST` opens a channel to `SERVICE`. The wire
@@ -19,10 +20,11 @@
 //!
 //! ## Layout
 //! - [`peer`]: `Peer`, its builder and the connection lifecycle;
-//! - [`channel`]: `Channel`, its halves, `IncomingChannel`, `ChannelMeta`;
+//! - [`channel`]: `Channel`, its halves, `IncomingChannel`, `ChannelMeta`,
+//!   `Children` (nested channels), `join`/`splice`;
 //! - `conn`: one connection's channel table, opens and outbox task;
 //! - `proto`: the wire formats, without I/O (headers, frames, control
-//!   records, service names);
+//!   records, service names, parent references);
 //! - `ssh`: the only module that talks to `russh`: handlers, keys, trust;
 //! - [`config`], [`error`], [`endpoint`].
 //!
@@ -43,8 +45,8 @@ mod ssh;
 mod transport;
 
 pub use channel::{
-    Channel, ChannelMeta, ChannelReader, ChannelWriter, IncomingChannel, JoinError, JoinStats,
-    ReadEvent, SpliceError,
+    Channel, ChannelMeta, ChannelReader, ChannelWriter, Children, IncomingChannel, JoinError,
+    JoinStats, ReadEvent, SpliceError,
 };
 pub use config::{Config, ConfigError};
 pub use endpoint::{Endpoint, EndpointError};

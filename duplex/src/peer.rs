@@ -606,7 +606,7 @@ impl Peer {
         let conn = self.core.find(peer).ok_or_else(|| OpenError::NoSuchPeer {
             name: peer.to_owned(),
         })?;
-        conn.open(service, headers).await
+        conn.open(service, headers, None).await
     }
 
     /// Stops listening, closes every connection and waits until every task

@@ -226,8 +226,33 @@ async fn malformed_opens_are_refused() {
             Ok(_) => panic!("{service:?} {originator:.40}: open was accepted"),
         }
     }
-    // Nested channels are not supported yet: a parent id is refused.
-    assert!(h.channel_open_direct_tcpip("echo", 1, "", 7).await.is_err());
+    // A parent reference of an unknown kind is malformed.
+    assert!(h.channel_open_direct_tcpip("echo", 9, "", 7).await.is_err());
+    // A nested open naming a parent that does not exist (ours or theirs) is
+    // refused with a reason: a REJECT record (type 3), then the close.
+    for port in [1, 2] {
+        let mut ch = h
+            .channel_open_direct_tcpip("echo", port, "", 7)
+            .await
+            .unwrap();
+        let mut control = Vec::new();
+        within(10, async {
+            while let Some(msg) = ch.wait().await {
+                match msg {
+                    russh::ChannelMsg::ExtendedData {
+                        data,
+                        ext: 0x6475_7801,
+                    } => control.extend_from_slice(&data),
+                    russh::ChannelMsg::Close => break,
+                    _ => {}
+                }
+            }
+        })
+        .await;
+        assert_eq!(control.get(4), Some(&3), "a REJECT record: {control:?}");
+        let reason = String::from_utf8_lossy(&control[5..]);
+        assert!(reason.contains("parent channel is not open"), "{reason}");
+    }
     // A well-formed open on the same connection still works.
     let ch = h
         .channel_open_direct_tcpip("echo", 1, "a=b", 0)

@@ -14,7 +14,7 @@ use std::task::{Context, Poll, ready};
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::error::ChannelError;
+use crate::error::{ChannelError, OpenError};
 use crate::proto::EXT_ERROR;
 use crate::proto::control::Control;
 use crate::proto::frame::{self, FrameError};
@@ -24,7 +24,9 @@ use crate::ssh::OpenReply;
 use crate::ssh::keys::Fingerprint;
 use state::{ChanShared, Kind};
 
-/// What is known about a channel: its service, headers and the two peers.
+/// What is known about a channel: its service, headers, the two peers, and
+/// its parent if it is nested. The same for channels we opened and channels
+/// we accepted. Trailers come later, from [`Channel::trailers`].
 #[derive(Debug, Clone)]
 pub struct ChannelMeta {
     pub(crate) service: ServiceName,
@@ -33,6 +35,7 @@ pub struct ChannelMeta {
     pub(crate) remote_peer: String,
     pub(crate) remote_fingerprint: Option<Fingerprint>,
     pub(crate) endpoint: String,
+    pub(crate) parent: Option<Arc<ChannelMeta>>,
 }
 
 impl ChannelMeta {
@@ -64,6 +67,24 @@ impl ChannelMeta {
     /// The endpoint of the connection that carries the channel.
     pub fn endpoint(&self) -> &str {
         &self.endpoint
+    }
+
+    /// For a nested channel, its parent's meta (whose own `parent` leads
+    /// further up); `None` for a top-level channel.
+    pub fn parent(&self) -> Option<&ChannelMeta> {
+        self.parent.as_deref()
+    }
+
+    /// How deep the channel is nested: 0 for a top-level channel, 1 for a
+    /// channel opened inside one, and so on.
+    pub fn depth(&self) -> u32 {
+        let mut depth = 0;
+        let mut up = self.parent();
+        while let Some(p) = up {
+            depth += 1;
+            up = p.parent();
+        }
+        depth
     }
 }
 
@@ -155,6 +176,28 @@ impl Channel {
     /// Splits into halves that can be used from different tasks.
     pub fn split(self) -> (ChannelReader, ChannelWriter) {
         (self.reader, self.writer)
+    }
+
+    /// A handle for opening and accepting channels nested in this one. See
+    /// [`Children`].
+    pub fn children(&self) -> Children {
+        Children {
+            parent: self.reader.shared.clone(),
+        }
+    }
+
+    /// Opens a channel nested in this one, to the same remote peer; the
+    /// remote receives it from its side of this channel
+    /// ([`accept`](Self::accept)), not from `Peer::accept`. See
+    /// [`Children::open`].
+    pub async fn open(&self, service: &str, headers: Headers) -> Result<Channel, OpenError> {
+        self.children().open(service, headers).await
+    }
+
+    /// Waits for the next channel the remote opened inside this one;
+    /// `None` once this channel is closed. See [`Children::accept`].
+    pub async fn accept(&self) -> Option<IncomingChannel> {
+        self.children().accept().await
     }
 
     /// Reads one message frame; `Ok(None)` at a clean end of stream (EOF on
@@ -293,6 +336,7 @@ fn meta_of(shared: &ChanShared) -> &ChannelMeta {
             remote_peer: String::new(),
             remote_fingerprint: None,
             endpoint: String::new(),
+            parent: None,
         })
     })
 }
@@ -306,6 +350,13 @@ impl ChannelReader {
     /// Service, headers and peers.
     pub fn meta(&self) -> &ChannelMeta {
         meta_of(&self.shared)
+    }
+
+    /// A handle for channels nested in this one. See [`Children`].
+    pub fn children(&self) -> Children {
+        Children {
+            parent: self.shared.clone(),
+        }
     }
 
     /// Reads one message frame: a 4-byte big-endian length, then that many
@@ -480,6 +531,13 @@ impl ChannelWriter {
         meta_of(&self.shared)
     }
 
+    /// A handle for channels nested in this one. See [`Children`].
+    pub fn children(&self) -> Children {
+        Children {
+            parent: self.shared.clone(),
+        }
+    }
+
     async fn write_owned(&mut self, ext: Option<u32>, mut data: Bytes) -> Result<(), ChannelError> {
         while !data.is_empty() {
             let n = std::future::poll_fn(|cx| {
@@ -560,6 +618,87 @@ impl AsyncWrite for ChannelWriter {
     }
 }
 
+/// Opens and accepts the channels nested in one channel (its children).
+///
+/// A nested channel goes to the same remote peer as its parent and is
+/// delivered to the remote through its side of the parent, so a protocol
+/// can open sub-streams (a callback, a side transfer) without any routing
+/// of its own. Either side may open children, to any depth up to
+/// [`Config::max_nesting_depth`](crate::Config::max_nesting_depth).
+///
+/// A child never outlives its parent: when the parent is closed (by either
+/// side) or fails, every descendant fails with
+/// [`ChannelError::ParentClosed`] saying which channel closed and how, and
+/// is closed on both sides; when the connection dies they fail with
+/// [`ChannelError::ConnectionLost`] like every channel. Close children
+/// first when their last bytes matter.
+///
+/// The handle is cheap to clone and does not keep the parent open.
+///
+/// ```no_run
+/// # async fn demo(peer: duplex::Peer) -> anyhow::Result<()> {
+/// use duplex::Headers;
+/// let session = peer.open("bob", "session", Headers::new()).await?;
+/// // Opener: a side stream inside the session.
+/// let mut log = session.open("log", Headers::new()).await?;
+/// log.write_frame(b"started").await?;
+/// # Ok(()) }
+/// # async fn remote(peer: duplex::Peer) -> anyhow::Result<()> {
+/// // The other side: children arrive through the parent.
+/// let session = peer.accept().await.unwrap().accept().await;
+/// while let Some(incoming) = session.accept().await {
+///     let mut child = incoming.accept().await;
+///     let first = child.read_frame().await?;
+/// #   let _ = first;
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Children {
+    parent: Arc<ChanShared>,
+}
+
+impl fmt::Debug for Children {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Children")
+            .field("parent", &self.parent.id)
+            .finish()
+    }
+}
+
+impl Children {
+    /// The parent channel's meta.
+    pub fn parent(&self) -> &ChannelMeta {
+        meta_of(&self.parent)
+    }
+
+    /// Opens a channel for `service` nested in the parent, and waits until
+    /// the remote application accepts it.
+    ///
+    /// Fails with [`OpenError::ParentClosed`] if the parent is closed (or
+    /// closes meanwhile), [`OpenError::DepthLimit`] beyond our nesting
+    /// limit (a remote with a lower limit rejects with a reason that says
+    /// so), [`OpenError::NotNestable`] if the parent's remote is a plain SSH
+    /// client, and otherwise like [`Peer::open`](crate::Peer::open).
+    /// Cancel-safe: a channel whose open is abandoned is closed.
+    pub async fn open(&self, service: &str, headers: Headers) -> Result<Channel, OpenError> {
+        let service = ServiceName::new(service)?;
+        let conn = self.parent.conn.clone();
+        conn.open(service, headers, Some(self.parent.clone())).await
+    }
+
+    /// Waits for the next channel the remote opened inside the parent.
+    ///
+    /// Returns `None` once the parent is closed or failed (children not
+    /// accepted by then are rejected). Cancel-safe: a cancelled call loses
+    /// no channel. Unaccepted children count against
+    /// [`Config::max_pending_channels`](crate::Config::max_pending_channels)
+    /// like top-level ones.
+    pub async fn accept(&self) -> Option<IncomingChannel> {
+        self.parent.accept_child().await
+    }
+}
+
 /// A channel the remote opened, waiting for the application to accept or
 /// reject it. Dropping it rejects the channel.
 pub struct IncomingChannel {
@@ -627,7 +766,7 @@ impl IncomingChannel {
     }
 
     /// Rejects the channel; the opener's `open` fails with
-    /// [`OpenError::Rejected`](crate::OpenError::Rejected) carrying `reason`
+    /// [`OpenError::Rejected`] carrying `reason`
     /// (at most 1 KiB is sent).
     pub async fn reject(mut self, reason: &str) {
         if let Some(shared) = self.shared.take() {

@@ -6,7 +6,7 @@
 //! (who may send how much) live here and in `proto::control`.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
@@ -20,7 +20,7 @@ use crate::proto::headers::Headers;
 use crate::proto::{EXT_CONTROL, EXT_ERROR};
 use crate::ssh::WriteHalf;
 
-use super::ChannelMeta;
+use super::{ChannelMeta, IncomingChannel};
 
 /// Whether the remote speaks Duplex's flow control on this channel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,12 +84,25 @@ pub(crate) struct ChanState {
     flush_waker: Option<Waker>,
     // Opening.
     open: OpenPhase,
+    /// Accepted on both sides: the application holds a `Channel` for it.
+    established: bool,
+    // Nesting.
+    /// Channels nested in this one (both directions), until their closes
+    /// were sent.
+    children: Vec<Weak<ChanShared>>,
+    /// Nested channels the remote opened, waiting for `Children::accept`.
+    incoming: VecDeque<IncomingChannel>,
 }
 
 pub(crate) struct ChanShared {
     pub(crate) conn: Arc<ConnShared>,
     pub(crate) id: u32,
     pub(crate) kind: Kind,
+    /// We opened it (rather than the remote).
+    pub(crate) outgoing: bool,
+    /// The remote's number for the channel, from its `ACCEPT` (channels we
+    /// opened only): how the remote names it as a parent.
+    pub(crate) remote_id: OnceLock<u32>,
     pub(crate) meta: OnceLock<Arc<ChannelMeta>>,
     pub(crate) writer: OnceLock<WriteHalf>,
     st: Mutex<ChanState>,
@@ -97,6 +110,9 @@ pub(crate) struct ChanShared {
     /// channel buffer space). Each has a single waiter.
     pub(crate) opened: Notify,
     pub(crate) space: Notify,
+    /// Signals `accept_child` waiters: a nested channel arrived, or this
+    /// channel closed.
+    children_ready: Notify,
 }
 
 /// What the session handler must do after delivering data.
@@ -109,12 +125,20 @@ pub(crate) enum Delivery {
 }
 
 impl ChanShared {
-    pub(crate) fn new(conn: Arc<ConnShared>, id: u32, kind: Kind, recv_credit: u64) -> Arc<Self> {
+    pub(crate) fn new(
+        conn: Arc<ConnShared>,
+        id: u32,
+        kind: Kind,
+        recv_credit: u64,
+        outgoing: bool,
+    ) -> Arc<Self> {
         let max_frame = conn.config.max_frame_len;
         Arc::new(Self {
             conn,
             id,
             kind,
+            outgoing,
+            remote_id: OnceLock::new(),
             meta: OnceLock::new(),
             writer: OnceLock::new(),
             st: Mutex::new(ChanState {
@@ -144,9 +168,13 @@ impl ChanShared {
                 write_waker: None,
                 flush_waker: None,
                 open: OpenPhase::Waiting,
+                established: false,
+                children: Vec::new(),
+                incoming: VecDeque::new(),
             }),
             opened: Notify::new(),
             space: Notify::new(),
+            children_ready: Notify::new(),
         })
     }
 
@@ -287,12 +315,17 @@ impl ChanShared {
             }
         };
         let mut opened = false;
+        let mut parent_closed = None;
         for rec in records {
             match rec {
-                Control::Accept { window } => {
+                Control::Accept { window, id } => {
                     st.send_credit = st.send_credit.saturating_add(u64::from(window));
-                    st.open = OpenPhase::Accepted;
-                    opened = true;
+                    if self.outgoing && matches!(st.open, OpenPhase::Waiting) {
+                        let _ = self.remote_id.set(id);
+                        st.open = OpenPhase::Accepted;
+                        st.established = true;
+                        opened = true;
+                    }
                 }
                 Control::Window { increment } => {
                     st.send_credit = st.send_credit.saturating_add(u64::from(increment))
@@ -301,6 +334,7 @@ impl ChanShared {
                     st.open = OpenPhase::Rejected(reason);
                     opened = true;
                 }
+                Control::ParentClosed { reason } => parent_closed = Some(reason),
                 Control::Trailers { headers } => {
                     match Headers::decode(&headers, &self.conn.config.limits) {
                         Ok(h) if st.trailers.is_none() && !st.eof_in => st.trailers = Some(h),
@@ -340,6 +374,18 @@ impl ChanShared {
         if opened {
             self.opened.notify_one();
         }
+        if let Some(reason) = parent_closed {
+            if self.meta.get().is_none_or(|m| m.parent().is_none()) {
+                self.fail_protocol("sent PARENT_CLOSED on a channel that has no parent");
+                return Delivery::Violation;
+            }
+            // Its close follows; the remote ends the descendants likewise.
+            self.end_by_parent(&Ending {
+                local: ChannelError::ParentClosed(reason.into()),
+                remote: None,
+                close: false,
+            });
+        }
         Delivery::Ok
     }
 
@@ -358,28 +404,188 @@ impl ChanShared {
         st.close_out = true; // russh replied for us
         st.out.clear();
         st.out_bytes = 0;
-        self.wake_readers(&mut st);
-        wake(&mut st.write_waker);
-        wake(&mut st.flush_waker);
-        drop(st);
-        self.opened.notify_one();
-        self.space.notify_one();
+        let nested = self.wake_everyone(st);
+        // The remote ends its side of the children itself.
+        self.end_children(nested, || Ending {
+            local: ChannelError::ParentClosed(
+                format!("{:?} was closed by {}", self.service(), self.remote_peer()).into(),
+            ),
+            remote: None,
+            close: true,
+        });
     }
 
-    /// The connection died, or the remote broke the protocol.
+    /// The connection died, or the remote broke the protocol. Descendants
+    /// end too.
     pub(crate) fn fail(&self, err: ChannelError) {
         let mut st = self.lock();
         if st.failed.is_none() {
-            st.failed = Some(err);
+            st.failed = Some(err.clone());
+        }
+        // Nothing more is sent but a close already asked for (the remote
+        // must still learn the channel is gone).
+        let closing = st.out.iter().any(|o| matches!(o, Out::Close));
+        st.out.clear();
+        if closing {
+            st.out.push_back(Out::Close);
+        }
+        st.out_bytes = 0;
+        let nested = self.wake_everyone(st);
+        self.end_children(nested, || match err {
+            // Nothing can be sent any more: every channel fails alike.
+            ChannelError::ConnectionLost(_) => Ending {
+                local: err,
+                remote: None,
+                close: false,
+            },
+            other => Ending {
+                local: ChannelError::ParentClosed(
+                    format!("{:?} failed: {other}", self.service()).into(),
+                ),
+                remote: Some(
+                    format!(
+                        "{:?} failed on {}: {other}",
+                        self.service(),
+                        self.local_peer()
+                    )
+                    .into(),
+                ),
+                close: true,
+            },
+        });
+    }
+
+    /// Ends this channel because an ancestor ended: fails it with
+    /// `ending.local`, tells the remote why (a `PARENT_CLOSED` record) and
+    /// closes it, then does the same to its own children.
+    fn end_by_parent(&self, ending: &Ending) {
+        let mut st = self.lock();
+        if st.close_out || st.close_in {
+            // Closed already (its own descendants ended then); what it
+            // queued, its close included, still goes out.
+            return;
+        }
+        if st.failed.is_none() {
+            st.failed = Some(ending.local.clone());
         }
         st.out.clear();
         st.out_bytes = 0;
+        if ending.close && !st.close_out && !st.close_in {
+            if let Some(reason) = &ending.remote {
+                let rec = Control::ParentClosed {
+                    reason: reason.to_string(),
+                };
+                st.out.push_back(Out::Ext(EXT_CONTROL, rec.encode()));
+            }
+            st.out.push_back(Out::Close);
+            st.eof_out = true;
+            st.close_out = true;
+            self.schedule(&mut st);
+        }
+        let nested = self.wake_everyone(st);
+        self.end_children(nested, || ending.clone());
+    }
+
+    /// After the channel ended (in any way): wakes every waiter, and takes
+    /// the nested channels out for `end_children`.
+    fn wake_everyone(&self, mut st: MutexGuard<'_, ChanState>) -> Nested {
         self.wake_readers(&mut st);
         wake(&mut st.write_waker);
         wake(&mut st.flush_waker);
+        let nested = take_children(&mut st);
         drop(st);
         self.opened.notify_one();
         self.space.notify_one();
+        self.children_ready.notify_waiters();
+        nested
+    }
+
+    /// Ends the children taken from this channel, and rejects the nested
+    /// channels nobody accepted yet.
+    fn end_children(&self, nested: Nested, ending: impl FnOnce() -> Ending) {
+        let (children, pending) = nested;
+        if !children.is_empty() {
+            let ending = ending();
+            for c in &children {
+                c.end_by_parent(&ending);
+            }
+        }
+        drop(pending); // already ended: dropping them sends nothing more
+    }
+
+    fn service(&self) -> &str {
+        self.meta.get().map(|m| m.service()).unwrap_or("?")
+    }
+
+    fn remote_peer(&self) -> &str {
+        self.meta
+            .get()
+            .map(|m| m.remote_peer())
+            .unwrap_or("the remote")
+    }
+
+    fn local_peer(&self) -> &str {
+        self.meta
+            .get()
+            .map(|m| m.local_peer())
+            .unwrap_or("the peer")
+    }
+
+    // ---- nesting ----
+
+    /// Why no more channels can be nested in this one, if so.
+    pub(crate) fn closed_reason(&self) -> Option<Arc<str>> {
+        closed_reason(&self.lock())
+    }
+
+    /// Whether the application holds this channel (accepted on both sides).
+    pub(crate) fn is_established(&self) -> bool {
+        self.lock().established
+    }
+
+    /// Records `child` as nested in this channel, unless this one is
+    /// closed (then the reason).
+    pub(crate) fn adopt(&self, child: &Arc<ChanShared>) -> Result<(), Arc<str>> {
+        let mut st = self.lock();
+        if let Some(why) = closed_reason(&st) {
+            return Err(why);
+        }
+        st.children.retain(|w| w.strong_count() > 0);
+        st.children.push(Arc::downgrade(child));
+        Ok(())
+    }
+
+    /// Queues a nested channel the remote opened for `accept_child`; gives
+    /// it back if this channel closed meanwhile.
+    pub(crate) fn offer_child(&self, child: IncomingChannel) -> Option<IncomingChannel> {
+        let mut st = self.lock();
+        if closed_reason(&st).is_some() {
+            return Some(child);
+        }
+        st.incoming.push_back(child);
+        drop(st);
+        self.children_ready.notify_one();
+        None
+    }
+
+    /// The next nested channel the remote opened; `None` once this channel
+    /// is closed. Cancel-safe.
+    pub(crate) async fn accept_child(&self) -> Option<IncomingChannel> {
+        loop {
+            let notified = self.children_ready.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut st = self.lock();
+                if let Some(c) = st.incoming.pop_front() {
+                    return Some(c);
+                }
+                if closed_reason(&st).is_some() {
+                    return None;
+                }
+            }
+            notified.await;
+        }
     }
 
     fn fail_protocol(self: &ChanShared, why: &str) {
@@ -699,7 +905,8 @@ impl ChanShared {
         self.schedule(&mut st);
     }
 
-    /// Queues EOF (if not sent) and close (once).
+    /// Queues EOF (if not sent) and close (once). Nested channels end at
+    /// once (see [`Children`](super::Children)).
     pub(crate) fn send_close(&self) {
         let mut st = self.lock();
         if st.close_out || st.close_in || st.failed.is_some() {
@@ -712,6 +919,18 @@ impl ChanShared {
         st.close_out = true;
         st.out.push_back(Out::Close);
         self.schedule(&mut st);
+        let nested = take_children(&mut st);
+        drop(st);
+        self.children_ready.notify_waiters();
+        self.end_children(nested, || Ending {
+            local: ChannelError::ParentClosed(
+                format!("{:?} was closed on this side", self.service()).into(),
+            ),
+            remote: Some(
+                format!("{:?} was closed by {}", self.service(), self.local_peer()).into(),
+            ),
+            close: true,
+        });
     }
 
     /// After a protocol violation: close the channel even though it failed.
@@ -755,10 +974,12 @@ impl ChanShared {
         }
         let w = self.window();
         st.recv_credit += w;
+        st.established = true;
         st.out.push_back(Out::Ext(
             EXT_CONTROL,
             Control::Accept {
                 window: u32::try_from(w).unwrap_or(u32::MAX),
+                id: self.id,
             }
             .encode(),
         ));
@@ -811,6 +1032,42 @@ impl ChanShared {
 
 /// Most bytes taken from one `poll_write` call: bounds a single queued item.
 const MAX_CHUNK: usize = 256 << 10;
+
+fn closed_reason(st: &ChanState) -> Option<Arc<str>> {
+    if let Some(e) = &st.failed {
+        return Some(e.to_string().into());
+    }
+    if st.close_in {
+        return Some("the parent was closed by the remote peer".into());
+    }
+    if st.close_out {
+        return Some("the parent was closed on this side".into());
+    }
+    None
+}
+
+/// A channel's children and its unaccepted nested channels.
+type Nested = (Vec<Arc<ChanShared>>, VecDeque<IncomingChannel>);
+
+/// Takes the live children and the unaccepted nested channels.
+fn take_children(st: &mut ChanState) -> Nested {
+    let children = std::mem::take(&mut st.children)
+        .iter()
+        .filter_map(Weak::upgrade)
+        .collect();
+    (children, std::mem::take(&mut st.incoming))
+}
+
+/// How the descendants of an ended channel end.
+#[derive(Clone)]
+struct Ending {
+    /// The error their local handles get.
+    local: ChannelError,
+    /// The reason sent to the remote in a `PARENT_CLOSED` record, if any.
+    remote: Option<Arc<str>>,
+    /// Whether we close them (not when the connection is gone).
+    close: bool,
+}
 
 fn wake(w: &mut Option<Waker>) {
     if let Some(w) = w.take() {

@@ -17,13 +17,16 @@ const WINDOW: u8 = 2;
 const REJECT: u8 = 3;
 const HELLO: u8 = 4;
 const TRAILERS: u8 = 5;
+const PARENT_CLOSED: u8 = 6;
 
 /// One control record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Control {
     /// The receiving application accepted the channel; the sender may send
-    /// `window` bytes (data and error frames together).
-    Accept { window: u32 },
+    /// `window` bytes (data and error frames together). `id` is the
+    /// acceptor's own number for the channel, which the opener uses to name
+    /// it as the parent of nested opens (see [`nest`](super::nest)).
+    Accept { window: u32, id: u32 },
     /// The receiver consumed bytes: the sender may send `increment` more.
     Window { increment: u32 },
     /// The receiving application refused the channel; it is closed next.
@@ -33,6 +36,9 @@ pub(crate) enum Control {
     Hello { headers: String },
     /// Trailers: a header block sent once, after the last data, before EOF.
     Trailers { headers: String },
+    /// The sender is closing this nested channel because an ancestor closed
+    /// or failed; the channel's close follows.
+    ParentClosed { reason: String },
 }
 
 /// Why a control record was refused.
@@ -55,9 +61,10 @@ impl Control {
     pub(crate) fn encode(&self) -> Bytes {
         let mut body = BytesMut::with_capacity(16);
         match self {
-            Control::Accept { window } => {
+            Control::Accept { window, id } => {
                 body.put_u8(ACCEPT);
                 body.put_u32(*window);
+                body.put_u32(*id);
             }
             Control::Window { increment } => {
                 body.put_u8(WINDOW);
@@ -65,6 +72,10 @@ impl Control {
             }
             Control::Reject { reason } => {
                 body.put_u8(REJECT);
+                body.put_slice(truncate(reason, MAX_REASON).as_bytes());
+            }
+            Control::ParentClosed { reason } => {
+                body.put_u8(PARENT_CLOSED);
                 body.put_slice(truncate(reason, MAX_REASON).as_bytes());
             }
             Control::Hello { headers } => {
@@ -90,16 +101,26 @@ impl Control {
             Ok(u32::from_be_bytes(b))
         };
         match ty {
-            ACCEPT => Ok(Control::Accept {
-                window: u32_body()?,
-            }),
+            ACCEPT => {
+                let b: [u8; 8] = body.try_into().map_err(|_| ControlError::Malformed(ty))?;
+                let (w, id) = b.split_at(4);
+                let word = |x: &[u8]| x.try_into().map(u32::from_be_bytes);
+                match (word(w), word(id)) {
+                    (Ok(window), Ok(id)) => Ok(Control::Accept { window, id }),
+                    _ => Err(ControlError::Malformed(ty)),
+                }
+            }
             WINDOW => Ok(Control::Window {
                 increment: u32_body()?,
             }),
-            REJECT => {
-                let reason = std::str::from_utf8(body).map_err(|_| ControlError::Malformed(ty))?;
-                Ok(Control::Reject {
-                    reason: reason.to_owned(),
+            REJECT | PARENT_CLOSED => {
+                let reason = std::str::from_utf8(body)
+                    .map_err(|_| ControlError::Malformed(ty))?
+                    .to_owned();
+                Ok(if ty == REJECT {
+                    Control::Reject { reason }
+                } else {
+                    Control::ParentClosed { reason }
                 })
             }
             HELLO | TRAILERS => {
@@ -160,10 +181,11 @@ mod tests {
     fn golden() {
         assert_eq!(
             &Control::Accept {
-                window: 0x0010_0000
+                window: 0x0010_0000,
+                id: 3
             }
             .encode()[..],
-            b"\0\0\0\x05\x01\x00\x10\x00\x00"
+            b"\0\0\0\x09\x01\x00\x10\x00\x00\0\0\0\x03"
         );
         assert_eq!(
             &Control::Window { increment: 7 }.encode()[..],
@@ -181,7 +203,12 @@ mod tests {
     #[test]
     fn rejects_bad_records() {
         assert_eq!(Control::decode(&[9]), Err(ControlError::UnknownType(9)));
+        assert_eq!(Control::decode(&[6, 0xc3]), Err(ControlError::Malformed(6)));
         assert_eq!(Control::decode(&[2, 0]), Err(ControlError::Malformed(2)));
+        assert_eq!(
+            Control::decode(&[1, 0, 0, 0, 1]),
+            Err(ControlError::Malformed(1))
+        );
         assert_eq!(Control::decode(&[]), Err(ControlError::Malformed(0)));
         assert_eq!(Control::decode(&[3, 0xff]), Err(ControlError::Malformed(3)));
         let mut p = Parser::new();
@@ -204,10 +231,11 @@ mod tests {
         #[test]
         fn round_trip(w in any::<u32>(), reason in ".{0,100}") {
             let recs = vec![
-                Control::Accept { window: w },
+                Control::Accept { window: w, id: w.rotate_left(7) },
                 Control::Window { increment: w },
                 Control::Reject { reason: reason.clone() },
                 Control::Hello { headers: reason.clone() },
+                Control::ParentClosed { reason: reason.clone() },
                 Control::Trailers { headers: reason },
             ];
             let mut wire = Vec::new();

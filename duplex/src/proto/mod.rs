@@ -5,6 +5,7 @@
 pub(crate) mod control;
 pub(crate) mod frame;
 pub(crate) mod headers;
+pub(crate) mod nest;
 pub(crate) mod service;
 
 /// Protocol version carried in the `@hello` exchange.

@@ -75,7 +75,7 @@ impl client::Handler for ClientHandler {
         &mut self,
         channel: Channel<client::Msg>,
         host_to_connect: &str,
-        _port_to_connect: u32,
+        port_to_connect: u32,
         originator_address: &str,
         originator_port: u32,
         reply: client::ChannelOpenHandle,
@@ -85,6 +85,7 @@ impl client::Handler for ClientHandler {
             write: WriteHalf::from_client(channel),
             service: host_to_connect.to_owned(),
             originator: originator_address.to_owned(),
+            port_to_connect,
             originator_port,
             reply: OpenReply::Client(reply),
         };
@@ -216,7 +217,7 @@ impl server::Handler for ServerHandler {
         &mut self,
         channel: Channel<ServerMsg>,
         host_to_connect: &str,
-        _port_to_connect: u32,
+        port_to_connect: u32,
         originator_address: &str,
         originator_port: u32,
         reply: server::ChannelOpenHandle,
@@ -226,6 +227,7 @@ impl server::Handler for ServerHandler {
             write: WriteHalf::from_server(channel),
             service: host_to_connect.to_owned(),
             originator: originator_address.to_owned(),
+            port_to_connect,
             originator_port,
             reply: OpenReply::Server(reply),
         };

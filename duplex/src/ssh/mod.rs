@@ -167,6 +167,9 @@ pub(crate) struct IncomingOpen {
     pub(crate) write: WriteHalf,
     pub(crate) service: String,
     pub(crate) originator: String,
+    /// Says whose channel number `originator_port` is (see `proto::nest`).
+    pub(crate) port_to_connect: u32,
+    /// The parent channel's number plus one, or 0 (see `proto::nest`).
     pub(crate) originator_port: u32,
     pub(crate) reply: OpenReply,
 }
@@ -184,20 +187,22 @@ pub(crate) enum SessionHandle {
 }
 
 impl SessionHandle {
-    /// Opens a `direct-tcpip` channel carrying a Duplex open.
+    /// Opens a `direct-tcpip` channel carrying a Duplex open; `parent` is
+    /// the (port to connect, originator port) pair of `proto::nest`.
     pub(crate) async fn open(
         &self,
         service: &str,
         originator: String,
-        parent: u32,
+        parent: (u32, u32),
     ) -> Result<WriteHalf, OpenFailed> {
+        let (port, parent) = parent;
         let res = match self {
             SessionHandle::Client(h) => h
-                .channel_open_direct_tcpip(service, 1, originator, parent)
+                .channel_open_direct_tcpip(service, port, originator, parent)
                 .await
                 .map(WriteHalf::from_client),
             SessionHandle::Server(h) => h
-                .channel_open_direct_tcpip(service, 1, originator, parent)
+                .channel_open_direct_tcpip(service, port, originator, parent)
                 .await
                 .map(WriteHalf::from_server),
         };
