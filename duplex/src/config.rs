@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use crate::backoff::Backoff;
 use crate::proto::Limits;
 
 /// Configuration shared by every connection of a [`Peer`](crate::Peer).
@@ -32,6 +33,10 @@ pub struct Config {
     pub(crate) keepalive_interval: Option<Duration>,
     pub(crate) keepalive_max: usize,
     pub(crate) max_send_buffer: usize,
+    pub(crate) connect_backoff: Backoff,
+    pub(crate) reconnect: bool,
+    pub(crate) peer_wait_timeout: Duration,
+    pub(crate) drain_timeout: Duration,
 }
 
 impl Default for Config {
@@ -50,6 +55,10 @@ impl Default for Config {
             keepalive_interval: Some(Duration::from_secs(15)),
             keepalive_max: 3,
             max_send_buffer: 64 << 20,
+            connect_backoff: Backoff::default(),
+            reconnect: true,
+            peer_wait_timeout: Duration::from_secs(10),
+            drain_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -60,6 +69,15 @@ impl Default for Config {
 pub struct ConfigError {
     name: &'static str,
     why: String,
+}
+
+impl ConfigError {
+    pub(crate) fn new(name: &'static str, why: impl Into<String>) -> Self {
+        Self {
+            name,
+            why: why.into(),
+        }
+    }
 }
 
 fn check(name: &'static str, ok: bool, why: impl FnOnce() -> String) -> Result<(), ConfigError> {
@@ -230,7 +248,10 @@ impl Config {
     }
 
     /// Unanswered keepalives before the connection is declared dead.
-    /// Default 3.
+    /// Default 3: a remote that went silent (network gone, process frozen)
+    /// is detected within about `keepalive_interval × (keepalive_max + 1)`,
+    /// 60 s by default. A healthy idle connection answers them and stays up
+    /// indefinitely: there is no inactivity timeout.
     pub fn keepalive_max(mut self, count: usize) -> Self {
         self.keepalive_max = count.max(1);
         self
@@ -249,6 +270,46 @@ impl Config {
         })?;
         self.max_send_buffer = bytes;
         Ok(self)
+    }
+
+    /// How [`Peer::connect`](crate::Peer::connect) retries an endpoint it
+    /// cannot reach (refused, unreachable, DNS failure, timeout, a
+    /// handshake cut short), and how a lost connection is re-dialled. See
+    /// [`Backoff`] for the defaults. Authentication failures, host key
+    /// mismatches and protocol mismatches are never retried.
+    pub fn connect_backoff(mut self, backoff: Backoff) -> Self {
+        self.connect_backoff = backoff;
+        self
+    }
+
+    /// Whether a connection made with [`Peer::connect`](crate::Peer::connect)
+    /// is re-dialled in the background when it ends unexpectedly. Default
+    /// on; it stops at [`disconnect`](crate::Peer::disconnect),
+    /// [`drop_peer`](crate::Peer::drop_peer) or
+    /// [`shutdown`](crate::Peer::shutdown), or when the remote rejects our
+    /// key or shows another host key. Channels open when the connection
+    /// died fail; they are never resumed. Watch
+    /// [`Peer::events`](crate::Peer::events) to follow it.
+    pub fn reconnect(mut self, on: bool) -> Self {
+        self.reconnect = on;
+        self
+    }
+
+    /// How long [`Peer::open`](crate::Peer::open) waits for a peer of that
+    /// name to be connected (it may be starting, or reconnecting) before it
+    /// fails with [`OpenError::NoSuchPeer`](crate::OpenError::NoSuchPeer).
+    /// Default 10 s; zero fails at once.
+    pub fn peer_wait_timeout(mut self, timeout: Duration) -> Self {
+        self.peer_wait_timeout = timeout;
+        self
+    }
+
+    /// How long [`Peer::shutdown`](crate::Peer::shutdown) lets open channels
+    /// finish (no new connections or channels are accepted meanwhile)
+    /// before it closes everything. Default 5 s; zero closes at once.
+    pub fn drain_timeout(mut self, timeout: Duration) -> Self {
+        self.drain_timeout = timeout;
+        self
     }
 
     /// The configured [`max_frame_len`](Self::max_frame_len).

@@ -71,6 +71,9 @@ pub(crate) struct ConnShared {
     /// once the connection is over.
     pub(crate) transport_stop: CancellationToken,
     end_reason: OnceLock<String>,
+    /// Closed by our application (disconnect, drop_peer, shutdown): not to
+    /// be re-dialled.
+    on_purpose: AtomicBool,
 }
 
 impl ConnShared {
@@ -111,6 +114,7 @@ impl ConnShared {
             transport_stop: CancellationToken::new(),
             finished: CancellationToken::new(),
             end_reason: OnceLock::new(),
+            on_purpose: AtomicBool::new(false),
         })
     }
 
@@ -254,6 +258,7 @@ impl ConnShared {
         tracing::trace!(channel = id, known = chan.is_some(), "remote closed");
         if let Some(chan) = chan {
             chan.on_close();
+            self.core.channels_changed.notify_waiters();
         }
     }
 
@@ -272,6 +277,10 @@ impl ConnShared {
         if service.is_reserved() {
             let why = format!("service {service} is reserved");
             return open.reply.reject(OPEN_PROHIBITED, &why).await;
+        }
+        if self.core.draining.is_cancelled() {
+            let why = "the peer is shutting down";
+            return open.reply.reject(OPEN_RESOURCE_SHORTAGE, why).await;
         }
         let open_count = self.channels().len() + self.pending.load(Ordering::Acquire);
         if open_count >= self.config.max_channels_per_connection {
@@ -495,6 +504,9 @@ impl ConnShared {
         parent: Option<Arc<ChanShared>>,
     ) -> Result<Channel, OpenError> {
         let encoded = headers.encode(&self.config.limits)?;
+        if self.core.draining.is_cancelled() {
+            return Err(OpenError::Shutdown);
+        }
         let wire = match &parent {
             None => ParentRef::encode(None),
             Some(p) => ParentRef::encode(Some(self.parent_ref(p, &service)?)),
@@ -744,6 +756,8 @@ impl ConnShared {
         let mut chans = self.channels();
         if chans.get(&chan.id).is_some_and(|c| Arc::ptr_eq(c, chan)) {
             chans.remove(&chan.id);
+            drop(chans);
+            self.core.channels_changed.notify_waiters();
         }
     }
 
@@ -817,7 +831,8 @@ impl ConnShared {
         }
         self.cancel.cancel();
         self.transport_stop.cancel();
-        self.core.unregister(self.id);
+        self.core.unregister(self, self.end_reason().into());
+        self.core.channels_changed.notify_waiters();
         self.finished.cancel();
     }
 
@@ -826,9 +841,15 @@ impl ConnShared {
     /// queued channel data is sent first (up to a grace period), then the
     /// session is disconnected. Returns once the connection is gone.
     pub(crate) async fn close(&self, why: &str) {
+        self.on_purpose.store(true, Ordering::Release);
         let _ = self.end_reason.set(why.to_owned());
         self.cancel.cancel();
         let _ = tokio::time::timeout(CLOSE_GRACE * 3, self.finished.cancelled()).await;
+    }
+
+    /// Whether our application closed the connection.
+    pub(crate) fn closed_on_purpose(&self) -> bool {
+        self.on_purpose.load(Ordering::Acquire)
     }
 
     /// Disconnects at once, without waiting for anything.

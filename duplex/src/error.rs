@@ -70,9 +70,35 @@ pub enum ConnectError {
         /// The timeout.
         after: Duration,
     },
+    /// Every attempt failed with a transient error (see
+    /// [`Config::connect_backoff`](crate::Config::connect_backoff)); `last`
+    /// is the error of the last one.
+    #[error("gave up connecting to {endpoint} after {attempts} attempts in {elapsed:.1?}: {last}")]
+    GaveUp {
+        /// Where we tried to connect.
+        endpoint: String,
+        /// Attempts made.
+        attempts: u32,
+        /// Time spent.
+        elapsed: Duration,
+        /// Why the last attempt failed.
+        last: Box<ConnectError>,
+    },
     /// The peer is shutting down.
     #[error("the peer is shut down")]
     Shutdown,
+}
+
+impl ConnectError {
+    /// Whether another attempt could succeed: the endpoint could not be
+    /// reached, or the connection broke or stalled during the handshake.
+    /// Key, trust and protocol failures are final.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            ConnectError::Io { .. } | ConnectError::Handshake { .. } | ConnectError::Timeout { .. }
+        )
+    }
 }
 
 /// [`Peer::bind`](crate::Peer::bind) failed.
@@ -105,11 +131,14 @@ pub enum OpenError {
     /// The headers cannot be sent.
     #[error("cannot send headers: {0}")]
     Headers(#[from] HeaderError),
-    /// No connected peer has that name.
-    #[error("no connected peer named {name:?}")]
+    /// No peer of that name connected within the wait (see
+    /// [`Config::peer_wait_timeout`](crate::Config::peer_wait_timeout)).
+    #[error("no peer named {name:?} is connected (waited {waited:?})")]
     NoSuchPeer {
         /// The name asked for.
         name: String,
+        /// How long `open` waited for it.
+        waited: Duration,
     },
     /// The remote application rejected the channel.
     #[error("{peer} rejected channel {service:?}: {reason}")]

@@ -34,16 +34,19 @@
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 #![cfg_attr(not(test), deny(clippy::indexing_slicing))]
 
+mod backoff;
 pub mod channel;
 pub mod config;
 mod conn;
 pub mod endpoint;
 pub mod error;
+mod events;
 pub mod peer;
 mod proto;
 mod ssh;
 mod transport;
 
+pub use backoff::Backoff;
 pub use channel::{
     Channel, ChannelMeta, ChannelReader, ChannelWriter, Children, IncomingChannel, JoinError,
     JoinStats, ReadEvent, SpliceError,
@@ -51,6 +54,7 @@ pub use channel::{
 pub use config::{Config, ConfigError};
 pub use endpoint::{Endpoint, EndpointError};
 pub use error::{BindError, ChannelError, ConnectError, OpenError};
+pub use events::{PeerEvent, PeerEvents};
 pub use peer::{Direction, IntoEndpoint, NameError, Peer, PeerBuilder, PeerInfo};
 pub use proto::control::ControlError;
 pub use proto::frame::FrameError;

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, broadcast, mpsc};
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::TaskTracker;
 
@@ -18,6 +18,7 @@ use crate::config::Config;
 use crate::conn::{CLOSE_GRACE, ConnShared};
 use crate::endpoint::{Endpoint, EndpointError};
 use crate::error::{BindError, ConnectError, OpenError};
+use crate::events::{EVENT_BUFFER, PeerEvent, PeerEvents};
 use crate::proto::headers::Headers;
 use crate::proto::service::ServiceName;
 use crate::ssh::handler::{ClientHandler, ServerHandler};
@@ -98,7 +99,15 @@ pub(crate) struct PeerCore {
     /// Per bound endpoint: the token that stops its accept loop, and the
     /// token the loop fires once its socket is closed.
     listeners: Mutex<HashMap<Endpoint, (CancellationToken, CancellationToken)>>,
-    dialed: Mutex<HashMap<Endpoint, Arc<ConnShared>>>,
+    /// Endpoints given to `connect`, kept connected by `redial`.
+    dialed: Mutex<HashMap<Endpoint, Arc<Dialer>>>,
+    events: broadcast::Sender<PeerEvent>,
+    /// Fired when a peer registers (for `open` waiting on a name).
+    peers_changed: Notify,
+    /// Fired when a channel leaves a connection's table (for draining).
+    pub(crate) channels_changed: Notify,
+    /// Cancelled when `shutdown` starts: no new connections or channels.
+    pub(crate) draining: CancellationToken,
     pub(crate) incoming_tx: mpsc::Sender<IncomingChannel>,
     // An async mutex only to let several tasks call `accept`; it guards the
     // receiver and nothing else.
@@ -119,17 +128,43 @@ impl PeerCore {
     }
 
     pub(crate) fn register(&self, conn: Arc<ConnShared>) {
-        let mut peers = lock(&self.peers);
-        if !peers.iter().any(|c| c.id == conn.id) {
+        let info = conn.info();
+        {
+            let mut peers = lock(&self.peers);
+            if peers.iter().any(|c| c.id == conn.id) {
+                return;
+            }
             tracing::info!(peer = %conn.remote_name(), endpoint = %conn.endpoint, "peer connected");
             peers.push(conn);
         }
+        if let Some(info) = info {
+            let _ = self.events.send(PeerEvent::Connected(info));
+        }
+        self.peers_changed.notify_waiters();
     }
 
-    pub(crate) fn unregister(&self, id: u64) {
-        lock(&self.peers).retain(|c| c.id != id);
-        lock(&self.all).remove(&id);
-        lock(&self.dialed).retain(|_, c| c.id != id);
+    pub(crate) fn unregister(&self, conn: &ConnShared, reason: Arc<str>) {
+        let was_peer = {
+            let mut peers = lock(&self.peers);
+            let before = peers.len();
+            peers.retain(|c| c.id != conn.id);
+            peers.len() != before
+        };
+        lock(&self.all).remove(&conn.id);
+        if was_peer && let Some(peer) = conn.info() {
+            tracing::info!(peer = %peer.name, endpoint = %peer.endpoint, %reason, "peer disconnected");
+            let _ = self.events.send(PeerEvent::Disconnected { peer, reason });
+        }
+    }
+
+    fn emit(&self, event: PeerEvent) {
+        let _ = self.events.send(event);
+    }
+
+    /// Open channels over all connections.
+    fn channel_total(&self) -> usize {
+        let conns: Vec<_> = lock(&self.all).values().cloned().collect();
+        conns.iter().map(|c| c.channel_count()).sum()
     }
 
     fn find(&self, name: &str) -> Option<Arc<ConnShared>> {
@@ -268,6 +303,10 @@ impl PeerBuilder {
             all: Mutex::new(HashMap::new()),
             listeners: Mutex::new(HashMap::new()),
             dialed: Mutex::new(HashMap::new()),
+            events: broadcast::channel(EVENT_BUFFER).0,
+            peers_changed: Notify::new(),
+            channels_changed: Notify::new(),
+            draining: CancellationToken::new(),
             incoming_tx: tx,
             incoming_rx: tokio::sync::Mutex::new(rx),
             rr: AtomicUsize::new(0),
@@ -383,52 +422,76 @@ impl Peer {
     /// exchange with host-key check, authentication with our key, and the
     /// Duplex hello that tells us the remote's name.
     ///
-    /// The whole handshake is bounded by the configured handshake timeout.
-    /// Cancel-safe: cancelling abandons the attempt.
+    /// Each attempt is bounded by the handshake timeout. Transient failures
+    /// (refused, unreachable, DNS, timeout, a handshake cut short) are
+    /// retried with jittered exponential backoff within the limits of
+    /// [`Config::connect_backoff`], then reported as
+    /// [`ConnectError::GaveUp`] with the last cause; a rejected key, an
+    /// untrusted host key or a protocol mismatch fails at once.
+    ///
+    /// Once connected, the endpoint is re-dialled in the background whenever
+    /// the connection ends unexpectedly (see [`Config::reconnect`]) until
+    /// [`disconnect`](Self::disconnect) or [`shutdown`](Self::shutdown).
+    ///
+    /// Cancel-safe: cancelling abandons the attempts (nothing is re-dialled).
     pub async fn connect(&self, endpoint: impl IntoEndpoint) -> Result<PeerInfo, ConnectError> {
         let endpoint = endpoint.into_endpoint()?;
+        let core = &self.core;
+        if core.draining.is_cancelled() {
+            return Err(ConnectError::Shutdown);
+        }
+        let backoff = &core.config.connect_backoff;
         let label = endpoint.to_string();
-        let timeout = self.core.config.handshake_timeout;
-        let attempt = async {
-            match &endpoint {
-                Endpoint::Tcp { host, port } => {
-                    let stream = tokio::net::TcpStream::connect((host.as_str(), *port))
-                        .await
-                        .map_err(|source| ConnectError::Io {
-                            endpoint: label.clone(),
-                            source,
-                        })?;
-                    let _ = stream.set_nodelay(true);
-                    let name = if *port == 22 {
-                        host.to_ascii_lowercase()
-                    } else {
-                        format!("[{}]:{port}", host.to_ascii_lowercase())
-                    };
-                    self.handshake(stream, label.clone(), name).await
-                }
-                Endpoint::Unix(path) => {
-                    let stream = tokio::net::UnixStream::connect(path)
-                        .await
-                        .map_err(|source| ConnectError::Io {
-                            endpoint: label.clone(),
-                            source,
-                        })?;
-                    self.handshake(stream, label.clone(), path.display().to_string())
-                        .await
+        let start = tokio::time::Instant::now();
+        let mut attempt = 1;
+        let conn = loop {
+            match dial(core, &endpoint).await {
+                Ok(conn) => break conn,
+                Err(e) if !e.is_transient() => return Err(e),
+                Err(e) => {
+                    let wait = backoff.delay(attempt, jitter());
+                    if !backoff.allows(attempt + 1, start.elapsed(), wait) {
+                        if attempt == 1 {
+                            return Err(e); // no retry was allowed
+                        }
+                        return Err(ConnectError::GaveUp {
+                            endpoint: label,
+                            attempts: attempt,
+                            elapsed: start.elapsed(),
+                            last: Box::new(e),
+                        });
+                    }
+                    attempt += 1;
+                    tracing::debug!(endpoint = %label, attempt, ?wait, "connect failed, retrying: {e}");
+                    core.emit(PeerEvent::Reconnecting {
+                        endpoint: label.clone(),
+                        attempt,
+                        delay: wait,
+                        reason: e.to_string().into(),
+                    });
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = core.draining.cancelled() => return Err(ConnectError::Shutdown),
+                    }
                 }
             }
         };
-        let (conn, info) = tokio::select! {
-            r = tokio::time::timeout(timeout, attempt) => r.map_err(|_| ConnectError::Timeout {
-                endpoint: label.clone(),
-                after: timeout,
-            })??,
-            _ = self.core.cancel.cancelled() => return Err(ConnectError::Shutdown),
-        };
-        if let Some(old) = lock(&self.core.dialed).insert(endpoint, conn) {
-            // A second connect to the same endpoint: keep both connections
-            // alive, but `disconnect` acts on the newest.
-            drop(old);
+        let info = conn.info().ok_or_else(|| ConnectError::Protocol {
+            endpoint: label,
+            reason: "no remote identity".into(),
+        })?;
+        let dialer = Arc::new(Dialer {
+            conn: Mutex::new(Some(conn.clone())),
+            stop: core.draining.child_token(),
+        });
+        // A second connect to the same endpoint: both connections stay up,
+        // but only the newest is re-dialled and `disconnect` acts on it.
+        if let Some(old) = lock(&core.dialed).insert(endpoint.clone(), dialer.clone()) {
+            old.stop.cancel();
+        }
+        if core.config.reconnect {
+            core.tracker
+                .spawn(redial(core.clone(), endpoint, dialer, conn));
         }
         Ok(info)
     }
@@ -443,73 +506,16 @@ impl Peer {
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let timeout = self.core.config.handshake_timeout;
+        if self.core.draining.is_cancelled() {
+            return Err(ConnectError::Shutdown);
+        }
         tokio::select! {
-            r = tokio::time::timeout(timeout, self.handshake(stream, label.to_owned(), label.to_owned())) => {
+            r = tokio::time::timeout(timeout, handshake(&self.core, stream, label.to_owned(), label.to_owned())) => {
                 r.map_err(|_| ConnectError::Timeout { endpoint: label.to_owned(), after: timeout })?
                     .map(|(_, info)| info)
             }
             _ = self.core.cancel.cancelled() => Err(ConnectError::Shutdown),
         }
-    }
-
-    async fn handshake<S>(
-        &self,
-        stream: S,
-        endpoint: String,
-        host_name: String,
-    ) -> Result<(Arc<ConnShared>, PeerInfo), ConnectError>
-    where
-        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
-        let core = &self.core;
-        let conn = ConnShared::new(core.clone(), endpoint.clone(), Direction::Outbound);
-        let handler = ClientHandler::new(conn.clone(), core.known_hosts.clone(), host_name);
-        // Until the connection is handed to its supervisor, failing (or being
-        // cancelled) must stop its tasks.
-        let abort = conn.cancel.clone().drop_guard();
-        let stop_transport = conn.transport_stop.clone().drop_guard();
-        let stream = conn.transport(stream);
-        let handle = ssh::client_handshake(&core.ssh, stream, handler, &core.name, &core.identity)
-            .await
-            .map_err(|e| match e {
-                HandshakeError::HostKey(source) => ConnectError::HostKey {
-                    endpoint: endpoint.clone(),
-                    source,
-                },
-                HandshakeError::AuthRejected => ConnectError::AuthRejected {
-                    endpoint: endpoint.clone(),
-                    fingerprint: core.identity.fingerprint(),
-                },
-                HandshakeError::Ssh(reason) => ConnectError::Handshake {
-                    endpoint: endpoint.clone(),
-                    reason,
-                },
-            })?;
-        let _ = conn.handle.set(handle);
-        lock(&core.all).insert(conn.id, conn.clone());
-        core.tracker.spawn(conn.clone().run_outbox());
-        core.tracker.spawn(supervise(conn.clone()));
-        let name = match conn.hello().await {
-            Ok(n) => n,
-            Err(reason) => {
-                conn.close("hello failed").await;
-                return Err(ConnectError::Protocol { endpoint, reason });
-            }
-        };
-        let Some(_) = conn.set_remote(name) else {
-            return Err(ConnectError::Protocol {
-                endpoint,
-                reason: "no host key was recorded".into(),
-            });
-        };
-        core.register(conn.clone());
-        abort.disarm();
-        stop_transport.disarm();
-        let info = conn.info().ok_or_else(|| ConnectError::Protocol {
-            endpoint: endpoint.clone(),
-            reason: "no remote identity".into(),
-        })?;
-        Ok((conn, info))
     }
 
     /// Serves the listening side of a connection over any byte stream. The
@@ -519,25 +525,37 @@ impl Peer {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        if self.core.draining.is_cancelled() {
+            return; // dropping the stream closes it
+        }
         self.core
             .tracker
             .spawn(serve(self.core.clone(), stream, label.to_owned()));
     }
 
-    /// Closes the connection we made to `endpoint`. Returns whether there
-    /// was one.
+    /// Closes the connection we made to `endpoint` and stops re-dialling
+    /// it. Returns whether there was one. Returns once the connection is
+    /// closed.
     pub async fn disconnect(&self, endpoint: impl IntoEndpoint) -> bool {
         let Ok(endpoint) = endpoint.into_endpoint() else {
             return false;
         };
-        let conn = lock(&self.core.dialed).remove(&endpoint);
-        match conn {
-            Some(c) => {
-                c.close("disconnected by the application").await;
-                true
-            }
-            None => false,
+        let dialer = lock(&self.core.dialed).remove(&endpoint);
+        let Some(dialer) = dialer else {
+            return false;
+        };
+        dialer.stop.cancel();
+        let conn = lock(&dialer.conn).take();
+        if let Some(c) = conn {
+            c.close("disconnected by the application").await;
         }
+        true
+    }
+
+    /// Subscribes to this peer's events: peers connecting and disconnecting
+    /// (with the reason), and endpoints being re-dialled. See [`PeerEvent`].
+    pub fn events(&self) -> PeerEvents {
+        PeerEvents::new(self.core.events.subscribe(), self.core.cancel.clone())
     }
 
     /// The connected peers (remotes that completed the Duplex handshake),
@@ -560,8 +578,8 @@ impl Peer {
         peers.into_iter().nth(i)
     }
 
-    /// Closes every connection to the peer called `name`. Returns whether
-    /// there was one.
+    /// Closes every connection to the peer called `name` (and stops
+    /// re-dialling those we made). Returns whether there was one.
     pub async fn drop_peer(&self, name: &str) -> bool {
         let conns: Vec<_> = lock(&self.core.peers)
             .iter()
@@ -589,7 +607,9 @@ impl Peer {
     /// Opens a channel for `service` to the connected peer called `peer`,
     /// and waits until the remote application accepts it.
     ///
-    /// Fails at once if no peer has that name, with
+    /// If no peer of that name is connected (it may be starting, or
+    /// reconnecting), waits for one up to [`Config::peer_wait_timeout`],
+    /// then fails with [`OpenError::NoSuchPeer`]. Fails with
     /// [`OpenError::Rejected`] if the remote rejects, and with
     /// [`OpenError::Timeout`] after the configured open timeout.
     /// Cancel-safe: a channel whose open is abandoned is closed.
@@ -600,24 +620,71 @@ impl Peer {
         headers: Headers,
     ) -> Result<Channel, OpenError> {
         let service = ServiceName::new(service)?;
-        if self.core.cancel.is_cancelled() {
-            return Err(OpenError::Shutdown);
-        }
-        let conn = self.core.find(peer).ok_or_else(|| OpenError::NoSuchPeer {
-            name: peer.to_owned(),
-        })?;
+        let core = &self.core;
+        let waited = core.config.peer_wait_timeout;
+        let deadline = tokio::time::Instant::now() + waited;
+        let conn = loop {
+            let changed = core.peers_changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if core.draining.is_cancelled() {
+                return Err(OpenError::Shutdown);
+            }
+            if let Some(conn) = core.find(peer) {
+                break conn;
+            }
+            tokio::select! {
+                _ = changed => {}
+                _ = tokio::time::sleep_until(deadline) => {
+                    return Err(OpenError::NoSuchPeer { name: peer.to_owned(), waited });
+                }
+                _ = core.draining.cancelled() => return Err(OpenError::Shutdown),
+            }
+        };
         conn.open(service, headers, None).await
     }
 
-    /// Stops listening, closes every connection and waits until every task
-    /// the peer started has ended. Channels fail with a "connection lost"
-    /// error. Idempotent.
+    /// Shuts the peer down gracefully and waits until every task it started
+    /// has ended.
+    ///
+    /// First it stops listening and re-dialling, and refuses new
+    /// connections and channels (in both directions and nested); channels
+    /// already open may finish, for up to [`Config::drain_timeout`]. Then
+    /// it closes every connection (queued channel data is flushed first)
+    /// and the channels still open fail with a "connection lost" error.
+    /// Idempotent. Cancel-safe: cancelled, the shutdown goes on in the
+    /// background only as far as it got (call again to finish it).
     pub async fn shutdown(&self) {
-        self.core.cancel.cancel();
-        self.core.tracker.close();
-        self.core.tracker.wait().await;
+        let core = &self.core;
+        if !core.draining.is_cancelled() {
+            core.draining.cancel();
+            tracing::debug!(peer = %core.name, "shutting down: draining channels");
+            let listeners: Vec<_> = lock(&core.listeners).drain().map(|(_, l)| l).collect();
+            for (stop, _) in &listeners {
+                stop.cancel();
+            }
+            let deadline = tokio::time::Instant::now() + core.config.drain_timeout;
+            loop {
+                let changed = core.channels_changed.notified();
+                tokio::pin!(changed);
+                changed.as_mut().enable();
+                if core.channel_total() == 0 || core.cancel.is_cancelled() {
+                    break;
+                }
+                if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                    tracing::debug!(peer = %core.name, "drain timeout: closing open channels");
+                    break;
+                }
+            }
+            for (_, closed) in &listeners {
+                closed.cancelled().await;
+            }
+        }
+        core.cancel.cancel();
+        core.tracker.close();
+        core.tracker.wait().await;
         // Reject channels nobody accepted (also breaks reference cycles).
-        let mut rx = self.core.incoming_rx.lock().await;
+        let mut rx = core.incoming_rx.lock().await;
         rx.close();
         while let Ok(ch) = rx.try_recv() {
             drop(ch);
@@ -633,6 +700,190 @@ impl Peer {
             .fold((0, 0), |(n, b), c| {
                 (n + c.channel_count(), b + c.buffered())
             })
+    }
+}
+
+/// An endpoint given to `connect`.
+struct Dialer {
+    /// Its current connection, if any.
+    conn: Mutex<Option<Arc<ConnShared>>>,
+    /// Stops re-dialling (disconnect, a newer connect, shutdown).
+    stop: CancellationToken,
+}
+
+fn jitter() -> f64 {
+    use rand::RngExt;
+    rand::rng().random()
+}
+
+/// One attempt at connecting to `endpoint`, bounded by the handshake
+/// timeout.
+async fn dial(core: &Arc<PeerCore>, endpoint: &Endpoint) -> Result<Arc<ConnShared>, ConnectError> {
+    let label = endpoint.to_string();
+    let timeout = core.config.handshake_timeout;
+    let attempt = async {
+        match endpoint {
+            Endpoint::Tcp { host, port } => {
+                let stream = tokio::net::TcpStream::connect((host.as_str(), *port))
+                    .await
+                    .map_err(|source| ConnectError::Io {
+                        endpoint: label.clone(),
+                        source,
+                    })?;
+                let _ = stream.set_nodelay(true);
+                let name = if *port == 22 {
+                    host.to_ascii_lowercase()
+                } else {
+                    format!("[{}]:{port}", host.to_ascii_lowercase())
+                };
+                handshake(core, stream, label.clone(), name).await
+            }
+            Endpoint::Unix(path) => {
+                let stream = tokio::net::UnixStream::connect(path)
+                    .await
+                    .map_err(|source| ConnectError::Io {
+                        endpoint: label.clone(),
+                        source,
+                    })?;
+                handshake(core, stream, label.clone(), path.display().to_string()).await
+            }
+        }
+    };
+    let (conn, _) = tokio::select! {
+        r = tokio::time::timeout(timeout, attempt) => r.map_err(|_| ConnectError::Timeout {
+            endpoint: label.clone(),
+            after: timeout,
+        })??,
+        _ = core.draining.cancelled() => return Err(ConnectError::Shutdown),
+    };
+    Ok(conn)
+}
+
+async fn handshake<S>(
+    core: &Arc<PeerCore>,
+    stream: S,
+    endpoint: String,
+    host_name: String,
+) -> Result<(Arc<ConnShared>, PeerInfo), ConnectError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let conn = ConnShared::new(core.clone(), endpoint.clone(), Direction::Outbound);
+    let handler = ClientHandler::new(conn.clone(), core.known_hosts.clone(), host_name);
+    // Until the connection is handed to its supervisor, failing (or being
+    // cancelled) must stop its tasks.
+    let abort = conn.cancel.clone().drop_guard();
+    let stop_transport = conn.transport_stop.clone().drop_guard();
+    let stream = conn.transport(stream);
+    let handle = ssh::client_handshake(&core.ssh, stream, handler, &core.name, &core.identity)
+        .await
+        .map_err(|e| match e {
+            HandshakeError::HostKey(source) => ConnectError::HostKey {
+                endpoint: endpoint.clone(),
+                source,
+            },
+            HandshakeError::AuthRejected => ConnectError::AuthRejected {
+                endpoint: endpoint.clone(),
+                fingerprint: core.identity.fingerprint(),
+            },
+            HandshakeError::Ssh(reason) => ConnectError::Handshake {
+                endpoint: endpoint.clone(),
+                reason,
+            },
+        })?;
+    let _ = conn.handle.set(handle);
+    lock(&core.all).insert(conn.id, conn.clone());
+    core.tracker.spawn(conn.clone().run_outbox());
+    core.tracker.spawn(supervise(conn.clone()));
+    let name = match conn.hello().await {
+        Ok(n) => n,
+        Err(reason) => {
+            conn.close("hello failed").await;
+            return Err(ConnectError::Protocol { endpoint, reason });
+        }
+    };
+    let Some(_) = conn.set_remote(name) else {
+        return Err(ConnectError::Protocol {
+            endpoint,
+            reason: "no host key was recorded".into(),
+        });
+    };
+    core.register(conn.clone());
+    abort.disarm();
+    stop_transport.disarm();
+    let info = conn.info().ok_or_else(|| ConnectError::Protocol {
+        endpoint: endpoint.clone(),
+        reason: "no remote identity".into(),
+    })?;
+    Ok((conn, info))
+}
+
+/// Keeps a dialled endpoint connected: waits for its connection to end,
+/// and unless that was on purpose, dials again with backoff (without the
+/// attempt and time limits of `connect`) until it succeeds, `stop` fires,
+/// or the remote refuses us for good.
+async fn redial(
+    core: Arc<PeerCore>,
+    endpoint: Endpoint,
+    dialer: Arc<Dialer>,
+    mut conn: Arc<ConnShared>,
+) {
+    let label = endpoint.to_string();
+    let backoff = core.config.connect_backoff.clone();
+    loop {
+        tokio::select! {
+            _ = conn.finished.cancelled() => {}
+            _ = dialer.stop.cancelled() => return,
+        }
+        if conn.closed_on_purpose() || dialer.stop.is_cancelled() {
+            let mut dialed = lock(&core.dialed);
+            if dialed
+                .get(&endpoint)
+                .is_some_and(|d| Arc::ptr_eq(d, &dialer))
+            {
+                dialed.remove(&endpoint);
+            }
+            return;
+        }
+        *lock(&dialer.conn) = None;
+        let mut reason: Arc<str> = conn.end_reason().into();
+        let mut attempt = 1;
+        conn = loop {
+            let wait = backoff.delay(attempt, jitter());
+            tracing::info!(endpoint = %label, attempt, ?wait, %reason, "re-dialling");
+            core.emit(PeerEvent::Reconnecting {
+                endpoint: label.clone(),
+                attempt,
+                delay: wait,
+                reason: reason.clone(),
+            });
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = dialer.stop.cancelled() => return,
+            }
+            let res = tokio::select! {
+                r = dial(&core, &endpoint) => r,
+                _ = dialer.stop.cancelled() => return,
+            };
+            match res {
+                Ok(c) => break c,
+                Err(ConnectError::Shutdown) => return,
+                Err(e) if !e.is_transient() => {
+                    tracing::warn!(endpoint = %label, "stopped re-dialling: {e}");
+                    core.emit(PeerEvent::GaveUp {
+                        endpoint: label.clone(),
+                        reason: e.to_string().into(),
+                    });
+                    lock(&core.dialed).retain(|_, d| !Arc::ptr_eq(d, &dialer));
+                    return;
+                }
+                Err(e) => {
+                    reason = e.to_string().into();
+                    attempt = attempt.saturating_add(1);
+                }
+            }
+        };
+        *lock(&dialer.conn) = Some(conn.clone());
     }
 }
 
