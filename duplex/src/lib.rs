@@ -41,6 +41,8 @@ mod conn;
 pub mod endpoint;
 pub mod error;
 mod events;
+#[cfg(feature = "fault-injection")]
+pub mod fault;
 pub mod peer;
 mod proto;
 mod ssh;

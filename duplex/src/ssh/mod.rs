@@ -285,7 +285,15 @@ pub(crate) enum HandshakeError {
 
 pub(crate) fn describe(e: &russh::Error) -> String {
     match e {
+        russh::Error::IO(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
+            "the connection closed without a goodbye (the remote process or the network went away)"
+                .to_owned()
+        }
         russh::Error::IO(io) => io.to_string(),
+        russh::Error::KeepaliveTimeout => {
+            "the remote stopped answering keepalives (network gone, or the process is frozen)"
+                .to_owned()
+        }
         russh::Error::Disconnect => "the remote closed the connection".to_owned(),
         russh::Error::NoCommonAlgo { kind, ours, theirs } => format!(
             "no common {kind:?} algorithm (ours: {}; theirs: {})",

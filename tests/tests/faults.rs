@@ -1,0 +1,144 @@
+//! Issue 4 through the fault-injection proxy: a cut, a reset and a stall
+//! mid-transfer fail the transfer promptly with a clear error, and the
+//! dialler reconnects by itself; keepalives detect a stalled connection
+//! within their bound and keep an idle healthy one up for hours.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::{Duration, Instant};
+
+use duplex::fault::FaultProxy;
+use duplex::{Backoff, Config, Headers, Identity, Peer, PeerEvent};
+use duplex_tests::{Transport, init_tracing, pair, peer_trusting, within};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn config() -> Config {
+    let backoff = Backoff::default()
+        .initial(Duration::from_millis(20))
+        .unwrap()
+        .max_interval(Duration::from_millis(200))
+        .unwrap();
+    Config::default()
+        .connect_backoff(backoff)
+        .keepalive_interval(Some(Duration::from_millis(250)))
+        .keepalive_max(2)
+        .handshake_timeout(Duration::from_secs(3))
+}
+
+fn echo_server(peer: &Peer) {
+    let p = peer.clone();
+    tokio::spawn(async move {
+        while let Some(inc) = p.accept().await {
+            tokio::spawn(async move {
+                let ch = inc.accept().await;
+                let (mut r, mut w) = ch.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+}
+
+/// Streams through an echo channel until it fails; returns the error.
+async fn stream_until_error(client: Peer, started: tokio::sync::oneshot::Sender<()>) -> String {
+    let ch = client.open("server", "echo", Headers::new()).await.unwrap();
+    let (mut r, mut w) = ch.split();
+    let writer = tokio::spawn(async move {
+        let chunk = vec![1u8; 32 << 10];
+        while w.write_all(&chunk).await.is_ok() {}
+    });
+    let mut started = Some(started);
+    let mut buf = vec![0u8; 64 << 10];
+    let err = loop {
+        match r.read(&mut buf).await {
+            Ok(0) => break "clean EOF".to_owned(),
+            Ok(_) => {
+                if let Some(s) = started.take() {
+                    let _ = s.send(());
+                }
+            }
+            Err(e) => break e.to_string(),
+        }
+    };
+    writer.abort();
+    err
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cut_reset_and_stall_fail_promptly_and_the_dialler_reconnects() {
+    init_tracing();
+    let (sid, cid) = (Identity::generate(), Identity::generate());
+    let server = peer_trusting("server", &sid, &[&cid], config());
+    let ep = server.bind("tcp://127.0.0.1:0").await.unwrap();
+    echo_server(&server);
+    let upstream = ep.to_string().trim_start_matches("tcp://").parse().unwrap();
+    let proxy = FaultProxy::start(upstream).await.unwrap();
+    let client = peer_trusting("client", &cid, &[&sid], config());
+    let mut events = client.events();
+    client.connect(proxy.endpoint().as_str()).await.unwrap();
+    assert!(matches!(events.recv().await, Some(PeerEvent::Connected(_))));
+    for fault in ["cut", "reset", "stall", "truncate"] {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let transfer = tokio::spawn(stream_until_error(client.clone(), tx));
+        within(10, rx).await.unwrap();
+        let start = Instant::now();
+        match fault {
+            "cut" => proxy.cut(),
+            "reset" => proxy.reset(),
+            "stall" => proxy.stall(),
+            _ => proxy.truncate_after(1000),
+        }
+        let err = within(10, transfer).await.unwrap();
+        let took = start.elapsed();
+        assert!(err.contains("connection lost"), "{fault}: {err}");
+        // Keepalive bound for a stall: 250 ms × (2 + 1), plus scheduling.
+        let bound = if fault == "stall" { 2500 } else { 1000 };
+        assert!(
+            took < Duration::from_millis(bound),
+            "{fault}: noticed after {took:?}"
+        );
+        eprintln!("{fault}: transfer failed after {took:?}: {err}");
+        proxy.resume();
+        within(20, async {
+            loop {
+                if let Some(PeerEvent::Connected(_)) = events.recv().await {
+                    break;
+                }
+            }
+        })
+        .await;
+        let mut ch = client.open("server", "echo", Headers::new()).await.unwrap();
+        ch.write_all(b"after").await.unwrap();
+        ch.close_write().await.unwrap();
+        let mut back = Vec::new();
+        within(10, ch.read_to_end(&mut back)).await.unwrap();
+        assert_eq!(back, b"after", "{fault}");
+    }
+    client.shutdown().await;
+    server.shutdown().await;
+}
+
+/// With tokio's clock paused, two hours pass in an instant: keepalives go
+/// back and forth, russh rekeys after an hour, and nothing drops the idle
+/// connection.
+#[tokio::test(start_paused = true)]
+async fn an_idle_healthy_connection_stays_up_for_hours() {
+    let p = pair(Transport::Memory).await;
+    let mut events = p.client.events();
+    echo_server(&p.server);
+    tokio::time::sleep(Duration::from_secs(2 * 3600)).await;
+    assert_eq!(p.client.peers().len(), 1);
+    assert_eq!(p.server.peers().len(), 1);
+    let mut ch = p
+        .client
+        .open("server", "echo", Headers::new())
+        .await
+        .unwrap();
+    ch.write_all(b"still here").await.unwrap();
+    ch.close_write().await.unwrap();
+    let mut back = Vec::new();
+    ch.read_to_end(&mut back).await.unwrap();
+    assert_eq!(back, b"still here");
+    if let Ok(Some(e)) = tokio::time::timeout(Duration::ZERO, events.recv()).await {
+        panic!("unexpected event on an idle connection: {e:?}");
+    }
+    p.shutdown().await;
+}
