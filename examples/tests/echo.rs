@@ -210,3 +210,97 @@ fn demo_command_runs() {
     );
     assert!(stdout.contains("demo done"), "{stdout}");
 }
+
+/// Issue 4, point 2: the listening process is killed mid-transfer; the
+/// transfer fails promptly and clearly; once the process is started again
+/// (same key, same port), the dialler reconnects by itself and new
+/// channels work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_server_process_fails_transfers_and_is_redialled_after_restart() {
+    use duplex::{AuthorizedKeys, Backoff, Config, Headers, KnownHosts, Peer, PeerEvent};
+    use std::time::{Duration, Instant};
+    use tokio::io::AsyncReadExt;
+
+    let dir = TempDir::new("echo-kill");
+    let (skey, ckey, server_id) = keys(&dir);
+    let (skey, ak) = (
+        skey.display().to_string(),
+        dir.0.join("authorized_keys").display().to_string(),
+    );
+    let args = |ep: &str| {
+        vec![
+            ep.to_owned(),
+            "--key".to_owned(),
+            skey.clone(),
+            "--authorized-keys".to_owned(),
+            ak.clone(),
+        ]
+    };
+    let first = args("tcp://127.0.0.1:0");
+    let first: Vec<&str> = first.iter().map(String::as_str).collect();
+    let mut server = start_server(&dir, &first).await;
+    let backoff = Backoff::default()
+        .initial(Duration::from_millis(20))
+        .unwrap()
+        .max_interval(Duration::from_millis(200))
+        .unwrap();
+    let client = Peer::builder()
+        .name("client")
+        .identity(Identity::load(&ckey).unwrap())
+        .known_hosts(KnownHosts::new().with_pinned(server_id.public_key()))
+        .authorized_keys(AuthorizedKeys::new())
+        .config(Config::default().connect_backoff(backoff))
+        .build()
+        .unwrap();
+    let mut events = client.events();
+    client.connect(server.endpoint.as_str()).await.unwrap();
+    assert!(matches!(events.recv().await, Some(PeerEvent::Connected(_))));
+    let name = client.peers()[0].name.clone();
+
+    // A transfer in flight when the process dies.
+    let ch = client.open(&name, "echo", Headers::new()).await.unwrap();
+    let (mut r, mut w) = ch.split();
+    let writer = tokio::spawn(async move {
+        let chunk = vec![5u8; 32 << 10];
+        while w.write_all(&chunk).await.is_ok() {}
+    });
+    let mut buf = vec![0u8; 64 << 10];
+    assert!(r.read(&mut buf).await.unwrap() > 0, "echo flowing");
+    server.child.kill().await.unwrap();
+    let killed = Instant::now();
+    let err = within(10, async {
+        loop {
+            match r.read(&mut buf).await {
+                Ok(0) => panic!("clean EOF after the server was killed"),
+                Ok(_) => {}
+                Err(e) => break e,
+            }
+        }
+    })
+    .await;
+    let took = killed.elapsed();
+    writer.abort();
+    assert!(err.to_string().contains("connection lost"), "{err}");
+    assert!(took < Duration::from_secs(2), "noticed after {took:?}");
+    eprintln!("transfer failed {took:?} after the kill: {err}");
+
+    // Restart on the same port: the client re-dials by itself.
+    let again = args(&server.endpoint);
+    let again: Vec<&str> = again.iter().map(String::as_str).collect();
+    let _server = start_server(&dir, &again).await;
+    within(30, async {
+        loop {
+            if let Some(PeerEvent::Connected(_)) = events.recv().await {
+                break;
+            }
+        }
+    })
+    .await;
+    let mut ch = client.open(&name, "echo", Headers::new()).await.unwrap();
+    ch.write_all(b"back again").await.unwrap();
+    ch.close_write().await.unwrap();
+    let mut back = Vec::new();
+    within(10, ch.read_to_end(&mut back)).await.unwrap();
+    assert_eq!(back, b"back again");
+    client.shutdown().await;
+}
