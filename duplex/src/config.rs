@@ -312,6 +312,16 @@ impl Config {
         self
     }
 
+    /// The configured [`drain_timeout`](Self::drain_timeout).
+    pub fn get_drain_timeout(&self) -> Duration {
+        self.drain_timeout
+    }
+
+    /// The configured [`peer_wait_timeout`](Self::peer_wait_timeout).
+    pub fn get_peer_wait_timeout(&self) -> Duration {
+        self.peer_wait_timeout
+    }
+
     /// The configured [`max_frame_len`](Self::max_frame_len).
     pub fn get_max_frame_len(&self) -> usize {
         self.max_frame_len

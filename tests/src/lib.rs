@@ -39,12 +39,23 @@ pub struct TestPeer {
 }
 
 /// Builds a peer named `name` that trusts `trusted` both ways.
+///
+/// Tests that do not set them get short drain and peer-wait timeouts
+/// (most tests end with channels still open, or look up absent peers on
+/// purpose); tests of those features set their own.
 pub fn peer_trusting(
     name: &str,
     identity: &Identity,
     trusted: &[&Identity],
-    config: Config,
+    mut config: Config,
 ) -> Peer {
+    let defaults = Config::default();
+    if config.get_drain_timeout() == defaults.get_drain_timeout() {
+        config = config.drain_timeout(Duration::from_millis(200));
+    }
+    if config.get_peer_wait_timeout() == defaults.get_peer_wait_timeout() {
+        config = config.peer_wait_timeout(Duration::from_millis(500));
+    }
     let mut ak = AuthorizedKeys::new();
     let mut kh = KnownHosts::new();
     for t in trusted {

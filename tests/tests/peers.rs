@@ -117,6 +117,8 @@ async fn unknown_client_key_is_refused() {
         .name("client")
         .identity(cid.clone())
         .known_hosts(KnownHosts::new().with_pinned(sid.public_key()))
+        // Opens below must fail at once, not wait for the peer.
+        .config(duplex::Config::default().peer_wait_timeout(std::time::Duration::ZERO))
         .build()
         .unwrap();
     let err = within(10, client.connect(&ep)).await.unwrap_err();
