@@ -306,7 +306,9 @@ impl PeerBuilder {
             events: broadcast::channel(EVENT_BUFFER).0,
             peers_changed: Notify::new(),
             channels_changed: Notify::new(),
-            draining: CancellationToken::new(),
+            // Also cancelled when the peer stops without `shutdown` (last
+            // handle dropped), which stops re-dialling too.
+            draining: cancel.child_token(),
             incoming_tx: tx,
             incoming_rx: tokio::sync::Mutex::new(rx),
             rr: AtomicUsize::new(0),

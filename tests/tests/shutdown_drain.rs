@@ -107,3 +107,41 @@ async fn shutdown_drains_busy_channels_within_the_timeout() {
     })
     .await;
 }
+
+/// Dropping the last handle of a connected peer (no `shutdown`) ends all of
+/// its tasks, re-dialling included: the connection closes and nothing
+/// keeps trying to reach the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_last_handle_stops_everything() {
+    init_tracing();
+    let rt = tokio::runtime::Handle::current();
+    let (sid, cid) = ids();
+    let server = peer_trusting("server", &sid, &[&cid], Config::default());
+    let ep = server.bind("tcp://127.0.0.1:0").await.unwrap();
+    echo_server(&server);
+    let baseline = rt.metrics().num_alive_tasks();
+    let mut events = server.events();
+    let client = peer_trusting("client", &cid, &[&sid], Config::default());
+    client.connect(&ep).await.unwrap();
+    assert!(rt.metrics().num_alive_tasks() > baseline);
+    drop(client);
+    loop {
+        if let Some(duplex::PeerEvent::Disconnected { .. }) = within(10, events.recv()).await {
+            break;
+        }
+    }
+    within(10, async {
+        while rt.metrics().num_alive_tasks() > baseline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    // Nothing dialled the server again.
+    while let Ok(Some(e)) = tokio::time::timeout(Duration::ZERO, events.recv()).await {
+        assert!(
+            !matches!(e, duplex::PeerEvent::Connected(_)),
+            "the dropped peer connected again: {e:?}"
+        );
+    }
+    server.shutdown().await;
+}
