@@ -514,7 +514,7 @@ impl ConnShared {
         let Some(wire) = wire else {
             return Err(OpenError::ParentClosed {
                 service: service.to_string(),
-                parent: parent_service(parent.as_ref()),
+                parent: parent_service(parent.as_deref()),
                 reason: "its channel number cannot be named in an open".into(),
             });
         };
@@ -538,13 +538,7 @@ impl ConnShared {
         parent: &ChanShared,
         service: &ServiceName,
     ) -> Result<ParentRef, OpenError> {
-        let parent_service = || {
-            parent
-                .meta
-                .get()
-                .map(|m| m.service().to_owned())
-                .unwrap_or_default()
-        };
+        let parent_service = || parent_service(Some(parent));
         if parent.kind != Kind::Duplex {
             return Err(OpenError::NotNestable {
                 service: service.to_string(),
@@ -646,7 +640,7 @@ impl ConnShared {
         {
             return Err(OpenError::ParentClosed {
                 service: service.to_string(),
-                parent: parent_service(Some(p)),
+                parent: parent_service(Some(&**p)),
                 reason,
             });
         }
@@ -670,7 +664,7 @@ impl ConnShared {
                 if let ChannelError::ParentClosed(reason) = e {
                     return Err(OpenError::ParentClosed {
                         service: service.to_string(),
-                        parent: parent_service(parent.as_ref()),
+                        parent: parent_service(parent.as_deref()),
                         reason,
                     });
                 }
@@ -908,9 +902,8 @@ impl Drop for IdleOnDrop<'_> {
     }
 }
 
-fn parent_service(parent: Option<&Arc<ChanShared>>) -> String {
+fn parent_service(parent: Option<&ChanShared>) -> String {
     parent
-        .map(|p| &**p)
         .and_then(|p| p.meta.get())
         .map(|m| m.service().to_owned())
         .unwrap_or_default()

@@ -4,7 +4,8 @@
 
 use std::time::Duration;
 
-use duplex::{AuthorizedKeys, Config, Identity, KnownHosts, Peer};
+use duplex::{AuthorizedKeys, Config, Headers, Identity, KnownHosts, Peer};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Installs a tracing subscriber once (RUST_LOG controls it).
 pub fn init_tracing() {
@@ -159,4 +160,39 @@ pub async fn within<F: std::future::Future>(secs: u64, f: F) -> F::Output {
     tokio::time::timeout(Duration::from_secs(secs), f)
         .await
         .expect("timed out")
+}
+
+/// Two fresh identities (a server's and a client's).
+pub fn ids() -> (Identity, Identity) {
+    (Identity::generate(), Identity::generate())
+}
+
+/// Echoes every channel the peer accepts, until it shuts down.
+pub fn echo_server(peer: &Peer) {
+    let p = peer.clone();
+    tokio::spawn(async move {
+        while let Some(inc) = p.accept().await {
+            tokio::spawn(async move {
+                let ch = inc.accept().await;
+                let (mut r, mut w) = ch.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+}
+
+/// Opens an echo channel to the peer named "server", sends `n` random
+/// bytes with EOF and checks they come back exactly.
+pub async fn echo_once(client: &Peer, n: usize) {
+    let mut ch = client.open("server", "echo", Headers::new()).await.unwrap();
+    let data = random_bytes(n);
+    let (mut r, mut w) = tokio::io::split(&mut ch);
+    let send = async {
+        w.write_all(&data).await.unwrap();
+        w.shutdown().await.unwrap();
+    };
+    let mut back = Vec::new();
+    let ((), got) = tokio::join!(send, r.read_to_end(&mut back));
+    got.unwrap();
+    assert!(back == data);
 }

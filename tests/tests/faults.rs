@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use duplex::fault::FaultProxy;
 use duplex::{Backoff, Config, Headers, Identity, Peer, PeerEvent};
-use duplex_tests::{Transport, init_tracing, pair, peer_trusting, within};
+use duplex_tests::{Transport, echo_server, init_tracing, pair, peer_trusting, within};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn config() -> Config {
@@ -22,19 +22,6 @@ fn config() -> Config {
         .keepalive_interval(Some(Duration::from_millis(250)))
         .keepalive_max(2)
         .handshake_timeout(Duration::from_secs(3))
-}
-
-fn echo_server(peer: &Peer) {
-    let p = peer.clone();
-    tokio::spawn(async move {
-        while let Some(inc) = p.accept().await {
-            tokio::spawn(async move {
-                let ch = inc.accept().await;
-                let (mut r, mut w) = ch.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-            });
-        }
-    });
 }
 
 /// Streams through an echo channel until it fails; returns the error.

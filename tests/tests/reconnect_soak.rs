@@ -5,41 +5,8 @@
 
 use std::time::{Duration, Instant};
 
-use duplex::{Backoff, Config, Headers, Identity, Peer, PeerEvent};
-use duplex_tests::{init_tracing, peer_trusting, random_bytes, within};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-fn ids() -> (Identity, Identity) {
-    (Identity::generate(), Identity::generate())
-}
-
-/// Echoes every channel the peer accepts, until it shuts down.
-fn echo_server(peer: &Peer) {
-    let p = peer.clone();
-    tokio::spawn(async move {
-        while let Some(inc) = p.accept().await {
-            tokio::spawn(async move {
-                let ch = inc.accept().await;
-                let (mut r, mut w) = ch.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-            });
-        }
-    });
-}
-
-async fn echo_once(client: &Peer, n: usize) {
-    let mut ch = client.open("server", "echo", Headers::new()).await.unwrap();
-    let data = random_bytes(n);
-    let (mut r, mut w) = tokio::io::split(&mut ch);
-    let send = async {
-        w.write_all(&data).await.unwrap();
-        w.shutdown().await.unwrap();
-    };
-    let mut back = Vec::new();
-    let ((), got) = tokio::join!(send, r.read_to_end(&mut back));
-    got.unwrap();
-    assert!(back == data);
-}
+use duplex::{Backoff, Config, PeerEvent};
+use duplex_tests::{echo_once, echo_server, ids, init_tracing, peer_trusting, within};
 
 fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").unwrap().count()

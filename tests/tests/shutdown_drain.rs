@@ -5,27 +5,9 @@
 
 use std::time::{Duration, Instant};
 
-use duplex::{Config, ConnectError, Headers, Identity, Peer};
-use duplex_tests::{init_tracing, peer_trusting, within};
+use duplex::{Config, ConnectError, Headers};
+use duplex_tests::{echo_server, ids, init_tracing, peer_trusting, within};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-fn ids() -> (Identity, Identity) {
-    (Identity::generate(), Identity::generate())
-}
-
-/// Echoes every channel the peer accepts, until it shuts down.
-fn echo_server(peer: &Peer) {
-    let p = peer.clone();
-    tokio::spawn(async move {
-        while let Some(inc) = p.accept().await {
-            tokio::spawn(async move {
-                let ch = inc.accept().await;
-                let (mut r, mut w) = ch.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-            });
-        }
-    });
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_drains_busy_channels_within_the_timeout() {
