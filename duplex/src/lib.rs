@@ -26,6 +26,10 @@
 //! - `proto`: the wire formats, without I/O (headers, frames, control
 //!   records, service names, parent references);
 //! - `ssh`: the only module that talks to `russh`: handlers, keys, trust;
+//! - `backoff` ([`Backoff`]): retry timing for `connect` and re-dialling;
+//! - `events` ([`PeerEvent`], [`PeerEvents`]): connections coming and going;
+//! - `fault` (feature `fault-injection`): a TCP proxy that breaks
+//!   connections on command, for tests;
 //! - [`config`], [`error`], [`endpoint`].
 //!
 //! ## Example
