@@ -55,6 +55,9 @@ pub(crate) struct ConnShared {
     /// cannot be confused with a new channel.
     unclaimed: Mutex<HashMap<u32, Arc<ChanShared>>>,
     pending: AtomicUsize,
+    /// The pending ones from plain SSH clients: unlike Duplex channels
+    /// they are not in the channel table until accepted.
+    pending_plain: AtomicUsize,
     ready: Mutex<Vec<u32>>,
     ready_notify: Notify,
     /// Fired when a channel's outbox queue has been sent.
@@ -106,6 +109,7 @@ impl ConnShared {
             channels: Mutex::new(HashMap::new()),
             unclaimed: Mutex::new(HashMap::new()),
             pending: AtomicUsize::new(0),
+            pending_plain: AtomicUsize::new(0),
             ready: Mutex::new(Vec::new()),
             ready_notify: Notify::new(),
             idle: Notify::new(),
@@ -282,7 +286,8 @@ impl ConnShared {
             let why = "the peer is shutting down";
             return open.reply.reject(OPEN_RESOURCE_SHORTAGE, why).await;
         }
-        let open_count = self.channels().len() + self.pending.load(Ordering::Acquire);
+        // Pending Duplex channels are in the table already.
+        let open_count = self.channels().len() + self.pending_plain.load(Ordering::Acquire);
         if open_count >= self.config.max_channels_per_connection {
             let why = format!(
                 "too many channels on this connection (limit {})",
@@ -331,6 +336,9 @@ impl ConnShared {
         let _ = chan.meta.set(meta);
         let _ = chan.writer.set(open.write);
         self.pending.fetch_add(1, Ordering::AcqRel);
+        if !duplex {
+            self.pending_plain.fetch_add(1, Ordering::AcqRel);
+        }
         let reply = if duplex {
             self.channels().insert(id, chan.clone());
             open.reply.accept().await;
@@ -740,8 +748,11 @@ impl ConnShared {
     }
 
     /// An incoming channel left the pending state (accepted or rejected).
-    pub(crate) fn pending_done(&self) {
+    pub(crate) fn pending_done(&self, kind: Kind) {
         self.pending.fetch_sub(1, Ordering::AcqRel);
+        if kind == Kind::Plain {
+            self.pending_plain.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 
     /// Removes a channel whose close we sent (unless the number is in use by

@@ -140,6 +140,13 @@ pub enum OpenError {
         /// How long `open` waited for it.
         waited: Duration,
     },
+    /// No peer at all connected within the wait (for
+    /// [`Peer::open_next`](crate::Peer::open_next)).
+    #[error("no peer is connected (waited {waited:?}); connect or bind first")]
+    NoPeer {
+        /// How long `open_next` waited.
+        waited: Duration,
+    },
     /// The remote application rejected the channel.
     #[error("{peer} rejected channel {service:?}: {reason}")]
     Rejected {

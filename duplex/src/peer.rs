@@ -622,28 +622,81 @@ impl Peer {
         headers: Headers,
     ) -> Result<Channel, OpenError> {
         let service = ServiceName::new(service)?;
+        let conn = self
+            .wait_for_conn(
+                |core| core.find(peer),
+                |waited| OpenError::NoSuchPeer {
+                    name: peer.to_owned(),
+                    waited,
+                },
+            )
+            .await?;
+        conn.open(service, headers, None).await
+    }
+
+    /// Opens a channel for `service` to the next connected peer in
+    /// round-robin order (the original Duplex's `NextPeer`), and waits
+    /// until the remote application accepts it.
+    ///
+    /// If no peer is connected, waits for one up to
+    /// [`Config::peer_wait_timeout`], then fails with
+    /// [`OpenError::NoPeer`]. Otherwise fails like [`open`](Self::open).
+    /// Cancel-safe: a channel whose open is abandoned is closed.
+    ///
+    /// ```no_run
+    /// # async fn demo(peer: duplex::Peer) -> anyhow::Result<()> {
+    /// let ch = peer.open_next("echo", duplex::Headers::new()).await?;
+    /// println!("talking to {}", ch.meta().remote_peer());
+    /// # Ok(()) }
+    /// ```
+    pub async fn open_next(&self, service: &str, headers: Headers) -> Result<Channel, OpenError> {
+        let service = ServiceName::new(service)?;
+        let conn = self
+            .wait_for_conn(
+                |core| {
+                    let peers: Vec<_> = lock(&core.peers)
+                        .iter()
+                        .filter(|c| !c.cancel.is_cancelled() && c.remote.get().is_some())
+                        .cloned()
+                        .collect();
+                    let n = peers.len();
+                    if n == 0 {
+                        return None;
+                    }
+                    let i = core.rr.fetch_add(1, Ordering::Relaxed) % n;
+                    peers.into_iter().nth(i)
+                },
+                |waited| OpenError::NoPeer { waited },
+            )
+            .await?;
+        conn.open(service, headers, None).await
+    }
+
+    /// Waits up to the peer-wait timeout for `pick` to find a connection.
+    async fn wait_for_conn(
+        &self,
+        pick: impl Fn(&PeerCore) -> Option<Arc<ConnShared>>,
+        missing: impl FnOnce(Duration) -> OpenError,
+    ) -> Result<Arc<ConnShared>, OpenError> {
         let core = &self.core;
         let waited = core.config.peer_wait_timeout;
         let deadline = tokio::time::Instant::now() + waited;
-        let conn = loop {
+        loop {
             let changed = core.peers_changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
             if core.draining.is_cancelled() {
                 return Err(OpenError::Shutdown);
             }
-            if let Some(conn) = core.find(peer) {
-                break conn;
+            if let Some(conn) = pick(core) {
+                return Ok(conn);
             }
             tokio::select! {
                 _ = changed => {}
-                _ = tokio::time::sleep_until(deadline) => {
-                    return Err(OpenError::NoSuchPeer { name: peer.to_owned(), waited });
-                }
+                _ = tokio::time::sleep_until(deadline) => return Err(missing(waited)),
                 _ = core.draining.cancelled() => return Err(OpenError::Shutdown),
             }
-        };
-        conn.open(service, headers, None).await
+        }
     }
 
     /// Shuts the peer down gracefully and waits until every task it started

@@ -316,3 +316,193 @@ async fn closed_channels_leave_the_table() {
     .await;
     p.shutdown().await;
 }
+
+/// The channel limit counts a channel waiting to be accepted once: with a
+/// limit of 4, four opens the application has not accepted yet all
+/// succeed once it does, and a fifth is refused meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_channels_count_once_against_the_channel_limit() {
+    let config = || {
+        duplex::Config::default()
+            .max_channels_per_connection(4)
+            .unwrap()
+    };
+    let p = duplex_tests::pair_with(Transport::Tcp, config(), config()).await;
+    within(20, async {
+        let mut opens = Vec::new();
+        for _ in 0..4 {
+            let c = p.client.clone();
+            opens.push(tokio::spawn(async move {
+                c.open("server", "x", Headers::new()).await
+            }));
+        }
+        // All four are queued for `accept` before any is accepted.
+        let mut incoming = Vec::new();
+        for _ in 0..4 {
+            incoming.push(p.server.accept().await.unwrap());
+        }
+        let fifth = p
+            .client
+            .open("server", "x", Headers::new())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(fifth, OpenError::Refused { code: 4, .. }),
+            "{fifth}"
+        );
+        let mut held = Vec::new();
+        for i in incoming {
+            held.push(i.accept().await);
+        }
+        for o in opens {
+            o.await.unwrap().unwrap();
+        }
+    })
+    .await;
+    p.shutdown().await;
+}
+
+/// `closed` resolves when the remote closes the channel, not on its EOF.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closed_resolves_on_close_not_on_eof() {
+    let p = pair(Transport::Tcp).await;
+    within(10, async {
+        let s = p.server.clone();
+        let (eof_seen_tx, eof_seen) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            let mut ch = s.accept().await.unwrap().accept().await;
+            let closed = ch.closed();
+            tokio::pin!(closed);
+            let mut rest = Vec::new();
+            ch.read_to_end(&mut rest).await.unwrap(); // the client's EOF
+            assert!(futures_util::poll!(closed.as_mut()).is_pending());
+            eof_seen_tx.send(()).unwrap();
+            closed.await
+        });
+        let mut ch = p.client.open("server", "x", Headers::new()).await.unwrap();
+        ch.close_write().await.unwrap();
+        eof_seen.await.unwrap();
+        drop(ch);
+        let why = server.await.unwrap();
+        assert!(why.contains("closed by the remote"), "{why}");
+    })
+    .await;
+    p.shutdown().await;
+}
+
+/// An `ErrorWriter` outlives the channel's halves: it writes after they
+/// are dropped, and EOF and close wait for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn error_writer_holds_eof_until_dropped() {
+    let p = pair(Transport::Tcp).await;
+    within(10, async {
+        let s = p.server.clone();
+        let (go_tx, go) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let mut ch = s.accept().await.unwrap().accept().await;
+            let mut errors = ch.error_writer();
+            ch.write_frame(b"data").await.unwrap();
+            drop(ch); // no EOF yet: `errors` holds it
+            go.await.unwrap();
+            errors.write_error(b"late status").await.unwrap();
+        });
+        let mut ch = p.client.open("server", "x", Headers::new()).await.unwrap();
+        assert_eq!(&ch.read_frame().await.unwrap().unwrap()[..], b"data");
+        {
+            let next = ch.read_frame();
+            tokio::pin!(next);
+            assert!(
+                futures_util::poll!(next.as_mut()).is_pending(),
+                "EOF came early"
+            );
+            go_tx.send(()).unwrap();
+            assert_eq!(next.await.unwrap(), None);
+        }
+        assert_eq!(&ch.read_error().await.unwrap().unwrap()[..], b"late status");
+        assert_eq!(ch.read_error().await.unwrap(), None);
+        let why = ch.closed().await;
+        assert!(why.contains("closed"), "{why}");
+    })
+    .await;
+    p.shutdown().await;
+}
+
+/// `read_frame_max` refuses a frame over its own bound from the prefix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_frame_max_refuses_long_frames_from_the_prefix() {
+    let p = pair(Transport::Tcp).await;
+    within(10, async {
+        let s = p.server.clone();
+        let server = tokio::spawn(async move {
+            let mut ch = s.accept().await.unwrap().accept().await;
+            let ok = ch.read_frame_max(10).await.unwrap().unwrap();
+            let err = ch.read_frame_max(10).await.unwrap_err();
+            (ok, err)
+        });
+        let mut ch = p.client.open("server", "x", Headers::new()).await.unwrap();
+        ch.write_frame(b"0123456789").await.unwrap();
+        // Only the prefix of the second frame is ever sent.
+        ch.write_all(&1_000_000u32.to_be_bytes()).await.unwrap();
+        ch.flush().await.unwrap();
+        let (ok, err) = server.await.unwrap();
+        assert_eq!(&ok[..], b"0123456789");
+        assert!(
+            matches!(
+                err,
+                duplex::ChannelError::Frame(duplex::FrameError::TooLarge {
+                    len: 1_000_000,
+                    max: 10
+                })
+            ),
+            "{err:?}"
+        );
+    })
+    .await;
+    p.shutdown().await;
+}
+
+/// `open_next` goes round-robin over the connected peers, and without any
+/// fails after the peer wait with a clear error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_next_round_robins_and_waits_for_a_peer() {
+    use duplex_tests::{ids, peer_trusting};
+    let (hub_id, a_id) = ids();
+    let b_id = duplex::Identity::generate();
+    let hub = peer_trusting("hub", &hub_id, &[&a_id, &b_id], duplex::Config::default());
+    let err = within(10, hub.open_next("x", Headers::new()))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, OpenError::NoPeer { .. }), "{err:?}");
+    assert!(err.to_string().contains("no peer is connected"), "{err}");
+    let ep = hub.bind("tcp://127.0.0.1:0").await.unwrap();
+    let mut spokes = Vec::new();
+    for (name, id) in [("a", &a_id), ("b", &b_id)] {
+        let p = peer_trusting(name, id, &[&hub_id], duplex::Config::default());
+        p.connect(&ep).await.unwrap();
+        let acceptor = p.clone();
+        tokio::spawn(async move {
+            while let Some(i) = acceptor.accept().await {
+                drop(i.accept().await);
+            }
+        });
+        spokes.push(p);
+    }
+    within(10, async {
+        let mut ev = hub.events();
+        while hub.peers().len() < 2 {
+            ev.recv().await;
+        }
+        let mut seen = Vec::new();
+        for _ in 0..4 {
+            let ch = hub.open_next("x", Headers::new()).await.unwrap();
+            seen.push(ch.meta().remote_peer().to_owned());
+        }
+        seen.sort();
+        assert_eq!(seen, ["a", "a", "b", "b"]);
+    })
+    .await;
+    for s in spokes {
+        s.shutdown().await;
+    }
+    hub.shutdown().await;
+}

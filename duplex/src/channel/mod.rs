@@ -88,6 +88,16 @@ impl ChannelMeta {
     }
 }
 
+/// Sends EOF when the last of a channel's writing handles (its
+/// [`ChannelWriter`] and any [`ErrorWriter`]s) is dropped.
+struct EofOnDrop(Arc<ChanShared>);
+
+impl Drop for EofOnDrop {
+    fn drop(&mut self) {
+        self.0.send_eof();
+    }
+}
+
 /// Closes the SSH channel when the last half of a [`Channel`] is dropped.
 struct Closer(Arc<ChanShared>);
 
@@ -113,7 +123,7 @@ impl Drop for Closer {
 ///
 /// Dropping the channel sends EOF (if not sent yet) and closes it; bytes
 /// already queued are sent first. Dropping only the [`ChannelWriter`] half
-/// sends EOF; dropping only the [`ChannelReader`] half discards what arrives
+/// sends EOF (once no [`ErrorWriter`] of it is left); dropping only the [`ChannelReader`] half discards what arrives
 /// from then on (still granting credit, so the remote is not stalled).
 ///
 /// ```no_run
@@ -152,7 +162,8 @@ impl Channel {
                 _closer: closer.clone(),
             },
             writer: ChannelWriter {
-                shared,
+                shared: shared.clone(),
+                eof: Arc::new(EofOnDrop(shared)),
                 _closer: closer,
             },
         }
@@ -204,6 +215,26 @@ impl Channel {
     /// a frame boundary). See [`ChannelReader::read_frame`].
     pub async fn read_frame(&mut self) -> Result<Option<Bytes>, ChannelError> {
         self.reader.read_frame().await
+    }
+
+    /// Reads one message frame of at most `max` bytes. See
+    /// [`ChannelReader::read_frame_max`].
+    pub async fn read_frame_max(&mut self, max: usize) -> Result<Option<Bytes>, ChannelError> {
+        self.reader.read_frame_max(max).await
+    }
+
+    /// Waits until the channel has ended: closed by the remote (or by us),
+    /// failed, or ended with its parent or connection; returns why. The
+    /// future does not borrow the channel and does not keep it open. See
+    /// [`ChannelWriter::closed`].
+    pub fn closed(&self) -> impl Future<Output = Arc<str>> + Send + 'static {
+        let shared = self.reader.shared.clone();
+        async move { shared.closed().await }
+    }
+
+    /// A handle for error frames from another task. See [`ErrorWriter`].
+    pub fn error_writer(&self) -> ErrorWriter {
+        self.writer.error_writer()
     }
 
     /// Writes one message frame. See [`ChannelWriter::write_frame`].
@@ -370,14 +401,28 @@ impl ChannelReader {
     /// Cancel-safe: a partly read frame is kept and completed by the next
     /// call.
     pub async fn read_frame(&mut self) -> Result<Option<Bytes>, ChannelError> {
-        std::future::poll_fn(|cx| self.poll_read_frame(cx)).await
+        std::future::poll_fn(|cx| self.poll_read_frame_max(cx, usize::MAX)).await
     }
 
-    fn poll_read_frame(
+    /// Like [`read_frame`](Self::read_frame) with a tighter bound: a frame
+    /// longer than `max` bytes (or than the configured `max_frame_len`,
+    /// whichever is smaller) fails with [`FrameError::TooLarge`] as soon as
+    /// its length prefix is read, before any of its body is read or
+    /// allocated. For protocols with their own message-size limit.
+    ///
+    /// Cancel-safe, like `read_frame`.
+    pub async fn read_frame_max(&mut self, max: usize) -> Result<Option<Bytes>, ChannelError> {
+        std::future::poll_fn(|cx| self.poll_read_frame_max(cx, max)).await
+    }
+
+    /// Poll form of [`read_frame_max`](Self::read_frame_max), for
+    /// implementing `Stream`s of frames.
+    pub fn poll_read_frame_max(
         &mut self,
         cx: &mut Context<'_>,
+        max: usize,
     ) -> Poll<Result<Option<Bytes>, ChannelError>> {
-        let max = self.shared.conn.config.max_frame_len;
+        let max = max.min(self.shared.conn.config.max_frame_len);
         loop {
             if let Some((len, body)) = &mut self.frame.body {
                 if body.len() == *len {
@@ -508,6 +553,7 @@ impl AsyncRead for ChannelReader {
 /// The sending half of a [`Channel`].
 pub struct ChannelWriter {
     shared: Arc<ChanShared>,
+    eof: Arc<EofOnDrop>,
     _closer: Arc<Closer>,
 }
 
@@ -516,12 +562,6 @@ impl fmt::Debug for ChannelWriter {
         f.debug_struct("ChannelWriter")
             .field("id", &self.shared.id)
             .finish()
-    }
-}
-
-impl Drop for ChannelWriter {
-    fn drop(&mut self) {
-        self.shared.send_eof();
     }
 }
 
@@ -538,17 +578,19 @@ impl ChannelWriter {
         }
     }
 
-    async fn write_owned(&mut self, ext: Option<u32>, mut data: Bytes) -> Result<(), ChannelError> {
-        while !data.is_empty() {
-            let n = std::future::poll_fn(|cx| {
-                let len = data.len();
-                self.shared
-                    .poll_write_with(cx, ext, len, |n| data.slice(..n))
-            })
-            .await?;
-            data.advance(n);
+    async fn write_owned(&mut self, ext: Option<u32>, data: Bytes) -> Result<(), ChannelError> {
+        write_owned(&self.shared, ext, data).await
+    }
+
+    /// A handle that writes error frames from another task and keeps this
+    /// channel's sending side open (no EOF) while it lives, even after this
+    /// writer is dropped. See [`ErrorWriter`].
+    pub fn error_writer(&self) -> ErrorWriter {
+        ErrorWriter {
+            shared: self.shared.clone(),
+            _eof: self.eof.clone(),
+            _closer: self._closer.clone(),
         }
-        Ok(())
     }
 
     /// Writes one message frame (length prefix and payload).
@@ -566,9 +608,7 @@ impl ChannelWriter {
     ///
     /// Not cancel-safe, like `write_frame`.
     pub async fn write_error(&mut self, payload: &[u8]) -> Result<(), ChannelError> {
-        let max = self.shared.conn.config.max_frame_len;
-        let framed = frame::encode(payload, max)?;
-        self.write_owned(Some(EXT_ERROR), framed).await
+        write_error_frame(&self.shared, payload).await
     }
 
     /// Ends our writing: queues the trailers after everything written so
@@ -585,8 +625,93 @@ impl ChannelWriter {
         std::future::poll_fn(|cx| self.shared.poll_flush(cx)).await
     }
 
+    /// Waits until the channel has ended: closed by the remote (or by us),
+    /// failed, or ended with its parent or connection; returns why. EOF
+    /// alone does not end it.
+    ///
+    /// A server uses it to notice that the caller went away while it is
+    /// busy, without reading: a client that drops its channel closes it.
+    /// Cancel-safe. The future does not borrow the writer and does not
+    /// keep the channel open.
+    pub fn closed(&self) -> impl Future<Output = Arc<str>> + Send + 'static {
+        let shared = self.shared.clone();
+        async move { shared.closed().await }
+    }
+
     /// Flushes, then sends EOF: the remote reads end of stream. Reading
     /// continues to work. Idempotent; cancel-safe.
+    pub async fn close_write(&mut self) -> Result<(), ChannelError> {
+        std::future::poll_fn(|cx| self.shared.poll_flush(cx)).await?;
+        self.shared.send_eof();
+        std::future::poll_fn(|cx| self.shared.poll_flush(cx)).await
+    }
+}
+
+async fn write_owned(
+    shared: &ChanShared,
+    ext: Option<u32>,
+    mut data: Bytes,
+) -> Result<(), ChannelError> {
+    while !data.is_empty() {
+        let n = std::future::poll_fn(|cx| {
+            let len = data.len();
+            shared.poll_write_with(cx, ext, len, |n| data.slice(..n))
+        })
+        .await?;
+        data.advance(n);
+    }
+    Ok(())
+}
+
+async fn write_error_frame(shared: &ChanShared, payload: &[u8]) -> Result<(), ChannelError> {
+    let framed = frame::encode(payload, shared.conn.config.max_frame_len)?;
+    write_owned(shared, Some(EXT_ERROR), framed).await
+}
+
+/// Writes error frames on a channel from a task other than the one holding
+/// its [`ChannelWriter`], and holds the channel's EOF back while it lives.
+///
+/// A server that hands the channel's halves to a handler keeps one of
+/// these to report how the handler ended (a status after a panic, a
+/// deadline, a cancellation) even after the handler and its halves are
+/// gone: EOF is sent when the last of the writer and its `ErrorWriter`s is
+/// dropped, and the channel closes when every handle is dropped. An
+/// explicit `close_write` on any of them sends EOF at once.
+///
+/// Error frames from two handles at once may interleave; write them from
+/// one at a time.
+///
+/// ```no_run
+/// # async fn demo(channel: duplex::Channel) -> anyhow::Result<()> {
+/// let mut errors = channel.error_writer();
+/// let handler = tokio::spawn(async move { drop(channel) /* ... */ });
+/// if handler.await.is_err() {
+///     errors.write_error(b"the handler panicked").await?;
+/// }
+/// # Ok(()) }
+/// ```
+pub struct ErrorWriter {
+    shared: Arc<ChanShared>,
+    _eof: Arc<EofOnDrop>,
+    _closer: Arc<Closer>,
+}
+
+impl fmt::Debug for ErrorWriter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ErrorWriter")
+            .field("id", &self.shared.id)
+            .finish()
+    }
+}
+
+impl ErrorWriter {
+    /// Sends one error frame, like [`ChannelWriter::write_error`]. Not
+    /// cancel-safe, like it.
+    pub async fn write_error(&mut self, payload: &[u8]) -> Result<(), ChannelError> {
+        write_error_frame(&self.shared, payload).await
+    }
+
+    /// Flushes what is queued and sends EOF now. Idempotent; cancel-safe.
     pub async fn close_write(&mut self) -> Result<(), ChannelError> {
         std::future::poll_fn(|cx| self.shared.poll_flush(cx)).await?;
         self.shared.send_eof();
@@ -750,7 +875,7 @@ impl IncomingChannel {
         let Some(shared) = self.shared.take() else {
             unreachable_incoming()
         };
-        shared.conn.pending_done();
+        shared.conn.pending_done(shared.kind);
         match self.reply.take() {
             Some(reply) => {
                 shared.conn.insert(shared.clone());
@@ -770,7 +895,7 @@ impl IncomingChannel {
     /// (at most 1 KiB is sent).
     pub async fn reject(mut self, reason: &str) {
         if let Some(shared) = self.shared.take() {
-            shared.conn.pending_done();
+            shared.conn.pending_done(shared.kind);
             match self.reply.take() {
                 Some(reply) => reply.reject(crate::ssh::OPEN_PROHIBITED, reason).await,
                 None => {
@@ -787,7 +912,7 @@ impl IncomingChannel {
 impl Drop for IncomingChannel {
     fn drop(&mut self) {
         if let Some(shared) = self.shared.take() {
-            shared.conn.pending_done();
+            shared.conn.pending_done(shared.kind);
             // A plain client's deferred open is refused by russh when the
             // reply handle drops.
             if self.reply.take().is_none() && shared.kind == Kind::Duplex {

@@ -564,7 +564,7 @@ impl ChanShared {
         }
         st.incoming.push_back(child);
         drop(st);
-        self.children_ready.notify_one();
+        self.children_ready.notify_waiters();
         None
     }
 
@@ -583,6 +583,22 @@ impl ChanShared {
                 if closed_reason(&st).is_some() {
                     return None;
                 }
+            }
+            notified.await;
+        }
+    }
+
+    /// Resolves once the channel has ended in any way (closed either
+    /// side, failed, ended with its parent); returns why. Cancel-safe.
+    pub(crate) async fn closed(&self) -> Arc<str> {
+        loop {
+            // `children_ready` fires (to all waiters) whenever the channel
+            // ends, besides when a nested channel arrives.
+            let notified = self.children_ready.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(why) = ended_reason(&self.lock()) {
+                return why;
             }
             notified.await;
         }
@@ -1042,6 +1058,20 @@ fn closed_reason(st: &ChanState) -> Option<Arc<str>> {
     }
     if st.close_out {
         return Some("the parent was closed on this side".into());
+    }
+    None
+}
+
+/// Why the channel has ended, if it has (for `closed`).
+fn ended_reason(st: &ChanState) -> Option<Arc<str>> {
+    if let Some(e) = &st.failed {
+        return Some(e.to_string().into());
+    }
+    if st.close_in {
+        return Some("the channel was closed by the remote peer".into());
+    }
+    if st.close_out {
+        return Some("the channel was closed on this side".into());
     }
     None
 }

@@ -151,6 +151,7 @@ impl OpenReply {
     }
 
     pub(crate) async fn reject(self, code: u32, reason: &str) {
+        tracing::debug!(code, reason, "refusing a channel open");
         let why = ChannelOpenFailure::Other {
             code,
             reason: reason.to_owned(),
