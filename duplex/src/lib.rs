@@ -68,8 +68,3 @@ pub use proto::headers::{HeaderError, Headers};
 pub use proto::service::{ServiceName, ServiceNameError};
 pub use ssh::keys::{Fingerprint, Identity, KeyError, PublicKey};
 pub use ssh::trust::{AuthorizedKey, AuthorizedKeys, HostKeyError, KnownHosts};
-
-/// The README's example, compiled as a doctest so it cannot rot.
-#[doc = include_str!("../../README.md")]
-#[cfg(doctest)]
-pub struct ReadmeDoctests;

@@ -1,0 +1,508 @@
+//! The calling side: [`Client`].
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use duplex::{Channel, Headers, Peer};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+
+use crate::codec::{self, Codec, SharedCodec};
+use crate::error::{RpcError, Side};
+use crate::stream::{Deadline, Receiver, Sender};
+use crate::wire::{self, CODEC_HEADER, KIND_HEADER, Kind, TIMEOUT_HEADER};
+
+/// Default maximum size of one encoded message, each way: 4 MiB, like
+/// gRPC. Larger messages are refused before they are sent, and before
+/// anything is allocated for them when received.
+pub const DEFAULT_MAX_MESSAGE_LEN: usize = 4 << 20;
+
+/// Default number of calls one client (and its clones) has open at once;
+/// more wait for a slot. Keeps a burst of calls within the remote's
+/// limits with their defaults: channels waiting to be accepted
+/// (`Config::max_pending_channels`, 256), channels per connection (4096)
+/// and the server's calls in flight (1024).
+pub const DEFAULT_MAX_CONCURRENT_CALLS: usize = 256;
+
+/// Makes calls to the methods of remote peers.
+///
+/// Cheap to clone; clones share the limit on concurrent calls. The
+/// `with_*` and [`to`](Self::to) methods return a modified copy, so a
+/// setting can apply to one call or to many:
+///
+/// ```no_run
+/// # async fn demo(peer: duplex::Peer) -> Result<(), duplex_rpc::RpcError> {
+/// use std::time::Duration;
+/// let client = duplex_rpc::Client::new(peer);
+/// // The next connected peer, round-robin:
+/// let sum: i64 = client.call("Calc.Add", &(2, 3)).await?;
+/// // A named peer, with a deadline:
+/// let sum: i64 = client
+///     .to("agent-7")
+///     .with_timeout(Duration::from_secs(2))
+///     .call("Calc.Add", &(2, 3))
+///     .await?;
+/// # let _ = sum; Ok(()) }
+/// ```
+///
+/// Every call method is cancel-safe in the sense that matters for RPC:
+/// dropping the call's future (or its streams) closes the call's channel,
+/// and the server cancels the handler.
+#[derive(Clone)]
+pub struct Client {
+    peer: Peer,
+    slots: Arc<Semaphore>,
+    target: Option<Arc<str>>,
+    codec: Option<SharedCodec>,
+    timeout: Option<Duration>,
+    /// A deadline inherited from the call a handler is serving.
+    inherited: Option<Instant>,
+    headers: Headers,
+    max_message_len: usize,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("peer", &self.peer.name())
+            .field("target", &self.target)
+            .field("codec", &self.codec.as_ref().map(|c| c.name()))
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+impl Client {
+    /// A client making calls through `peer`: to the next connected peer in
+    /// round-robin order, until [`to`](Self::to) names one. Uses msgpack
+    /// (or JSON, if msgpack is not built in), no timeout, and the default
+    /// limits.
+    pub fn new(peer: Peer) -> Self {
+        Client {
+            peer,
+            slots: Arc::new(Semaphore::new(DEFAULT_MAX_CONCURRENT_CALLS)),
+            target: None,
+            codec: codec::default_codec(),
+            timeout: None,
+            inherited: None,
+            headers: Headers::new(),
+            max_message_len: DEFAULT_MAX_MESSAGE_LEN,
+        }
+    }
+
+    /// The same client, calling the peer called `name`. A call waits for
+    /// that peer to connect up to the peer's `Config::peer_wait_timeout`.
+    pub fn to(&self, name: &str) -> Self {
+        let mut c = self.clone();
+        c.target = Some(name.into());
+        c
+    }
+
+    /// The same client, encoding with `codec`.
+    pub fn with_codec(&self, codec: impl Codec) -> Self {
+        let mut c = self.clone();
+        c.codec = Some(Arc::new(codec));
+        c
+    }
+
+    /// The same client, giving each call `timeout` to finish (streams
+    /// included). The server learns it too and cancels the handler when it
+    /// passes. Inside a handler, the caller's own deadline still applies if
+    /// it is sooner.
+    pub fn with_timeout(&self, timeout: Duration) -> Self {
+        let mut c = self.clone();
+        c.timeout = Some(timeout.min(wire::MAX_TIMEOUT));
+        c
+    }
+
+    /// The same client, sending `key: value` with every call (the handler
+    /// reads it with `Context::headers`). Keys beginning with `rpc-` are
+    /// the protocol's.
+    pub fn with_header(&self, key: &str, value: &str) -> Self {
+        let mut c = self.clone();
+        c.headers.push(key, value);
+        c
+    }
+
+    /// The same client, with a maximum size for each encoded message it
+    /// sends or receives (default [`DEFAULT_MAX_MESSAGE_LEN`]). Frames are
+    /// also bounded by the connection's `Config::max_frame_len`.
+    pub fn with_max_message_len(&self, bytes: usize) -> Self {
+        let mut c = self.clone();
+        c.max_message_len = bytes;
+        c
+    }
+
+    /// A client like this one with its own limit of `calls` open at once
+    /// (default [`DEFAULT_MAX_CONCURRENT_CALLS`]), shared by its clones.
+    pub fn with_max_concurrent_calls(&self, calls: usize) -> Self {
+        let mut c = self.clone();
+        c.slots = Arc::new(Semaphore::new(calls.clamp(1, Semaphore::MAX_PERMITS)));
+        c
+    }
+
+    pub(crate) fn inherit_deadline(mut self, deadline: Option<Instant>) -> Self {
+        self.inherited = deadline;
+        self
+    }
+
+    pub(crate) fn set_codec(mut self, codec: SharedCodec) -> Self {
+        self.codec = Some(codec);
+        self
+    }
+
+    /// The peer this client calls through.
+    pub fn peer(&self) -> &Peer {
+        &self.peer
+    }
+
+    /// A unary call: sends `request`, returns the response.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: duplex_rpc::Client) -> Result<(), duplex_rpc::RpcError> {
+    /// let sum: i64 = client.call("Calc.Add", &(1, 2)).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn call<Req, Resp>(&self, method: &str, request: &Req) -> Result<Resp, RpcError>
+    where
+        Req: Serialize + ?Sized,
+        Resp: DeserializeOwned,
+    {
+        let deadline = self.deadline();
+        let work = async {
+            let (codec, body) = self.encode(method, request)?;
+            let _slot = self.slot().await?;
+            let ch = self.open(method, Kind::Unary, &codec, deadline).await?;
+            let (reader, writer) = ch.split();
+            let mut rx =
+                Receiver::<Resp>::caller(reader, codec, self.max(), method.into(), deadline);
+            let mut writer = writer;
+            let sent = async {
+                writer.write_frame(&body).await?;
+                writer.close_write().await
+            }
+            .await;
+            match rx.recv().await {
+                Ok(Some(resp)) => Ok(resp),
+                Ok(None) => match sent {
+                    Err(e) => Err(RpcError::transport(method, e)),
+                    Ok(()) => Err(RpcError::protocol(
+                        method,
+                        format!("{} ended the call without a response", rx.remote_peer()),
+                    )),
+                },
+                Err(e) => Err(e),
+            }
+        };
+        with_deadline(method, deadline, work).await
+    }
+
+    /// A server-streaming call: sends `request`, returns the stream of
+    /// responses. The call's timeout covers the whole stream.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: duplex_rpc::Client) -> Result<(), duplex_rpc::RpcError> {
+    /// let mut ticks = client.server_stream::<u32, u32>("Clock.Ticks", &10).await?;
+    /// while let Some(tick) = ticks.recv().await? {
+    ///     println!("{tick}");
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn server_stream<Req, Resp>(
+        &self,
+        method: &str,
+        request: &Req,
+    ) -> Result<Receiver<Resp>, RpcError>
+    where
+        Req: Serialize + ?Sized,
+        Resp: DeserializeOwned,
+    {
+        let deadline = self.deadline();
+        let (codec, body) = self.encode(method, request)?;
+        let (ch, slot) = self
+            .start(method, Kind::ServerStream, &codec, deadline)
+            .await?;
+        let (reader, mut writer) = ch.split();
+        let mut rx = Receiver::caller(reader, codec, self.max(), method.into(), deadline);
+        rx.hold(slot);
+        let sent = async {
+            writer.write_frame(&body).await?;
+            writer.close_write().await
+        };
+        if let Err(e) = with_deadline(method, deadline, async {
+            sent.await.map_err(|e| RpcError::transport(method, e))
+        })
+        .await
+        {
+            // The server may have ended the call already: its status says why.
+            return match rx.recv().await {
+                Err(status) => Err(status),
+                Ok(_) => Err(e),
+            };
+        }
+        Ok(rx)
+    }
+
+    /// A client-streaming call: send requests with
+    /// [`ClientStreamCall::send`], then [`finish`](ClientStreamCall::finish)
+    /// for the response.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: duplex_rpc::Client) -> Result<(), duplex_rpc::RpcError> {
+    /// let mut call = client.client_stream::<i64, i64>("Calc.Sum").await?;
+    /// for x in [1, 2, 3] {
+    ///     call.send(&x).await?;
+    /// }
+    /// let total = call.finish().await?;
+    /// # let _ = total; Ok(()) }
+    /// ```
+    pub async fn client_stream<Req, Resp>(
+        &self,
+        method: &str,
+    ) -> Result<ClientStreamCall<Req, Resp>, RpcError>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+    {
+        let (tx, rx) = self.streams(method, Kind::ClientStream).await?;
+        Ok(ClientStreamCall { tx, rx })
+    }
+
+    /// A bidirectional-streaming call: a sender of requests and a receiver
+    /// of responses, usable from different tasks. Dropping both cancels the
+    /// call.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: duplex_rpc::Client) -> Result<(), duplex_rpc::RpcError> {
+    /// let (mut tx, mut rx) = client.bidi::<String, String>("Chat.Talk").await?;
+    /// tx.send(&"hello".to_owned()).await?;
+    /// tx.finish().await?;
+    /// while let Some(line) = rx.recv().await? {
+    ///     println!("{line}");
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn bidi<Req, Resp>(
+        &self,
+        method: &str,
+    ) -> Result<(Sender<Req>, Receiver<Resp>), RpcError>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+    {
+        self.streams(method, Kind::Bidi).await
+    }
+
+    /// Opens a call's channel and hands it over as it is, for a method
+    /// served by a raw handler (`Router::raw`). The client's headers,
+    /// codec and timeout headers are sent; `headers` are added.
+    pub async fn open_raw(&self, method: &str, headers: Headers) -> Result<Channel, RpcError> {
+        let deadline = self.deadline();
+        let codec = self.codec(method)?;
+        let mut h = self.call_headers(Kind::Raw, &codec, deadline);
+        for (k, v) in headers.iter() {
+            h.push(k, v);
+        }
+        with_deadline(method, deadline, self.open_with(method, h)).await
+    }
+
+    async fn streams<Req, Resp>(
+        &self,
+        method: &str,
+        kind: Kind,
+    ) -> Result<(Sender<Req>, Receiver<Resp>), RpcError>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+    {
+        let deadline = self.deadline();
+        let codec = self.codec(method)?;
+        let (ch, slot) = self.start(method, kind, &codec, deadline).await?;
+        let (reader, writer) = ch.split();
+        let method: Arc<str> = method.into();
+        let tx = Sender::new(writer, codec.clone(), self.max(), method.clone(), deadline);
+        let mut rx = Receiver::caller(reader, codec, self.max(), method, deadline);
+        rx.hold(slot);
+        Ok((tx, rx))
+    }
+
+    /// Takes a slot and opens the call's channel, within the deadline.
+    async fn start(
+        &self,
+        method: &str,
+        kind: Kind,
+        codec: &SharedCodec,
+        deadline: Option<Deadline>,
+    ) -> Result<(Channel, OwnedSemaphorePermit), RpcError> {
+        with_deadline(method, deadline, async {
+            let slot = self.slot().await?;
+            let ch = self.open(method, kind, codec, deadline).await?;
+            Ok((ch, slot))
+        })
+        .await
+    }
+
+    fn deadline(&self) -> Option<Deadline> {
+        let now = Instant::now();
+        let own = self.timeout.map(|t| Deadline {
+            at: now + t,
+            timeout: t,
+        });
+        let inherited = self.inherited.map(|at| Deadline {
+            at,
+            timeout: at.saturating_duration_since(now),
+        });
+        match (own, inherited) {
+            (Some(a), Some(b)) => Some(if a.at <= b.at { a } else { b }),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn max(&self) -> usize {
+        self.max_message_len
+    }
+
+    fn codec(&self, method: &str) -> Result<SharedCodec, RpcError> {
+        self.codec.clone().ok_or_else(|| RpcError::Codec {
+            method: method.to_owned(),
+            side: Side::Local,
+            message: "no codec: build duplex-rpc with feature msgpack or json, or set one with Client::with_codec".into(),
+        })
+    }
+
+    fn encode<Req: Serialize + ?Sized>(
+        &self,
+        method: &str,
+        request: &Req,
+    ) -> Result<(SharedCodec, Vec<u8>), RpcError> {
+        let codec = self.codec(method)?;
+        let mut body = Vec::new();
+        codec::encode(&*codec, request, &mut body).map_err(|e| RpcError::Codec {
+            method: method.to_owned(),
+            side: Side::Local,
+            message: format!("cannot encode the request with {}: {e}", codec.name()),
+        })?;
+        if body.len() > self.max() {
+            return Err(RpcError::TooLarge {
+                method: method.to_owned(),
+                side: Side::Local,
+                len: body.len() as u64,
+                max: self.max(),
+            });
+        }
+        Ok((codec, body))
+    }
+
+    async fn slot(&self) -> Result<OwnedSemaphorePermit, RpcError> {
+        // The semaphore is never closed.
+        self.slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| RpcError::Cancelled {
+                method: String::new(),
+                reason: "the client's call slots were closed".into(),
+            })
+    }
+
+    fn call_headers(&self, kind: Kind, codec: &SharedCodec, deadline: Option<Deadline>) -> Headers {
+        let mut h = Headers::new();
+        h.push(CODEC_HEADER, codec.name());
+        h.push(KIND_HEADER, kind.as_str());
+        if let Some(d) = deadline {
+            let left = d.at.saturating_duration_since(Instant::now());
+            h.push(TIMEOUT_HEADER, wire::format_timeout(left));
+        }
+        for (k, v) in self.headers.iter() {
+            h.push(k, v);
+        }
+        h
+    }
+
+    async fn open(
+        &self,
+        method: &str,
+        kind: Kind,
+        codec: &SharedCodec,
+        deadline: Option<Deadline>,
+    ) -> Result<Channel, RpcError> {
+        let headers = self.call_headers(kind, codec, deadline);
+        self.open_with(method, headers).await
+    }
+
+    async fn open_with(&self, method: &str, headers: Headers) -> Result<Channel, RpcError> {
+        let opened = match &self.target {
+            Some(name) => self.peer.open(name, method, headers).await,
+            None => self.peer.open_next(method, headers).await,
+        };
+        opened.map_err(|e| RpcError::transport(method, e))
+    }
+}
+
+/// Runs `work` within the deadline, if any.
+async fn with_deadline<T>(
+    method: &str,
+    deadline: Option<Deadline>,
+    work: impl Future<Output = Result<T, RpcError>>,
+) -> Result<T, RpcError> {
+    match deadline {
+        Some(d) => tokio::time::timeout_at(d.at, work)
+            .await
+            .unwrap_or_else(|_| Err(d.exceeded(method))),
+        None => work.await,
+    }
+}
+
+/// A client-streaming call in progress: requests go out with
+/// [`send`](Self::send); [`finish`](Self::finish) ends them and returns the
+/// response. Dropping it cancels the call.
+pub struct ClientStreamCall<Req, Resp> {
+    tx: Sender<Req>,
+    rx: Receiver<Resp>,
+}
+
+impl<Req, Resp> fmt::Debug for ClientStreamCall<Req, Resp> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientStreamCall")
+            .field("tx", &self.tx)
+            .finish()
+    }
+}
+
+impl<Req: Serialize, Resp: DeserializeOwned> ClientStreamCall<Req, Resp> {
+    /// Sends one request. If the server ended the call early (its handler
+    /// returned, or failed), returns the call's outcome as an error.
+    /// Not cancel-safe (see [`Sender::send`]).
+    pub async fn send(&mut self, request: &Req) -> Result<(), RpcError> {
+        match self.tx.send(request).await {
+            Ok(()) => Ok(()),
+            Err(e @ RpcError::Transport { .. }) => match self.rx.recv().await {
+                Err(outcome) => Err(outcome),
+                Ok(_) => Err(e),
+            },
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Ends the requests and waits for the response.
+    pub async fn finish(mut self) -> Result<Resp, RpcError> {
+        let closed = self.tx.close().await;
+        match self.rx.recv().await {
+            Ok(Some(resp)) => Ok(resp),
+            Ok(None) => Err(match closed {
+                Err(e) => e,
+                Ok(()) => RpcError::protocol(
+                    self.rx.method(),
+                    format!(
+                        "{} ended the call without a response",
+                        self.rx.remote_peer()
+                    ),
+                ),
+            }),
+            Err(e) => Err(e),
+        }
+    }
+}

@@ -1,0 +1,201 @@
+//! What a call can fail with.
+
+use std::fmt;
+use std::time::Duration;
+
+use duplex::{ChannelError, OpenError};
+
+use crate::status::{Code, Status};
+
+/// Which side's limit or codec a failure happened on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// This process.
+    Local,
+    /// The remote peer.
+    Remote,
+}
+
+impl fmt::Display for Side {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Side::Local => "local",
+            Side::Remote => "remote",
+        })
+    }
+}
+
+/// A call failed. Each variant is a different kind of failure, so callers
+/// can retry what is worth retrying; [`code`](Self::code) maps every one
+/// onto a status [`Code`] for uniform handling.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RpcError {
+    /// The remote answered with a status: its handler returned an error,
+    /// or its RPC layer refused the call (`RESOURCE_EXHAUSTED` when it is
+    /// overloaded, `INTERNAL` when the handler panicked, `UNAVAILABLE`
+    /// when it is shutting down).
+    #[error("{method} on {peer} failed: {status}")]
+    Status {
+        /// The method called.
+        method: String,
+        /// The peer that answered.
+        peer: String,
+        /// The status it sent.
+        status: Status,
+    },
+    /// The remote serves no such method (or serves it as a different kind
+    /// of call: unary, streaming...).
+    #[error("{peer} does not serve {method:?}: {message}")]
+    UnknownMethod {
+        /// The method called.
+        method: String,
+        /// The peer that answered.
+        peer: String,
+        /// What the remote said.
+        message: String,
+    },
+    /// A message could not be encoded or decoded, here (`Local`) or at the
+    /// remote (`Remote`: it could not decode our request, or does not speak
+    /// our codec).
+    #[error("{method}: {side} codec error: {message}")]
+    Codec {
+        /// The method called.
+        method: String,
+        /// Where it failed.
+        side: Side,
+        /// What the codec said.
+        message: String,
+    },
+    /// A message exceeded a maximum message size, ours (`Local`) or the
+    /// remote's (`Remote`). Nothing was allocated for it.
+    #[error("{method}: message of {len} bytes exceeds the {side} limit of {max} bytes")]
+    TooLarge {
+        /// The method called.
+        method: String,
+        /// Whose limit.
+        side: Side,
+        /// The message's size (claimed, for one received).
+        len: u64,
+        /// The limit.
+        max: usize,
+    },
+    /// The call could not be carried: no peer, the open failed, the
+    /// connection or channel broke, or the remote broke the protocol.
+    #[error("{method}: {source}")]
+    Transport {
+        /// The method called.
+        method: String,
+        /// What failed.
+        #[source]
+        source: TransportError,
+    },
+    /// The call's deadline passed (here, or at the server, which then
+    /// cancelled its handler).
+    #[error("{method}: deadline exceeded after {timeout:?}")]
+    DeadlineExceeded {
+        /// The method called.
+        method: String,
+        /// The timeout the call was given.
+        timeout: Duration,
+    },
+    /// The call was cancelled: the server is shutting down, or (seen from
+    /// a handler) the caller went away.
+    #[error("{method}: cancelled: {reason}")]
+    Cancelled {
+        /// The method called.
+        method: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Why a call could not be carried.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransportError {
+    /// Opening the call's channel failed.
+    #[error(transparent)]
+    Open(#[from] OpenError),
+    /// The channel broke during the call.
+    #[error(transparent)]
+    Channel(#[from] ChannelError),
+    /// The remote broke the RPC protocol.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+}
+
+impl RpcError {
+    /// The status code that best describes the failure.
+    pub fn code(&self) -> Code {
+        match self {
+            RpcError::Status { status, .. } => status.code(),
+            RpcError::UnknownMethod { .. } => Code::UNIMPLEMENTED,
+            RpcError::Codec {
+                side: Side::Remote, ..
+            } => Code::INVALID_ARGUMENT,
+            RpcError::Codec {
+                side: Side::Local, ..
+            } => Code::INTERNAL,
+            RpcError::TooLarge { .. } => Code::RESOURCE_EXHAUSTED,
+            RpcError::Transport { .. } => Code::UNAVAILABLE,
+            RpcError::DeadlineExceeded { .. } => Code::DEADLINE_EXCEEDED,
+            RpcError::Cancelled { .. } => Code::CANCELLED,
+        }
+    }
+
+    /// The remote's status, for [`RpcError::Status`].
+    pub fn status(&self) -> Option<&Status> {
+        match self {
+            RpcError::Status { status, .. } => Some(status),
+            _ => None,
+        }
+    }
+
+    /// The method the failed call was for.
+    pub fn method(&self) -> &str {
+        match self {
+            RpcError::Status { method, .. }
+            | RpcError::UnknownMethod { method, .. }
+            | RpcError::Codec { method, .. }
+            | RpcError::TooLarge { method, .. }
+            | RpcError::Transport { method, .. }
+            | RpcError::DeadlineExceeded { method, .. }
+            | RpcError::Cancelled { method, .. } => method,
+        }
+    }
+
+    /// The error a caller gets for a status frame read from a call's error
+    /// stream (for code that drives a call's channel itself, such as a
+    /// raw call): a remote status, or the RPC layer's own refusals
+    /// (unknown method, codec, size, deadline) as their variants.
+    pub fn from_status_frame(method: &str, peer: &str, frame: &bytes::Bytes) -> Self {
+        crate::stream::from_wire(method, peer, frame, None)
+    }
+
+    pub(crate) fn transport(method: &str, source: impl Into<TransportError>) -> Self {
+        RpcError::Transport {
+            method: method.to_owned(),
+            source: source.into(),
+        }
+    }
+
+    pub(crate) fn protocol(method: &str, why: impl Into<String>) -> Self {
+        RpcError::Transport {
+            method: method.to_owned(),
+            source: TransportError::Protocol(why.into()),
+        }
+    }
+}
+
+/// Lets a handler use `?` on calls it makes and on its streams: a remote
+/// status passes through unchanged; any other failure becomes a status
+/// with [`RpcError::code`] and the error's text.
+impl From<RpcError> for Status {
+    fn from(e: RpcError) -> Self {
+        match e {
+            RpcError::Status { status, .. } => status,
+            other => Status::new(other.code(), other.to_string()),
+        }
+    }
+}

@@ -1,0 +1,439 @@
+//! Typed message streams over a call's channel: [`Sender`] and
+//! [`Receiver`], used by callers and handlers alike.
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::Bytes;
+use duplex::{ChannelError, ChannelReader, ChannelWriter, FrameError};
+use futures_util::Stream;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::time::{Instant, Sleep};
+
+use crate::codec::{self, SharedCodec};
+use crate::error::{RpcError, Side};
+use crate::status::{self, Origin, Status};
+
+/// When a call must be over, and the timeout it came from (for errors).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Deadline {
+    pub(crate) at: Instant,
+    pub(crate) timeout: Duration,
+}
+
+impl Deadline {
+    pub(crate) fn exceeded(&self, method: &str) -> RpcError {
+        RpcError::DeadlineExceeded {
+            method: method.to_owned(),
+            timeout: self.timeout,
+        }
+    }
+}
+
+/// What a server found wrong with a call by itself (an undecodable or
+/// oversized request), to report instead of the handler's own status.
+pub(crate) type FailureSlot = Arc<Mutex<Option<(Origin, Status)>>>;
+
+/// Sends typed messages on a call: requests from a caller, responses from a
+/// handler. Each message is encoded with the call's codec and sent as one
+/// frame; a message over the maximum size is refused before it is sent.
+///
+/// Dropping the sender ends the stream (EOF), as [`finish`](Self::finish)
+/// does without waiting.
+pub struct Sender<T> {
+    writer: ChannelWriter,
+    codec: SharedCodec,
+    max: usize,
+    buf: Vec<u8>,
+    method: Arc<str>,
+    deadline: Option<Deadline>,
+    _t: PhantomData<fn(&T)>,
+}
+
+impl<T> fmt::Debug for Sender<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sender")
+            .field("method", &self.method)
+            .field("codec", &self.codec.name())
+            .finish()
+    }
+}
+
+impl<T: Serialize> Sender<T> {
+    pub(crate) fn new(
+        writer: ChannelWriter,
+        codec: SharedCodec,
+        max: usize,
+        method: Arc<str>,
+        deadline: Option<Deadline>,
+    ) -> Self {
+        Sender {
+            writer,
+            codec,
+            max,
+            buf: Vec::new(),
+            method,
+            deadline,
+            _t: PhantomData,
+        }
+    }
+
+    /// Sends one message, waiting while the remote is not reading (flow
+    /// control).
+    ///
+    /// On a caller's side, fails with `DeadlineExceeded` once the call's
+    /// deadline passed. If the remote ended the call (a handler that
+    /// returned an error, say), this fails with a transport error, and the
+    /// call's [`Receiver`] (or `finish` of a client-streaming call) gives
+    /// the outcome.
+    ///
+    /// Not cancel-safe: cancelled midway, part of the message may have been
+    /// sent; end the call then.
+    pub async fn send(&mut self, message: &T) -> Result<(), RpcError> {
+        let method = self.method.clone();
+        self.buf.clear();
+        codec::encode(&*self.codec, message, &mut self.buf).map_err(|e| RpcError::Codec {
+            method: method.to_string(),
+            side: Side::Local,
+            message: format!("cannot encode a message with {}: {e}", self.codec.name()),
+        })?;
+        if self.buf.len() > self.max {
+            return Err(RpcError::TooLarge {
+                method: method.to_string(),
+                side: Side::Local,
+                len: self.buf.len() as u64,
+                max: self.max,
+            });
+        }
+        let write = self.writer.write_frame(&self.buf);
+        let res = match self.deadline {
+            Some(d) => match tokio::time::timeout_at(d.at, write).await {
+                Ok(r) => r,
+                Err(_) => return Err(d.exceeded(&method)),
+            },
+            None => write.await,
+        };
+        res.map_err(|e| RpcError::transport(&method, e))
+    }
+
+    /// Ends the stream: the remote reads its end after the messages sent.
+    /// Cancel-safe.
+    pub async fn finish(mut self) -> Result<(), RpcError> {
+        self.close().await
+    }
+
+    pub(crate) async fn close(&mut self) -> Result<(), RpcError> {
+        let method = self.method.clone();
+        self.writer
+            .close_write()
+            .await
+            .map_err(|e| RpcError::transport(&method, e))
+    }
+}
+
+/// Which end of the call a [`Receiver`] is on.
+enum Role {
+    /// A caller reading responses: the stream may end with a status, and
+    /// the call's deadline applies.
+    Caller {
+        deadline: Option<(Pin<Box<Sleep>>, Deadline)>,
+    },
+    /// A handler reading requests: failures are recorded for the server
+    /// to report.
+    Handler { failure: FailureSlot },
+}
+
+/// Receives typed messages on a call: responses on a caller's side,
+/// requests on a handler's. A [`Stream`] of `Result<T, RpcError>`, or use
+/// [`recv`](Self::recv).
+///
+/// On a caller's side the stream ends with `Ok(None)` when the call
+/// succeeded, or with the call's error (a remote status, a deadline...).
+/// Dropping a caller's receiver (with its sender, if any) cancels the
+/// call: its channel closes and the server cancels the handler.
+pub struct Receiver<T> {
+    reader: ChannelReader,
+    codec: SharedCodec,
+    max: usize,
+    method: Arc<str>,
+    role: Role,
+    state: RecvState,
+    /// A caller's slot among its client's concurrent calls.
+    _slot: Option<tokio::sync::OwnedSemaphorePermit>,
+    _t: PhantomData<fn() -> T>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum RecvState {
+    Open,
+    /// Data ended (or failed); the status, if any, is read next.
+    Ending,
+    Done,
+}
+
+impl<T> fmt::Debug for Receiver<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Receiver")
+            .field("method", &self.method)
+            .field("codec", &self.codec.name())
+            .finish()
+    }
+}
+
+impl<T: DeserializeOwned> Receiver<T> {
+    pub(crate) fn caller(
+        reader: ChannelReader,
+        codec: SharedCodec,
+        max: usize,
+        method: Arc<str>,
+        deadline: Option<Deadline>,
+    ) -> Self {
+        let deadline = deadline.map(|d| (Box::pin(tokio::time::sleep_until(d.at)), d));
+        Self::new(reader, codec, max, method, Role::Caller { deadline })
+    }
+
+    pub(crate) fn handler(
+        reader: ChannelReader,
+        codec: SharedCodec,
+        max: usize,
+        method: Arc<str>,
+        failure: FailureSlot,
+    ) -> Self {
+        Self::new(reader, codec, max, method, Role::Handler { failure })
+    }
+
+    fn new(
+        reader: ChannelReader,
+        codec: SharedCodec,
+        max: usize,
+        method: Arc<str>,
+        role: Role,
+    ) -> Self {
+        Receiver {
+            reader,
+            codec,
+            max,
+            method,
+            role,
+            state: RecvState::Open,
+            _slot: None,
+            _t: PhantomData,
+        }
+    }
+
+    pub(crate) fn hold(&mut self, slot: tokio::sync::OwnedSemaphorePermit) {
+        self._slot = Some(slot);
+    }
+
+    pub(crate) fn method(&self) -> &str {
+        &self.method
+    }
+
+    /// The next message; `Ok(None)` at the end of the stream. Cancel-safe.
+    pub async fn recv(&mut self) -> Result<Option<T>, RpcError> {
+        std::future::poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    /// The remote peer's name.
+    pub fn remote_peer(&self) -> &str {
+        self.reader.meta().remote_peer()
+    }
+
+    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<T>, RpcError>> {
+        if let Role::Caller {
+            deadline: Some((sleep, d)),
+        } = &mut self.role
+            && self.state != RecvState::Done
+            && sleep.as_mut().poll(cx).is_ready()
+        {
+            self.state = RecvState::Done;
+            return Poll::Ready(Err(d.exceeded(&self.method)));
+        }
+        loop {
+            match self.state {
+                RecvState::Done => return Poll::Ready(Ok(None)),
+                RecvState::Ending => return self.poll_ending(cx, None),
+                RecvState::Open => {}
+            }
+            let frame = ready!(self.reader.poll_read_frame_max(cx, self.max));
+            match frame {
+                Ok(Some(bytes)) => return Poll::Ready(self.decode(&bytes).map(Some)),
+                Ok(None) => self.state = RecvState::Ending,
+                Err(e) => {
+                    self.state = RecvState::Ending;
+                    return self.poll_ending(cx, Some(e));
+                }
+            }
+        }
+    }
+
+    fn decode(&mut self, bytes: &[u8]) -> Result<T, RpcError> {
+        codec::decode::<T>(&*self.codec, bytes).map_err(|e| {
+            let err = RpcError::Codec {
+                method: self.method.to_string(),
+                side: Side::Local,
+                message: format!("cannot decode a message with {}: {e}", self.codec.name()),
+            };
+            if let Role::Handler { failure } = &self.role {
+                record(
+                    failure,
+                    Origin::BadRequest,
+                    Status::invalid_argument(format!(
+                        "{}: cannot decode the request with {}: {e}",
+                        self.method,
+                        self.codec.name()
+                    )),
+                );
+            }
+            err
+        })
+    }
+
+    /// After the data stream ended (cleanly, or with `failed`): on a
+    /// caller's side, a status on the error stream decides the outcome.
+    fn poll_ending(
+        &mut self,
+        cx: &mut Context<'_>,
+        failed: Option<ChannelError>,
+    ) -> Poll<Result<Option<T>, RpcError>> {
+        let method = &self.method;
+        match &self.role {
+            Role::Handler { failure } => {
+                self.state = RecvState::Done;
+                match failed {
+                    None => Poll::Ready(Ok(None)),
+                    Some(ChannelError::Frame(FrameError::TooLarge { len, max })) => {
+                        let st = too_large_status(method, len, max);
+                        record(failure, Origin::TooLarge, st);
+                        Poll::Ready(Err(RpcError::TooLarge {
+                            method: method.to_string(),
+                            side: Side::Local,
+                            len,
+                            max,
+                        }))
+                    }
+                    Some(e) => Poll::Ready(Err(RpcError::transport(method, e))),
+                }
+            }
+            Role::Caller { deadline } => {
+                let timeout = deadline.as_ref().map(|(_, d)| d.timeout);
+                // After a broken data stream, the error stream may still
+                // be open; a status there explains the break.
+                let status = match self.reader.poll_read_error(cx) {
+                    Poll::Ready(Ok(Some(frame))) => Some(frame),
+                    Poll::Ready(_) => None,
+                    Poll::Pending if failed.is_none() => return Poll::Pending,
+                    Poll::Pending => None,
+                };
+                self.state = RecvState::Done;
+                let peer = self.reader.meta().remote_peer();
+                if let Some(frame) = status {
+                    return Poll::Ready(Err(from_wire(method, peer, &frame, timeout)));
+                }
+                Poll::Ready(match failed {
+                    None => Ok(None),
+                    Some(ChannelError::Frame(FrameError::TooLarge { len, max })) => {
+                        Err(RpcError::TooLarge {
+                            method: method.to_string(),
+                            side: Side::Local,
+                            len,
+                            max,
+                        })
+                    }
+                    Some(e) => Err(RpcError::transport(method, e)),
+                })
+            }
+        }
+    }
+}
+
+impl<T: DeserializeOwned> Stream for Receiver<T> {
+    type Item = Result<T, RpcError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        // `Receiver` is `Unpin`: its only pinned part is boxed.
+        let this = self.get_mut();
+        this.poll_recv(cx).map(Result::transpose)
+    }
+}
+
+fn record(slot: &FailureSlot, origin: Origin, status: Status) {
+    let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
+    if slot.is_none() {
+        *slot = Some((origin, status));
+    }
+}
+
+/// The status a server sends for a request over its size limit; the
+/// details carry the claimed length and the limit (two big-endian u64s).
+pub(crate) fn too_large_status(method: &str, len: u64, max: usize) -> Status {
+    let mut details = Vec::with_capacity(16);
+    details.extend_from_slice(&len.to_be_bytes());
+    details.extend_from_slice(&(max as u64).to_be_bytes());
+    Status::new(
+        crate::Code::RESOURCE_EXHAUSTED,
+        format!("{method}: a request of {len} bytes exceeds this server's limit of {max} bytes"),
+    )
+    .with_details(details)
+}
+
+/// Turns a status frame from a server into the caller's error.
+pub(crate) fn from_wire(
+    method: &str,
+    peer: &str,
+    frame: &Bytes,
+    timeout: Option<Duration>,
+) -> RpcError {
+    let (origin, st) = match status::decode(frame) {
+        Ok(decoded) => decoded,
+        Err(e) => {
+            return RpcError::protocol(method, format!("{peer} sent an unreadable status: {e}"));
+        }
+    };
+    let method = method.to_owned();
+    match origin {
+        Origin::UnknownMethod | Origin::WrongKind => RpcError::UnknownMethod {
+            method,
+            peer: peer.to_owned(),
+            message: st.message().to_owned(),
+        },
+        Origin::BadRequest | Origin::UnsupportedCodec => RpcError::Codec {
+            method,
+            side: Side::Remote,
+            message: st.message().to_owned(),
+        },
+        Origin::TooLarge => {
+            let d = st.details();
+            let word = |i: usize| {
+                d.get(i..i + 8)
+                    .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                    .map(u64::from_be_bytes)
+                    .unwrap_or(0)
+            };
+            RpcError::TooLarge {
+                method,
+                side: Side::Remote,
+                len: word(0),
+                max: usize::try_from(word(8)).unwrap_or(usize::MAX),
+            }
+        }
+        Origin::DeadlineExceeded => RpcError::DeadlineExceeded {
+            method,
+            timeout: timeout.unwrap_or_default(),
+        },
+        Origin::Handler
+        | Origin::Overloaded
+        | Origin::Panicked
+        | Origin::ShuttingDown
+        | Origin::Other(_) => RpcError::Status {
+            method,
+            peer: peer.to_owned(),
+            status: st,
+        },
+    }
+}

@@ -1,0 +1,163 @@
+//! The call headers: codec, timeout and call kind. No I/O.
+//!
+//! A call is a channel whose service name is the method. Its open headers:
+//!
+//! | header        | value                                          |
+//! |---------------|------------------------------------------------|
+//! | `rpc-codec`   | codec name (`msgpack`, `json`); default msgpack |
+//! | `rpc-timeout` | time the caller will wait, relative: `250ms`   |
+//! | `rpc-kind`    | `unary`, `server-stream`, `client-stream`, `bidi` |
+//!
+//! Requests and responses are message frames on the data stream, each one
+//! encoded value; the caller sends EOF after its last request and the
+//! server after its last response. A failed call ends with a status on the
+//! error stream (see [`status`](crate::status)).
+
+use std::fmt;
+use std::time::Duration;
+
+/// Header naming the codec.
+pub const CODEC_HEADER: &str = "rpc-codec";
+/// Header carrying the caller's timeout, as a relative duration.
+pub const TIMEOUT_HEADER: &str = "rpc-timeout";
+/// Header naming the call kind the caller expects.
+pub const KIND_HEADER: &str = "rpc-kind";
+
+/// The shape of a method: how many requests and responses it takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// One request, one response.
+    Unary,
+    /// One request, a stream of responses.
+    ServerStream,
+    /// A stream of requests, one response.
+    ClientStream,
+    /// Streams both ways.
+    Bidi,
+    /// The handler takes the channel itself.
+    Raw,
+}
+
+impl Kind {
+    /// The header value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Unary => "unary",
+            Kind::ServerStream => "server-stream",
+            Kind::ClientStream => "client-stream",
+            Kind::Bidi => "bidi",
+            Kind::Raw => "raw",
+        }
+    }
+
+    /// Parses a header value.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "unary" => Kind::Unary,
+            "server-stream" => Kind::ServerStream,
+            "client-stream" => Kind::ClientStream,
+            "bidi" => Kind::Bidi,
+            "raw" => Kind::Raw,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Longest timeout accepted from the wire: longer ones are clamped (a
+/// year is "no deadline" for any practical purpose, and keeps `Instant`
+/// arithmetic from overflowing).
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Formats a timeout for the header: whole milliseconds, rounded up so a
+/// short timeout never becomes zero.
+pub fn format_timeout(timeout: Duration) -> String {
+    let ms = timeout.as_nanos().div_ceil(1_000_000);
+    format!("{ms}ms")
+}
+
+/// Parses a timeout header: a decimal integer of at most 18 digits and a
+/// unit (`ns`, `us`, `ms`, `s`, `m`, `h`). Values above [`MAX_TIMEOUT`] are
+/// clamped to it.
+pub fn parse_timeout(s: &str) -> Option<Duration> {
+    let digits = s.bytes().take_while(u8::is_ascii_digit).count();
+    if digits == 0 || digits > 18 {
+        return None;
+    }
+    let (num, unit) = s.split_at(digits);
+    let n: u64 = num.parse().ok()?;
+    let d = match unit {
+        "ns" => Duration::from_nanos(n),
+        "us" => Duration::from_micros(n),
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.checked_mul(60)?),
+        "h" => Duration::from_secs(n.checked_mul(3600)?),
+        _ => return None,
+    };
+    Some(d.min(MAX_TIMEOUT))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn timeouts() {
+        assert_eq!(format_timeout(Duration::from_millis(100)), "100ms");
+        assert_eq!(format_timeout(Duration::from_micros(1)), "1ms");
+        assert_eq!(format_timeout(Duration::ZERO), "0ms");
+        assert_eq!(parse_timeout("100ms"), Some(Duration::from_millis(100)));
+        assert_eq!(parse_timeout("2s"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_timeout("3m"), Some(Duration::from_secs(180)));
+        assert_eq!(parse_timeout("7us"), Some(Duration::from_micros(7)));
+        assert_eq!(parse_timeout("999999999999999999h"), None);
+        assert_eq!(parse_timeout("99999999h"), Some(MAX_TIMEOUT));
+        for bad in [
+            "",
+            "ms",
+            "1",
+            "1x",
+            "-1ms",
+            "1 ms",
+            "1.5s",
+            "1000000000000000000ns",
+        ] {
+            assert_eq!(parse_timeout(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn kinds() {
+        for k in [
+            Kind::Unary,
+            Kind::ServerStream,
+            Kind::ClientStream,
+            Kind::Bidi,
+            Kind::Raw,
+        ] {
+            assert_eq!(Kind::parse(k.as_str()), Some(k));
+        }
+        assert_eq!(Kind::parse("stream"), None);
+    }
+
+    proptest! {
+        #[test]
+        fn parse_never_panics(s in ".{0,24}") {
+            let _ = parse_timeout(&s);
+        }
+
+        #[test]
+        fn format_parse_round_trips(ms in 0u64..1_000_000_000) {
+            let d = Duration::from_millis(ms);
+            prop_assert_eq!(parse_timeout(&format_timeout(d)), Some(d));
+        }
+    }
+}

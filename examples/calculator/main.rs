@@ -1,0 +1,230 @@
+//! The Halibut scenario, both ways: a server calls `Calc.Add` on an agent,
+//! whichever of the two dialled.
+//!
+//! ```text
+//! calculator agent --listen ENDPOINT    listening mode: the agent binds, the server dials it
+//! calculator agent --poll ENDPOINT      polling mode: the agent dials the server (and re-dials)
+//! calculator server --agent ENDPOINT [A B]   dial the agent, call it, print, exit
+//! calculator server --listen ENDPOINT [A B]  bind, wait for an agent to dial in, call it, print, exit
+//! calculator demo                       both modes, each with the agent in a child process
+//!
+//! flags: --key FILE  --authorized-keys FILE  --known-hosts FILE  --trust-key FILE.pub  --name NAME
+//! ```
+//!
+//! The agent serves `Calc.Add` (unary) and `Calc.Sum` (client-streaming);
+//! while serving `Calc.Add` it calls back into its caller (`Server.Log`).
+//! The server's calling code (`call_agent`) and the agent's serving code
+//! (`agent_router`) are the same in both modes: only who binds and who
+//! connects changes. Key and trust flags as in the echo example; without
+//! them both sides use the demo key under `./.duplex-demo/`.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use duplex::Peer;
+use duplex_rpc::{Client, Context, Receiver, Router, Server, Status};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+#[path = "../common/flags.rs"]
+mod flags;
+use flags::{Flags, build_peer};
+
+const USAGE: &str = "usage:
+  calculator agent --listen ENDPOINT | --poll ENDPOINT [flags]
+  calculator server --agent ENDPOINT | --listen ENDPOINT [A B] [flags]
+  calculator demo
+flags: --key FILE  --authorized-keys FILE  --known-hosts FILE  --trust-key FILE.pub  --name NAME
+ENDPOINT: tcp://HOST:PORT or unix:///PATH";
+
+/// What the agent serves, in either mode.
+fn agent_router() -> Router {
+    Router::new()
+        .unary("Calc.Add", |ctx: Context, (a, b): (i64, i64)| async move {
+            let sum = a
+                .checked_add(b)
+                .ok_or_else(|| Status::invalid_argument(format!("{a} + {b} overflows")))?;
+            // A callback into the caller while its call is open.
+            let line = format!("agent computed {a} + {b} = {sum}");
+            ctx.caller().call::<_, ()>("Server.Log", &line).await?;
+            Ok(sum)
+        })
+        .client_stream(
+            "Calc.Sum",
+            |_ctx: Context, mut xs: Receiver<i64>| async move {
+                let mut total = 0i64;
+                while let Some(x) = xs.recv().await? {
+                    total = total
+                        .checked_add(x)
+                        .ok_or_else(|| Status::invalid_argument("sum overflows"))?;
+                }
+                Ok(total)
+            },
+        )
+}
+
+/// What the server serves: the agent's callback.
+fn server_router() -> Router {
+    Router::new().unary("Server.Log", |ctx: Context, line: String| async move {
+        println!("log from {}: {line}", ctx.remote_peer());
+        Ok::<_, Status>(())
+    })
+}
+
+/// The server's calls, in either mode: `Calc.Add` and `Calc.Sum` on the
+/// next connected agent.
+async fn call_agent(client: &Client, a: i64, b: i64) -> anyhow::Result<()> {
+    let client = client.with_timeout(Duration::from_secs(10));
+    let sum: i64 = client.call("Calc.Add", &(a, b)).await?;
+    println!("Calc.Add({a}, {b}) = {sum}");
+    let mut call = client.client_stream::<i64, i64>("Calc.Sum").await?;
+    for x in 1..=10 {
+        call.send(&x).await?;
+    }
+    println!("Calc.Sum(1..=10) = {}", call.finish().await?);
+    Ok(())
+}
+
+/// The mode flags (`--listen E`, `--poll E`, `--agent E`) are this
+/// example's own: moved to the front of the positional arguments before
+/// the shared flags are parsed.
+fn parse_args(args: impl Iterator<Item = String>) -> anyhow::Result<Flags> {
+    let mut modes = Vec::new();
+    let mut rest = Vec::new();
+    let mut args = args.peekable();
+    while let Some(a) = args.next() {
+        if matches!(a.as_str(), "--listen" | "--poll" | "--agent") {
+            let value = args
+                .next()
+                .with_context(|| format!("{a} needs an endpoint"))?;
+            modes.extend([a, value]);
+        } else {
+            rest.push(a);
+        }
+    }
+    let mut f = flags::parse_flags(rest.into_iter(), USAGE)?;
+    if modes.len() != 2 {
+        bail!("give one of --listen, --poll, --agent\n{USAGE}");
+    }
+    modes.append(&mut f.positional);
+    f.positional = modes;
+    Ok(f)
+}
+
+/// The mode flag, its endpoint, and the numbers to add.
+fn mode(f: &Flags) -> anyhow::Result<(&str, &str, (i64, i64))> {
+    let mut pos = f.positional.iter();
+    let flag = pos.next().context(USAGE)?;
+    let endpoint = pos.next().context(USAGE)?;
+    let a = pos.next().map(|s| s.parse()).transpose()?.unwrap_or(2);
+    let b = pos.next().map(|s| s.parse()).transpose()?.unwrap_or(3);
+    Ok((flag.as_str(), endpoint.as_str(), (a, b)))
+}
+
+async fn announce(peer: &Peer, endpoint: &str) -> anyhow::Result<()> {
+    let bound = peer.bind(endpoint).await?;
+    println!("listening on {bound}");
+    Ok(())
+}
+
+async fn agent(f: Flags) -> anyhow::Result<()> {
+    let (flag, endpoint, _) = mode(&f)?;
+    let peer = build_peer(&f, "agent")?;
+    let _server = Server::new(agent_router()).serve(&peer)?;
+    match flag {
+        "--listen" => announce(&peer, endpoint).await?,
+        "--poll" => {
+            let remote = peer.connect(endpoint).await?;
+            println!("polling {} ({})", remote.name, remote.fingerprint);
+        }
+        other => bail!("agent: unknown mode {other}\n{USAGE}"),
+    }
+    tokio::signal::ctrl_c().await?;
+    peer.shutdown().await;
+    Ok(())
+}
+
+async fn server(f: Flags) -> anyhow::Result<()> {
+    let (flag, endpoint, (a, b)) = mode(&f)?;
+    let peer = build_peer(&f, "calc-server")?;
+    let _server = Server::new(server_router()).serve(&peer)?;
+    match flag {
+        "--agent" => {
+            let remote = peer.connect(endpoint).await?;
+            println!("listening mode: dialled agent {}", remote.name);
+        }
+        "--listen" => {
+            announce(&peer, endpoint).await?;
+            println!("polling mode: waiting for an agent to dial in");
+        }
+        other => bail!("server: unknown mode {other}\n{USAGE}"),
+    }
+    // Waits (up to the peer-wait timeout) for an agent when none is
+    // connected yet.
+    call_agent(&Client::new(peer.clone()), a, b).await?;
+    peer.shutdown().await;
+    Ok(())
+}
+
+/// Starts `calculator ARGS` and returns it with the endpoint it printed.
+async fn spawn_listening(args: &[&str]) -> anyhow::Result<(tokio::process::Child, String)> {
+    let mut child = tokio::process::Command::new(std::env::current_exe()?)
+        .args(args)
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let mut lines = BufReader::new(child.stdout.take().context("no stdout")?).lines();
+    let endpoint = loop {
+        let line = lines
+            .next_line()
+            .await?
+            .context("the child exited before listening")?;
+        if let Some(e) = line.strip_prefix("listening on ") {
+            break e.to_owned();
+        }
+    };
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Ok((child, endpoint))
+}
+
+async fn demo() -> anyhow::Result<()> {
+    println!("== listening mode: the agent binds, the server dials it");
+    let (mut agent, endpoint) =
+        spawn_listening(&["agent", "--listen", "tcp://127.0.0.1:0"]).await?;
+    let f = parse_args(["--agent".into(), endpoint, "2".into(), "3".into()].into_iter())?;
+    server(f).await?;
+    agent.kill().await?;
+
+    println!("== polling mode: the server binds, the agent dials it");
+    let peer = build_peer(&Flags::default(), "calc-server")?;
+    let _server = Server::new(server_router()).serve(&peer)?;
+    let bound = peer.bind("tcp://127.0.0.1:0").await?;
+    let mut agent = tokio::process::Command::new(std::env::current_exe()?)
+        .args(["agent", "--poll", &bound.to_string()])
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    call_agent(&Client::new(peer.clone()), 40, 2).await?;
+    peer.shutdown().await;
+    agent.kill().await?;
+    println!("demo done");
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let mut args = std::env::args().skip(1);
+    let cmd = args.next().unwrap_or_default();
+    match cmd.as_str() {
+        "agent" => agent(parse_args(args)?).await,
+        "server" => server(parse_args(args)?).await,
+        "demo" => demo().await,
+        _ => bail!("{USAGE}"),
+    }
+}
