@@ -54,8 +54,8 @@ mod transport;
 
 pub use backoff::Backoff;
 pub use channel::{
-    Channel, ChannelMeta, ChannelReader, ChannelWriter, Children, ErrorWriter, IncomingChannel,
-    JoinError, JoinStats, ReadEvent, SpliceError,
+    Channel, ChannelEnd, ChannelMeta, ChannelReader, ChannelWriter, Children, ErrorWriter,
+    IncomingChannel, JoinError, JoinStats, ReadEvent, SpliceError,
 };
 pub use config::{Config, ConfigError};
 pub use endpoint::{Endpoint, EndpointError};

@@ -88,6 +88,29 @@ impl ChannelMeta {
     }
 }
 
+/// How a channel ended, as [`Channel::closed`] reports it.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum ChannelEnd {
+    /// The remote peer closed it.
+    ClosedByRemote,
+    /// It was closed on this side (every handle dropped, or `close`).
+    ClosedHere,
+    /// It failed: the connection was lost, the remote broke the protocol,
+    /// or its parent channel ended.
+    Failed(ChannelError),
+}
+
+impl fmt::Display for ChannelEnd {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ChannelEnd::ClosedByRemote => f.write_str("the channel was closed by the remote peer"),
+            ChannelEnd::ClosedHere => f.write_str("the channel was closed on this side"),
+            ChannelEnd::Failed(e) => write!(f, "the channel failed: {e}"),
+        }
+    }
+}
+
 /// Sends EOF when the last of a channel's writing handles (its
 /// [`ChannelWriter`] and any [`ErrorWriter`]s) is dropped.
 struct EofOnDrop(Arc<ChanShared>);
@@ -224,10 +247,10 @@ impl Channel {
     }
 
     /// Waits until the channel has ended: closed by the remote (or by us),
-    /// failed, or ended with its parent or connection; returns why. The
+    /// failed, or ended with its parent or connection; returns how. The
     /// future does not borrow the channel and does not keep it open. See
     /// [`ChannelWriter::closed`].
-    pub fn closed(&self) -> impl Future<Output = Arc<str>> + Send + 'static {
+    pub fn closed(&self) -> impl Future<Output = ChannelEnd> + Send + 'static {
         let shared = self.reader.shared.clone();
         async move { shared.closed().await }
     }
@@ -626,14 +649,14 @@ impl ChannelWriter {
     }
 
     /// Waits until the channel has ended: closed by the remote (or by us),
-    /// failed, or ended with its parent or connection; returns why. EOF
-    /// alone does not end it.
+    /// failed, or ended with its parent or connection; returns how
+    /// ([`ChannelEnd`]). EOF alone does not end it.
     ///
     /// A server uses it to notice that the caller went away while it is
     /// busy, without reading: a client that drops its channel closes it.
     /// Cancel-safe. The future does not borrow the writer and does not
     /// keep the channel open.
-    pub fn closed(&self) -> impl Future<Output = Arc<str>> + Send + 'static {
+    pub fn closed(&self) -> impl Future<Output = ChannelEnd> + Send + 'static {
         let shared = self.shared.clone();
         async move { shared.closed().await }
     }

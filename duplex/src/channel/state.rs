@@ -20,6 +20,7 @@ use crate::proto::headers::Headers;
 use crate::proto::{EXT_CONTROL, EXT_ERROR};
 use crate::ssh::WriteHalf;
 
+use super::ChannelEnd;
 use super::{ChannelMeta, IncomingChannel};
 
 /// Whether the remote speaks Duplex's flow control on this channel.
@@ -589,16 +590,16 @@ impl ChanShared {
     }
 
     /// Resolves once the channel has ended in any way (closed either
-    /// side, failed, ended with its parent); returns why. Cancel-safe.
-    pub(crate) async fn closed(&self) -> Arc<str> {
+    /// side, failed, ended with its parent); returns how. Cancel-safe.
+    pub(crate) async fn closed(&self) -> ChannelEnd {
         loop {
             // `children_ready` fires (to all waiters) whenever the channel
             // ends, besides when a nested channel arrives.
             let notified = self.children_ready.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if let Some(why) = ended_reason(&self.lock()) {
-                return why;
+            if let Some(end) = ended(&self.lock()) {
+                return end;
             }
             notified.await;
         }
@@ -1062,16 +1063,16 @@ fn closed_reason(st: &ChanState) -> Option<Arc<str>> {
     None
 }
 
-/// Why the channel has ended, if it has (for `closed`).
-fn ended_reason(st: &ChanState) -> Option<Arc<str>> {
+/// How the channel has ended, if it has (for `closed`).
+fn ended(st: &ChanState) -> Option<ChannelEnd> {
     if let Some(e) = &st.failed {
-        return Some(e.to_string().into());
+        return Some(ChannelEnd::Failed(e.clone()));
     }
     if st.close_in {
-        return Some("the channel was closed by the remote peer".into());
+        return Some(ChannelEnd::ClosedByRemote);
     }
     if st.close_out {
-        return Some("the channel was closed on this side".into());
+        return Some(ChannelEnd::ClosedHere);
     }
     None
 }
