@@ -7,12 +7,12 @@ use std::time::Duration;
 use duplex::{Channel, Headers, Peer};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use crate::codec::{self, Codec, SharedCodec};
 use crate::error::{RpcError, Side};
-use crate::stream::{Deadline, Receiver, Sender};
+use crate::stream::{Deadline, Receiver, Sender, Slot};
 use crate::wire::{self, CODEC_HEADER, KIND_HEADER, Kind, TIMEOUT_HEADER};
 
 /// Default maximum size of one encoded message, each way: 4 MiB, like
@@ -179,21 +179,20 @@ impl Client {
             let (reader, writer) = ch.split();
             let mut rx =
                 Receiver::<Resp>::caller(reader, codec, self.max(), method.into(), deadline);
-            let mut writer = writer;
-            let sent = async {
-                writer.write_frame(&body).await?;
-                writer.close_write().await
-            }
-            .await;
+            let send_failed = match send_request(method, writer, &body).await {
+                Ok(()) => None,
+                // The server ended the call: it may have said why.
+                Err(e) if e.remote_ended() => Some(e),
+                Err(e) => return Err(e),
+            };
             match rx.recv().await {
                 Ok(Some(resp)) => Ok(resp),
-                Ok(None) => match sent {
-                    Err(e) => Err(RpcError::transport(method, e)),
-                    Ok(()) => Err(RpcError::protocol(
+                Ok(None) => Err(send_failed.unwrap_or_else(|| {
+                    RpcError::protocol(
                         method,
                         format!("{} ended the call without a response", rx.remote_peer()),
-                    )),
-                },
+                    )
+                })),
                 Err(e) => Err(e),
             }
         };
@@ -225,25 +224,18 @@ impl Client {
         let (ch, slot) = self
             .start(method, Kind::ServerStream, &codec, deadline)
             .await?;
-        let (reader, mut writer) = ch.split();
+        let (reader, writer) = ch.split();
         let mut rx = Receiver::caller(reader, codec, self.max(), method.into(), deadline);
         rx.hold(slot);
-        let sent = async {
-            writer.write_frame(&body).await?;
-            writer.close_write().await
-        };
-        if let Err(e) = with_deadline(method, deadline, async {
-            sent.await.map_err(|e| RpcError::transport(method, e))
-        })
-        .await
-        {
+        match with_deadline(method, deadline, send_request(method, writer, &body)).await {
+            Ok(()) => Ok(rx),
             // The server may have ended the call already: its status says why.
-            return match rx.recv().await {
+            Err(e) if e.remote_ended() => match rx.recv().await {
                 Err(status) => Err(status),
                 Ok(_) => Err(e),
-            };
+            },
+            Err(e) => Err(e),
         }
-        Ok(rx)
     }
 
     /// A client-streaming call: send requests with
@@ -268,7 +260,11 @@ impl Client {
         Resp: DeserializeOwned,
     {
         let (tx, rx) = self.streams(method, Kind::ClientStream).await?;
-        Ok(ClientStreamCall { tx, rx })
+        Ok(ClientStreamCall {
+            tx,
+            rx,
+            outcome: None,
+        })
     }
 
     /// A bidirectional-streaming call: a sender of requests and a receiver
@@ -298,7 +294,9 @@ impl Client {
 
     /// Opens a call's channel and hands it over as it is, for a method
     /// served by a raw handler (`Router::raw`). The client's headers,
-    /// codec and timeout headers are sent; `headers` are added.
+    /// codec and timeout headers are sent; `headers` are added. The
+    /// timeout bounds the open; the server enforces it on the handler. Raw
+    /// calls do not count against the client's concurrent-call limit.
     pub async fn open_raw(&self, method: &str, headers: Headers) -> Result<Channel, RpcError> {
         let deadline = self.deadline();
         let codec = self.codec(method)?;
@@ -323,7 +321,14 @@ impl Client {
         let (ch, slot) = self.start(method, kind, &codec, deadline).await?;
         let (reader, writer) = ch.split();
         let method: Arc<str> = method.into();
-        let tx = Sender::new(writer, codec.clone(), self.max(), method.clone(), deadline);
+        let tx = Sender::caller(
+            writer,
+            codec.clone(),
+            self.max(),
+            method.clone(),
+            deadline,
+            slot.clone(),
+        );
         let mut rx = Receiver::caller(reader, codec, self.max(), method, deadline);
         rx.hold(slot);
         Ok((tx, rx))
@@ -336,7 +341,7 @@ impl Client {
         kind: Kind,
         codec: &SharedCodec,
         deadline: Option<Deadline>,
-    ) -> Result<(Channel, OwnedSemaphorePermit), RpcError> {
+    ) -> Result<(Channel, Slot), RpcError> {
         with_deadline(method, deadline, async {
             let slot = self.slot().await?;
             let ch = self.open(method, kind, codec, deadline).await?;
@@ -361,8 +366,11 @@ impl Client {
         }
     }
 
+    /// The message limit in force: ours, within the connection's frame
+    /// limit.
     fn max(&self) -> usize {
         self.max_message_len
+            .min(self.peer.config().get_max_frame_len())
     }
 
     fn codec(&self, method: &str) -> Result<SharedCodec, RpcError> {
@@ -396,16 +404,15 @@ impl Client {
         Ok((codec, body))
     }
 
-    async fn slot(&self) -> Result<OwnedSemaphorePermit, RpcError> {
-        // The semaphore is never closed.
-        self.slots
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| RpcError::Cancelled {
-                method: String::new(),
-                reason: "the client's call slots were closed".into(),
-            })
+    async fn slot(&self) -> Result<Slot, RpcError> {
+        match self.slots.clone().acquire_owned().await {
+            Ok(permit) => Ok(Arc::new(permit)),
+            // The semaphore is never closed.
+            Err(_) => Err(RpcError::protocol(
+                "",
+                "the client's call slots were closed",
+            )),
+        }
     }
 
     fn call_headers(&self, kind: Kind, codec: &SharedCodec, deadline: Option<Deadline>) -> Headers {
@@ -438,8 +445,22 @@ impl Client {
             Some(name) => self.peer.open(name, method, headers).await,
             None => self.peer.open_next(method, headers).await,
         };
-        opened.map_err(|e| RpcError::transport(method, e))
+        opened.map_err(|e| RpcError::open_failed(method, e))
     }
+}
+
+/// Sends a one-request call's request and EOF.
+async fn send_request(
+    method: &str,
+    mut writer: duplex::ChannelWriter,
+    body: &[u8],
+) -> Result<(), RpcError> {
+    let res = async {
+        writer.write_frame(body).await?;
+        writer.close_write().await
+    }
+    .await;
+    res.map_err(|e| RpcError::transport(method, e))
 }
 
 /// Runs `work` within the deadline, if any.
@@ -458,10 +479,13 @@ async fn with_deadline<T>(
 
 /// A client-streaming call in progress: requests go out with
 /// [`send`](Self::send); [`finish`](Self::finish) ends them and returns the
-/// response. Dropping it cancels the call.
+/// response. Dropping it abandons the call: the handler is told its
+/// requests were cut short, and cancelled.
 pub struct ClientStreamCall<Req, Resp> {
     tx: Sender<Req>,
     rx: Receiver<Resp>,
+    /// The outcome, once the server ended the call before `finish`.
+    outcome: Option<Result<Resp, RpcError>>,
 }
 
 impl<Req, Resp> fmt::Debug for ClientStreamCall<Req, Resp> {
@@ -473,22 +497,43 @@ impl<Req, Resp> fmt::Debug for ClientStreamCall<Req, Resp> {
 }
 
 impl<Req: Serialize, Resp: DeserializeOwned> ClientStreamCall<Req, Resp> {
-    /// Sends one request. If the server ended the call early (its handler
-    /// returned, or failed), returns the call's outcome as an error.
-    /// Not cancel-safe (see [`Sender::send`]).
+    /// Sends one request.
+    ///
+    /// If the server already failed the call, returns its error. If the
+    /// server answered before reading every request, the requests from
+    /// then on are discarded, `send` returns `Ok`, and `finish` returns the
+    /// answer (as in gRPC). Not cancel-safe (see [`Sender::send`]).
     pub async fn send(&mut self, request: &Req) -> Result<(), RpcError> {
+        if let Some(outcome) = &self.outcome {
+            return match outcome {
+                Ok(_) => Ok(()),
+                Err(e) => Err(e.duplicate()),
+            };
+        }
         match self.tx.send(request).await {
             Ok(()) => Ok(()),
-            Err(e @ RpcError::Transport { .. }) => match self.rx.recv().await {
-                Err(outcome) => Err(outcome),
-                Ok(_) => Err(e),
+            Err(e) if e.remote_ended() => match self.rx.recv().await {
+                Ok(Some(resp)) => {
+                    self.outcome = Some(Ok(resp));
+                    Ok(())
+                }
+                Ok(None) => Err(e),
+                Err(failed) => {
+                    let copy = failed.duplicate();
+                    self.outcome = Some(Err(failed));
+                    Err(copy)
+                }
             },
             Err(e) => Err(e),
         }
     }
 
-    /// Ends the requests and waits for the response.
+    /// Ends the requests and waits for the response. Dropped before it
+    /// returns, the call is abandoned.
     pub async fn finish(mut self) -> Result<Resp, RpcError> {
+        if let Some(outcome) = self.outcome.take() {
+            return outcome;
+        }
         let closed = self.tx.close().await;
         match self.rx.recv().await {
             Ok(Some(resp)) => Ok(resp),

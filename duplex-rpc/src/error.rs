@@ -99,8 +99,9 @@ pub enum RpcError {
         /// The timeout the call was given.
         timeout: Duration,
     },
-    /// The call was cancelled: the server is shutting down, or (seen from
-    /// a handler) the caller went away.
+    /// The call was cancelled: this peer is shutting down, or (seen from a
+    /// handler) the caller went away or abandoned its requests. (A server
+    /// that shuts down answers its callers with an `UNAVAILABLE` status.)
     #[error("{method}: cancelled: {reason}")]
     Cancelled {
         /// The method called.
@@ -171,6 +172,92 @@ impl RpcError {
     /// (unknown method, codec, size, deadline) as their variants.
     pub fn from_status_frame(method: &str, peer: &str, frame: &bytes::Bytes) -> Self {
         crate::stream::from_wire(method, peer, frame, None)
+    }
+
+    /// A copy, for reporting a failure again: a stream that failed keeps
+    /// failing the same way. Errors that cannot be copied (an open error)
+    /// are kept as their text.
+    pub(crate) fn duplicate(&self) -> Self {
+        match self {
+            RpcError::Status {
+                method,
+                peer,
+                status,
+            } => RpcError::Status {
+                method: method.clone(),
+                peer: peer.clone(),
+                status: status.clone(),
+            },
+            RpcError::UnknownMethod {
+                method,
+                peer,
+                message,
+            } => RpcError::UnknownMethod {
+                method: method.clone(),
+                peer: peer.clone(),
+                message: message.clone(),
+            },
+            RpcError::Codec {
+                method,
+                side,
+                message,
+            } => RpcError::Codec {
+                method: method.clone(),
+                side: *side,
+                message: message.clone(),
+            },
+            RpcError::TooLarge {
+                method,
+                side,
+                len,
+                max,
+            } => RpcError::TooLarge {
+                method: method.clone(),
+                side: *side,
+                len: *len,
+                max: *max,
+            },
+            RpcError::Transport { method, source } => RpcError::Transport {
+                method: method.clone(),
+                source: match source {
+                    TransportError::Channel(e) => TransportError::Channel(e.clone()),
+                    TransportError::Protocol(p) => TransportError::Protocol(p.clone()),
+                    TransportError::Open(e) => TransportError::Protocol(e.to_string()),
+                },
+            },
+            RpcError::DeadlineExceeded { method, timeout } => RpcError::DeadlineExceeded {
+                method: method.clone(),
+                timeout: *timeout,
+            },
+            RpcError::Cancelled { method, reason } => RpcError::Cancelled {
+                method: method.clone(),
+                reason: reason.clone(),
+            },
+        }
+    }
+
+    /// Whether a failed write means the remote ended the call (so its
+    /// outcome is to be read), rather than a local failure.
+    pub(crate) fn remote_ended(&self) -> bool {
+        matches!(
+            self,
+            RpcError::Transport {
+                source: TransportError::Channel(
+                    ChannelError::ClosedByRemote | ChannelError::ConnectionLost(_)
+                ),
+                ..
+            }
+        )
+    }
+
+    pub(crate) fn open_failed(method: &str, e: OpenError) -> Self {
+        match e {
+            OpenError::Shutdown => RpcError::Cancelled {
+                method: method.to_owned(),
+                reason: "this peer is shutting down".into(),
+            },
+            e => RpcError::transport(method, e),
+        }
     }
 
     pub(crate) fn transport(method: &str, source: impl Into<TransportError>) -> Self {

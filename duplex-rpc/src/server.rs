@@ -9,7 +9,10 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use duplex::{Channel, ChannelMeta, ChannelReader, ChannelWriter, Headers, Peer, ServiceName};
+use duplex::{
+    Channel, ChannelEnd, ChannelMeta, ChannelReader, ChannelWriter, ErrorWriter, Headers, Peer,
+    ServiceName,
+};
 use futures_util::FutureExt as _;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -18,13 +21,22 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::client::{Client, DEFAULT_MAX_MESSAGE_LEN};
+use crate::client::{Client, DEFAULT_MAX_CONCURRENT_CALLS, DEFAULT_MAX_MESSAGE_LEN};
 use crate::codec::{self, Codec, SharedCodec};
 use crate::status::{self, Code, Origin, Status};
 use crate::stream::{FailureSlot, Receiver, Sender};
 use crate::wire::{self, CODEC_HEADER, KIND_HEADER, Kind, TIMEOUT_HEADER};
 
-/// What a call is given to serve: what it is, and where to answer.
+/// The codec of a call that names none (`docs/PROTOCOL.md` 9.1).
+const DEFAULT_CODEC: &str = "msgpack";
+
+/// What a call is given to serve: what it is, where it comes from, its
+/// deadline and cancellation, and a client back to the caller.
+///
+/// The call ends when the handler returns: its status (if it failed) is
+/// sent then, and its deadline and cancellation apply until then. Work a
+/// handler spawns should be awaited by it, or watch
+/// [`cancelled`](Self::cancelled).
 #[derive(Clone)]
 pub struct Context {
     inner: Arc<CtxInner>,
@@ -80,9 +92,10 @@ impl Context {
         self.inner.timeout
     }
 
-    /// Whether the call was cancelled (deadline, caller gone, server
-    /// shutting down). The handler's own future is dropped then; this is
-    /// for work it spawned.
+    /// Whether the call was cancelled: its deadline passed, the caller
+    /// went away, the server is shutting down, or the handler failed or
+    /// panicked. The handler's own future is dropped then; this is for
+    /// work it spawned.
     pub fn is_cancelled(&self) -> bool {
         self.inner.cancel.is_cancelled()
     }
@@ -126,7 +139,7 @@ impl Call {
     }
 
     fn sender<T: Serialize>(&self, writer: ChannelWriter) -> Sender<T> {
-        Sender::new(writer, self.codec.clone(), self.max, self.method(), None)
+        Sender::handler(writer, self.codec.clone(), self.max, self.method())
     }
 
     /// The status to send for a handler's error: a failure the RPC layer
@@ -610,7 +623,9 @@ impl Server {
         let shared = Arc::new(Shared {
             routes: self.router.routes,
             codecs: self.codecs,
-            max_message_len: self.max_message_len,
+            // Within the connection's frame limit, so a message that passes
+            // the check can always be framed.
+            max_message_len: self.max_message_len.min(peer.config().get_max_frame_len()),
             max_in_flight: self.max_in_flight,
             in_flight: Arc::new(Semaphore::new(self.max_in_flight)),
             client: Client::new(peer.clone()),
@@ -685,7 +700,10 @@ async fn accept_loop(s: Arc<Shared>, peer: Peer) {
     loop {
         let incoming = tokio::select! {
             biased;
-            _ = s.stop_accepting.cancelled() => break,
+            _ = s.stop_accepting.cancelled() => {
+                refuse_queued(&s, &peer);
+                break;
+            }
             i = peer.accept() => i,
         };
         let Some(incoming) = incoming else { break };
@@ -720,26 +738,62 @@ async fn accept_loop(s: Arc<Shared>, peer: Peer) {
     }
 }
 
+/// When the server stops: answers the calls already queued for it with
+/// `UNAVAILABLE`, rather than leaving them to time out. Calls arriving
+/// later wait for whoever accepts on the peer next (another server, say).
+fn refuse_queued(s: &Shared, peer: &Peer) {
+    while let Some(Some(incoming)) = peer.accept().now_or_never() {
+        let st = Status::unavailable(format!(
+            "{}: the server is shutting down",
+            incoming.service()
+        ));
+        s.tracker.spawn(async move {
+            refuse(incoming.accept().await, Origin::ShuttingDown, st).await;
+        });
+    }
+}
+
+/// How long a status may wait to be sent (for flow-control credit from a
+/// caller that stopped reading) before the call's channel is closed
+/// without it.
+const STATUS_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Sends the status that ends a call, within [`STATUS_WRITE_TIMEOUT`].
+async fn send_status(mut errors: ErrorWriter, method: &str, origin: Origin, st: Status) {
+    let frame = status::encode(origin, &st);
+    match tokio::time::timeout(STATUS_WRITE_TIMEOUT, errors.write_error(&frame)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::debug!(%method, %st, error = %e, "could not send the call's status"),
+        Err(_) => {
+            tracing::debug!(%method, %st, "the caller took no status within {STATUS_WRITE_TIMEOUT:?}; closing")
+        }
+    }
+}
+
 /// Answers a call with a status without serving it.
 async fn refuse(ch: Channel, origin: Origin, st: Status) {
     tracing::debug!(method = ch.service(), %st, "refusing call");
-    let mut errors = ch.error_writer();
+    let errors = ch.error_writer();
+    let method = ch.service().to_owned();
     drop(ch);
-    let _ = errors.write_error(&status::encode(origin, &st)).await;
+    send_status(errors, &method, origin, st).await;
 }
 
 async fn serve_call(s: Arc<Shared>, route: Route, channel: Channel) {
-    let mut errors = channel.error_writer();
+    let errors = channel.error_writer();
     let method = channel.service().to_owned();
     let headers = channel.headers().clone();
     let codec = match headers.get(CODEC_HEADER) {
-        None => s.codecs.first().cloned(),
+        // The protocol's default, whatever order codecs were added in.
+        None => s
+            .codecs
+            .iter()
+            .find(|c| c.name() == DEFAULT_CODEC)
+            .or(s.codecs.first())
+            .cloned(),
         Some(name) => s.codecs.iter().find(|c| c.name() == name).cloned(),
     };
-    let answer = |origin, st: Status| {
-        let frame = status::encode(origin, &st);
-        async move { errors.write_error(&frame).await }
-    };
+    let refused = |origin, st: Status| send_status(errors, &method, origin, st);
     let Some(codec) = codec else {
         let names: Vec<_> = s.codecs.iter().map(|c| c.name()).collect();
         let asked = headers.get(CODEC_HEADER).unwrap_or("(none)");
@@ -751,8 +805,7 @@ async fn serve_call(s: Arc<Shared>, route: Route, channel: Channel) {
             ),
         );
         drop(channel);
-        let _ = answer(Origin::UnsupportedCodec, st).await;
-        return;
+        return refused(Origin::UnsupportedCodec, st).await;
     };
     if let Some(kind) = headers.get(KIND_HEADER)
         && Kind::parse(kind) != Some(route.kind)
@@ -762,8 +815,7 @@ async fn serve_call(s: Arc<Shared>, route: Route, channel: Channel) {
             format!("{method} is a {} method, called as {kind}", route.kind),
         );
         drop(channel);
-        let _ = answer(Origin::WrongKind, st).await;
-        return;
+        return refused(Origin::WrongKind, st).await;
     }
     let timeout = match headers.get(TIMEOUT_HEADER).map(wire::parse_timeout) {
         None => None,
@@ -774,8 +826,7 @@ async fn serve_call(s: Arc<Shared>, route: Route, channel: Channel) {
                 headers.get(TIMEOUT_HEADER).unwrap_or_default()
             ));
             drop(channel);
-            let _ = answer(Origin::BadRequest, st).await;
-            return;
+            return refused(Origin::BadRequest, st).await;
         }
     };
     let deadline = timeout.map(|t| Instant::now() + t);
@@ -786,14 +837,27 @@ async fn serve_call(s: Arc<Shared>, route: Route, channel: Channel) {
             deadline,
             timeout,
             cancel: cancel.clone(),
+            // Callbacks get their own pool of call slots, so calls waiting
+            // on callbacks cannot starve each other's callbacks.
             caller: s
                 .client
                 .to(channel.meta().remote_peer())
+                .with_max_concurrent_calls(DEFAULT_MAX_CONCURRENT_CALLS)
                 .set_codec(codec.clone())
                 .inherit_deadline(deadline),
         }),
     };
-    let closed = channel.closed();
+    // The caller going away (not our own close, which a raw handler may do
+    // before it finishes).
+    let caller_gone = {
+        let closed = channel.closed();
+        async move {
+            match closed.await {
+                ChannelEnd::ClosedHere => std::future::pending().await,
+                end => end,
+            }
+        }
+    };
     let call = Call {
         ctx,
         codec,
@@ -819,22 +883,22 @@ async fn serve_call(s: Arc<Shared>, route: Route, channel: Channel) {
             }
         },
         _ = expired => {
-            cancel.cancel();
             let t = timeout.unwrap_or_default();
             Some((Origin::DeadlineExceeded, Status::new(Code::DEADLINE_EXCEEDED, format!("{method}: deadline of {t:?} exceeded; the handler was cancelled"))))
         }
-        why = closed => {
+        end = caller_gone => {
             cancel.cancel();
-            tracing::debug!(%method, %why, "caller went away; handler cancelled");
-            None
+            tracing::debug!(%method, %end, "caller went away; handler cancelled");
+            return;
         }
         _ = s.cancel_calls.cancelled() => {
-            cancel.cancel();
             Some((Origin::ShuttingDown, Status::unavailable(format!("{method}: the server is shutting down"))))
         }
     };
     if let Some((origin, st)) = outcome {
-        let _ = answer(origin, st).await;
+        // The call did not succeed: work the handler spawned stops too.
+        cancel.cancel();
+        refused(origin, st).await;
     }
 }
 

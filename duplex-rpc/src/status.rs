@@ -251,6 +251,9 @@ const VERSION: u8 = 1;
 const FIXED: usize = 8;
 /// Longest message sent; longer ones are cut at a character boundary.
 pub(crate) const MAX_MESSAGE: usize = 16 << 10;
+/// Most detail bytes sent; larger details are dropped (the message says
+/// so), keeping every status frame far below any frame limit.
+pub(crate) const MAX_DETAILS: usize = 64 << 10;
 
 /// Why a status frame could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -268,9 +271,20 @@ pub enum StatusDecodeError {
     Version(u8),
 }
 
-/// Encodes a status for the error stream.
+/// Encodes a status for the error stream: at most [`MAX_MESSAGE`] bytes of
+/// message and [`MAX_DETAILS`] bytes of details.
 pub(crate) fn encode(origin: Origin, status: &Status) -> Vec<u8> {
-    let mut msg = status.message.as_str();
+    let note;
+    let (mut msg, details) = if status.details.len() > MAX_DETAILS {
+        note = format!(
+            "{} (details of {} bytes dropped: over the {MAX_DETAILS}-byte limit)",
+            status.message,
+            status.details.len()
+        );
+        (note.as_str(), &[][..])
+    } else {
+        (status.message.as_str(), &status.details[..])
+    };
     if msg.len() > MAX_MESSAGE {
         let mut cut = MAX_MESSAGE;
         while !msg.is_char_boundary(cut) {
@@ -278,14 +292,14 @@ pub(crate) fn encode(origin: Origin, status: &Status) -> Vec<u8> {
         }
         msg = msg.get(..cut).unwrap_or_default();
     }
-    let mut out = Vec::with_capacity(FIXED + msg.len() + status.details.len());
+    let mut out = Vec::with_capacity(FIXED + msg.len() + details.len());
     out.push(VERSION);
     out.push(origin.to_u8());
     out.extend_from_slice(&status.code.0.to_be_bytes());
     // MAX_MESSAGE fits in u32.
     out.extend_from_slice(&(msg.len() as u32).to_be_bytes());
     out.extend_from_slice(msg.as_bytes());
-    out.extend_from_slice(&status.details);
+    out.extend_from_slice(details);
     out
 }
 
@@ -348,6 +362,20 @@ mod tests {
         let (_, back) = decode(&frame).unwrap();
         assert!(back.message().len() <= MAX_MESSAGE);
         assert!(back.message().chars().all(|c| c == 'é'));
+    }
+
+    #[test]
+    fn oversized_details_are_dropped_with_a_note() {
+        let st = Status::internal("boom").with_details(vec![1u8; MAX_DETAILS + 1]);
+        let frame = Bytes::from(encode(Origin::Handler, &st));
+        let (_, back) = decode(&frame).unwrap();
+        assert!(back.details().is_empty());
+        assert!(
+            back.message()
+                .starts_with("boom (details of 65537 bytes dropped"),
+            "{}",
+            back.message()
+        );
     }
 
     #[test]

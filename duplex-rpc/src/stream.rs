@@ -39,19 +39,29 @@ impl Deadline {
 /// oversized request), to report instead of the handler's own status.
 pub(crate) type FailureSlot = Arc<Mutex<Option<(Origin, Status)>>>;
 
+/// A caller's slot among its client's concurrent calls, shared by the
+/// call's sender and receiver.
+pub(crate) type Slot = Arc<tokio::sync::OwnedSemaphorePermit>;
+
 /// Sends typed messages on a call: requests from a caller, responses from a
 /// handler. Each message is encoded with the call's codec and sent as one
 /// frame; a message over the maximum size is refused before it is sent.
 ///
-/// Dropping the sender ends the stream (EOF), as [`finish`](Self::finish)
-/// does without waiting.
+/// A caller ends its requests with [`finish`](Self::finish); dropping the
+/// sender without it abandons the call (the handler learns that its
+/// requests were cut short, not that they ended). A handler's responses
+/// end when the handler returns (its status, if it fails, comes last), so
+/// `finish` on a handler's sender only stops further sends.
 pub struct Sender<T> {
     writer: ChannelWriter,
     codec: SharedCodec,
     max: usize,
     buf: Vec<u8>,
     method: Arc<str>,
+    /// A caller's deadline; `None` on a handler's side.
     deadline: Option<Deadline>,
+    caller: bool,
+    _slot: Option<Slot>,
     _t: PhantomData<fn(&T)>,
 }
 
@@ -65,12 +75,35 @@ impl<T> fmt::Debug for Sender<T> {
 }
 
 impl<T: Serialize> Sender<T> {
-    pub(crate) fn new(
+    pub(crate) fn caller(
         writer: ChannelWriter,
         codec: SharedCodec,
         max: usize,
         method: Arc<str>,
         deadline: Option<Deadline>,
+        slot: Slot,
+    ) -> Self {
+        let mut s = Self::new(writer, codec, max, method, deadline, true);
+        s._slot = Some(slot);
+        s
+    }
+
+    pub(crate) fn handler(
+        writer: ChannelWriter,
+        codec: SharedCodec,
+        max: usize,
+        method: Arc<str>,
+    ) -> Self {
+        Self::new(writer, codec, max, method, None, false)
+    }
+
+    fn new(
+        writer: ChannelWriter,
+        codec: SharedCodec,
+        max: usize,
+        method: Arc<str>,
+        deadline: Option<Deadline>,
+        caller: bool,
     ) -> Self {
         Sender {
             writer,
@@ -79,6 +112,8 @@ impl<T: Serialize> Sender<T> {
             buf: Vec::new(),
             method,
             deadline,
+            caller,
+            _slot: None,
             _t: PhantomData,
         }
     }
@@ -88,9 +123,9 @@ impl<T: Serialize> Sender<T> {
     ///
     /// On a caller's side, fails with `DeadlineExceeded` once the call's
     /// deadline passed. If the remote ended the call (a handler that
-    /// returned an error, say), this fails with a transport error, and the
-    /// call's [`Receiver`] (or `finish` of a client-streaming call) gives
-    /// the outcome.
+    /// returned, say), this fails with a transport error, and the call's
+    /// [`Receiver`] gives the outcome. On a handler's side, fails with
+    /// `Cancelled` once the caller went away.
     ///
     /// Not cancel-safe: cancelled midway, part of the message may have been
     /// sent; end the call then.
@@ -118,21 +153,46 @@ impl<T: Serialize> Sender<T> {
             },
             None => write.await,
         };
-        res.map_err(|e| RpcError::transport(&method, e))
+        res.map_err(|e| self.write_failed(e))
     }
 
-    /// Ends the stream: the remote reads its end after the messages sent.
-    /// Cancel-safe.
+    fn write_failed(&self, e: ChannelError) -> RpcError {
+        match e {
+            ChannelError::ClosedByRemote if !self.caller => RpcError::Cancelled {
+                method: self.method.to_string(),
+                reason: "the caller closed the call".into(),
+            },
+            ChannelError::Frame(FrameError::TooLarge { len, max }) => RpcError::TooLarge {
+                method: self.method.to_string(),
+                side: Side::Local,
+                len,
+                max,
+            },
+            e => RpcError::transport(&self.method, e),
+        }
+    }
+
+    /// Ends the stream. A caller's requests end with an end-of-stream
+    /// marker and EOF: the handler reads the end after the messages sent.
+    /// On a handler's side the responses end when the handler returns;
+    /// this only drops the sender. Not cancel-safe, like `send`.
     pub async fn finish(mut self) -> Result<(), RpcError> {
-        self.close().await
+        if self.caller {
+            self.close().await
+        } else {
+            Ok(())
+        }
     }
 
+    /// A caller's end of requests: an empty frame (no codec encodes a
+    /// value as nothing), then EOF.
     pub(crate) async fn close(&mut self) -> Result<(), RpcError> {
-        let method = self.method.clone();
-        self.writer
-            .close_write()
-            .await
-            .map_err(|e| RpcError::transport(&method, e))
+        let res = async {
+            self.writer.write_frame(&[]).await?;
+            self.writer.close_write().await
+        }
+        .await;
+        res.map_err(|e| self.write_failed(e))
     }
 }
 
@@ -163,8 +223,9 @@ pub struct Receiver<T> {
     method: Arc<str>,
     role: Role,
     state: RecvState,
-    /// A caller's slot among its client's concurrent calls.
-    _slot: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// How the stream failed, to report again to a later `recv`.
+    failed: Option<RpcError>,
+    _slot: Option<Slot>,
     _t: PhantomData<fn() -> T>,
 }
 
@@ -221,12 +282,13 @@ impl<T: DeserializeOwned> Receiver<T> {
             method,
             role,
             state: RecvState::Open,
+            failed: None,
             _slot: None,
             _t: PhantomData,
         }
     }
 
-    pub(crate) fn hold(&mut self, slot: tokio::sync::OwnedSemaphorePermit) {
+    pub(crate) fn hold(&mut self, slot: Slot) {
         self._slot = Some(slot);
     }
 
@@ -234,7 +296,12 @@ impl<T: DeserializeOwned> Receiver<T> {
         &self.method
     }
 
-    /// The next message; `Ok(None)` at the end of the stream. Cancel-safe.
+    /// The next message; `Ok(None)` at the end of the stream, after which
+    /// it keeps returning `Ok(None)`; after an error it keeps returning
+    /// that error. Cancel-safe.
+    ///
+    /// On a handler's side, a caller that abandoned its requests (dropped
+    /// the call without `finish`) gives `Cancelled`, not the end.
     pub async fn recv(&mut self) -> Result<Option<T>, RpcError> {
         std::future::poll_fn(|cx| self.poll_recv(cx)).await
     }
@@ -245,6 +312,18 @@ impl<T: DeserializeOwned> Receiver<T> {
     }
 
     fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<T>, RpcError>> {
+        let res = ready!(self.poll_recv_inner(cx));
+        if let Err(e) = &res {
+            self.state = RecvState::Done;
+            self.failed = Some(e.duplicate());
+        }
+        Poll::Ready(res)
+    }
+
+    fn poll_recv_inner(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<T>, RpcError>> {
+        if let Some(e) = &self.failed {
+            return Poll::Ready(Err(e.duplicate()));
+        }
         if let Role::Caller {
             deadline: Some((sleep, d)),
         } = &mut self.role
@@ -262,6 +341,13 @@ impl<T: DeserializeOwned> Receiver<T> {
             }
             let frame = ready!(self.reader.poll_read_frame_max(cx, self.max));
             match frame {
+                Ok(Some(bytes))
+                    if bytes.is_empty() && matches!(self.role, Role::Handler { .. }) =>
+                {
+                    // The caller's end-of-requests marker.
+                    self.state = RecvState::Done;
+                    return Poll::Ready(Ok(None));
+                }
                 Ok(Some(bytes)) => return Poll::Ready(self.decode(&bytes).map(Some)),
                 Ok(None) => self.state = RecvState::Ending,
                 Err(e) => {
@@ -306,7 +392,13 @@ impl<T: DeserializeOwned> Receiver<T> {
             Role::Handler { failure } => {
                 self.state = RecvState::Done;
                 match failed {
-                    None => Poll::Ready(Ok(None)),
+                    // EOF without the end marker: the caller dropped the
+                    // call (or broke the protocol); either way its requests
+                    // did not end.
+                    None => Poll::Ready(Err(RpcError::Cancelled {
+                        method: method.to_string(),
+                        reason: "the caller abandoned the call: its requests stopped without an end marker".into(),
+                    })),
                     Some(ChannelError::Frame(FrameError::TooLarge { len, max })) => {
                         let st = too_large_status(method, len, max);
                         record(failure, Origin::TooLarge, st);

@@ -767,3 +767,181 @@ async fn shutdown_cancels_calls_still_running_after_the_grace() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_over_the_connection_frame_limit_fails_at_once() {
+    within(30, async {
+        let small = || Config::default().max_frame_len(64 << 10).unwrap();
+        let p = pair_with(Transport::Tcp, small(), small()).await;
+        let _s = serve(&p.server, calc_router("server"));
+        let client = Client::new(p.client.clone())
+            .to("server")
+            .with_max_message_len(8 << 20);
+        // Our own limit is higher, the connection's is not: refused here,
+        // not sent half-way and left waiting.
+        let err = client
+            .call::<_, i64>("Calc.Add", &vec![0u8; 100 << 10])
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, RpcError::TooLarge { side: Side::Local, max, .. } if max == 64 << 10),
+            "{err:?}"
+        );
+        let mut sum = client
+            .client_stream::<Vec<u8>, i64>("Calc.Sum")
+            .await
+            .unwrap();
+        let err = sum.send(&vec![0u8; 100 << 10]).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                RpcError::TooLarge {
+                    side: Side::Local,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        p.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_endings_finish_fail_and_abandon() {
+    within(30, async {
+        let p = pair(Transport::Tcp).await;
+        let (seen_tx, mut seen) = mpsc::channel::<String>(8);
+        let seen2 = seen_tx.clone();
+        let router = Router::new()
+            // Answers after three requests, without reading the rest.
+            .client_stream(
+                "Take.Three",
+                |_ctx: Context, mut xs: Receiver<i64>| async move {
+                    let mut got = Vec::new();
+                    while got.len() < 3 {
+                        got.push(xs.recv().await?.unwrap_or_default());
+                    }
+                    Ok::<_, Status>(got)
+                },
+            )
+            // Finishes its responses, then fails: the failure must arrive.
+            .server_stream(
+                "Send.ThenFail",
+                |_ctx: Context, (): (), mut out: Sender<u32>| async move {
+                    out.send(&1).await?;
+                    out.send(&2).await?;
+                    out.finish().await?;
+                    Err(Status::new(
+                        Code::DATA_LOSS,
+                        "failed after the last response",
+                    ))
+                },
+            )
+            // Reports how its requests ended.
+            .client_stream("Watch.End", move |_ctx: Context, mut xs: Receiver<u8>| {
+                let seen = seen_tx.clone();
+                async move {
+                    let end = loop {
+                        match xs.recv().await {
+                            Ok(Some(_)) => continue,
+                            Ok(None) => break "finished".to_owned(),
+                            Err(e) => break format!("{e}"),
+                        }
+                    };
+                    seen.send(end).await.unwrap();
+                    Ok::<_, Status>(())
+                }
+            })
+            // Closes its channel, then carries on: it is not cancelled.
+            .raw(
+                "Raw.CloseFirst",
+                move |_ctx: Context, ch: duplex::Channel| {
+                    let seen = seen2.clone();
+                    async move {
+                        ch.close().await.ok();
+                        tokio::task::yield_now().await;
+                        seen.send("raw handler ran to its end".into())
+                            .await
+                            .unwrap();
+                        Ok(())
+                    }
+                },
+            );
+        let _s = serve(&p.server, router);
+        let client = Client::new(p.client.clone()).to("server");
+
+        // An early answer: later sends are discarded, finish returns it.
+        let mut call = client
+            .client_stream::<i64, Vec<i64>>("Take.Three")
+            .await
+            .unwrap();
+        for x in 0..2000 {
+            call.send(&x).await.unwrap();
+        }
+        assert_eq!(call.finish().await.unwrap(), vec![0, 1, 2]);
+
+        // A status after the handler's finish still ends the stream.
+        let mut rx = client
+            .server_stream::<_, u32>("Send.ThenFail", &())
+            .await
+            .unwrap();
+        assert_eq!(rx.recv().await.unwrap(), Some(1));
+        assert_eq!(rx.recv().await.unwrap(), Some(2));
+        let err = rx.recv().await.unwrap_err();
+        assert_eq!(err.code(), Code::DATA_LOSS, "{err}");
+        // And the receiver keeps saying so.
+        assert_eq!(rx.recv().await.unwrap_err().code(), Code::DATA_LOSS);
+
+        // A finished request stream, then an abandoned one.
+        let mut call = client.client_stream::<u8, ()>("Watch.End").await.unwrap();
+        call.send(&1).await.unwrap();
+        call.finish().await.unwrap();
+        assert_eq!(seen.recv().await.unwrap(), "finished");
+        let mut call = client.client_stream::<u8, ()>("Watch.End").await.unwrap();
+        call.send(&1).await.unwrap();
+        drop(call);
+        let end = seen.recv().await.unwrap();
+        assert!(end.contains("abandoned"), "{end}");
+
+        // A raw handler that closes first is not cancelled by its close.
+        let ch = client
+            .open_raw("Raw.CloseFirst", Headers::new())
+            .await
+            .unwrap();
+        assert_eq!(seen.recv().await.unwrap(), "raw handler ran to its end");
+        drop(ch);
+        p.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn work_a_failed_handler_spawned_is_cancelled() {
+    within(30, async {
+        let p = pair(Transport::Tcp).await;
+        let (tx, mut rx) = mpsc::channel::<&'static str>(1);
+        let router = Router::new().unary("Spawn.Fail", move |ctx: Context, (): ()| {
+            let tx = tx.clone();
+            async move {
+                tokio::spawn(async move {
+                    ctx.cancelled().await;
+                    tx.send("spawned work saw the cancellation").await.unwrap();
+                });
+                Err::<(), _>(Status::internal("failed"))
+            }
+        });
+        let _s = serve(&p.server, router);
+        let err = Client::new(p.client.clone())
+            .call::<_, ()>("Spawn.Fail", &())
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::INTERNAL);
+        assert_eq!(
+            rx.recv().await.unwrap(),
+            "spawned work saw the cancellation"
+        );
+        p.shutdown().await;
+    })
+    .await;
+}
