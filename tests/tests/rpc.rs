@@ -331,6 +331,7 @@ async fn calls_beyond_the_in_flight_limit_get_overloaded_at_once() {
             took < Duration::from_secs(2),
             "overload answer took {took:?}"
         );
+        eprintln!("overload answer in {took:?}");
         // Meanwhile the four are still served, and afterwards calls work.
         release.add_permits(4);
         for b in busy {
@@ -649,6 +650,10 @@ async fn a_deadline_ends_the_call_and_cancels_the_handler() {
         let seen = entered.recv().await.unwrap().unwrap();
         assert!(seen <= Duration::from_millis(100) && seen > Duration::from_millis(50), "{seen:?}");
         tokio::time::timeout(Duration::from_secs(2), cancel_rx).await.unwrap().unwrap();
+        eprintln!(
+            "100 ms deadline: call failed after {took:?}, handler cancelled {:?} after the call began",
+            t.elapsed()
+        );
         assert!(t.elapsed() < Duration::from_secs(3));
 
         // A deadline on a stream covers the whole stream.
