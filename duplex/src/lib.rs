@@ -47,6 +47,10 @@ pub mod error;
 mod events;
 #[cfg(feature = "fault-injection")]
 pub mod fault;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+#[allow(clippy::panic, clippy::indexing_slicing)] // fuzz assertions
+pub mod fuzzing;
 pub mod peer;
 mod proto;
 mod ssh;
