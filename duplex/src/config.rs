@@ -37,6 +37,10 @@ pub struct Config {
     pub(crate) reconnect: bool,
     pub(crate) peer_wait_timeout: Duration,
     pub(crate) drain_timeout: Duration,
+    pub(crate) max_connections: usize,
+    pub(crate) max_unauthenticated: usize,
+    pub(crate) max_auth_attempts: usize,
+    pub(crate) max_connection_buffer: u64,
 }
 
 impl Default for Config {
@@ -59,6 +63,10 @@ impl Default for Config {
             reconnect: true,
             peer_wait_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(5),
+            max_connections: 1024,
+            max_unauthenticated: 128,
+            max_auth_attempts: 6,
+            max_connection_buffer: 1 << 30,
         }
     }
 }
@@ -217,6 +225,73 @@ impl Config {
             format!("{count} is not between 1 and 1048576")
         })?;
         self.accept_backlog = count;
+        Ok(self)
+    }
+
+    /// Most connections one listener (one [`Peer::bind`](crate::Peer::bind)
+    /// endpoint) holds at once, authenticated or not. Default 1024.
+    ///
+    /// DOS mitigation: each connection costs a task, buffers and a file
+    /// descriptor. A connection beyond the limit is told so in a line of
+    /// text before the SSH version exchange (which SSH clients show or
+    /// log) and closed; the others are unaffected.
+    pub fn max_connections(mut self, count: usize) -> Result<Self, ConfigError> {
+        check("max_connections", (1..=1 << 20).contains(&count), || {
+            format!("{count} is not between 1 and 1048576")
+        })?;
+        self.max_connections = count;
+        Ok(self)
+    }
+
+    /// Most inbound connections still in their handshake (key exchange,
+    /// authentication, hello) at once, over all listeners. Default 128.
+    ///
+    /// DOS mitigation: when a new connection arrives at the limit, the
+    /// *oldest* unfinished handshake is dropped to make room, so clients
+    /// that never finish (half-open, silent, slow) cannot keep a real one
+    /// out: a real handshake takes milliseconds, and would have to be
+    /// outpaced by this many new connections to be evicted. Each handshake
+    /// is also bounded by [`handshake_timeout`](Self::handshake_timeout).
+    pub fn max_unauthenticated(mut self, count: usize) -> Result<Self, ConfigError> {
+        check(
+            "max_unauthenticated",
+            (1..=1 << 16).contains(&count),
+            || format!("{count} is not between 1 and 65536"),
+        )?;
+        self.max_unauthenticated = count;
+        Ok(self)
+    }
+
+    /// Authentication attempts (keys offered) allowed per inbound
+    /// connection before it is disconnected. Default 6, as OpenSSH's
+    /// `MaxAuthTries`.
+    ///
+    /// DOS mitigation: bounds the signature checks one connection costs;
+    /// every rejection also waits 250 ms.
+    pub fn max_auth_attempts(mut self, count: usize) -> Result<Self, ConfigError> {
+        check("max_auth_attempts", (1..=100).contains(&count), || {
+            format!("{count} is not between 1 and 100")
+        })?;
+        self.max_auth_attempts = count;
+        Ok(self)
+    }
+
+    /// Most bytes one connection may buffer for the channels it receives
+    /// on, counted as each channel's full receive window
+    /// ([`channel_window`](Self::channel_window), or
+    /// [`plain_channel_buffer`](Self::plain_channel_buffer) for plain SSH
+    /// clients), reserved when the channel is opened and released when it
+    /// ends. Default 1 GiB (1024 channels with the default window).
+    ///
+    /// DOS mitigation: a peer that opens many channels and sends into each
+    /// without reading cannot make us hold more than this for it. An open
+    /// beyond it is refused (resource shortage), in either direction, with
+    /// an error naming this limit.
+    pub fn max_connection_buffer(mut self, bytes: u64) -> Result<Self, ConfigError> {
+        check("max_connection_buffer", bytes >= 1 << 20, || {
+            format!("{bytes} is less than 1 MiB")
+        })?;
+        self.max_connection_buffer = bytes;
         Ok(self)
     }
 

@@ -3,7 +3,7 @@
 //! queue.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
@@ -58,6 +58,9 @@ pub(crate) struct ConnShared {
     /// The pending ones from plain SSH clients: unlike Duplex channels
     /// they are not in the channel table until accepted.
     pending_plain: AtomicUsize,
+    /// Receive buffer reserved by this connection's channels (see
+    /// `Config::max_connection_buffer`).
+    reserved: Arc<AtomicU64>,
     ready: Mutex<Vec<u32>>,
     ready_notify: Notify,
     /// Fired when a channel's outbox queue has been sent.
@@ -110,6 +113,7 @@ impl ConnShared {
             unclaimed: Mutex::new(HashMap::new()),
             pending: AtomicUsize::new(0),
             pending_plain: AtomicUsize::new(0),
+            reserved: Arc::new(AtomicU64::new(0)),
             ready: Mutex::new(Vec::new()),
             ready_notify: Notify::new(),
             idle: Notify::new(),
@@ -154,6 +158,48 @@ impl ConnShared {
 
     pub(crate) fn authorizes(&self, key: &PublicKey) -> bool {
         self.core.authorized.authorizes(key)
+    }
+
+    pub(crate) fn check_name(
+        &self,
+        key: &Fingerprint,
+        claimed: &str,
+    ) -> Result<(), crate::NameBindingError> {
+        self.core.authorized.check_name(key, claimed)
+    }
+
+    /// Reserves `bytes` of this connection's receive-buffer budget for a
+    /// channel, or says why not.
+    pub(crate) fn reserve(&self, bytes: u64) -> Result<Reservation, String> {
+        let max = self.config.max_connection_buffer;
+        let mut cur = self.reserved.load(Ordering::Acquire);
+        loop {
+            if cur.saturating_add(bytes) > max {
+                return Err(format!(
+                    "{}'s receive buffer for this connection is fully reserved ({cur} of {max} bytes, by channels already open; Config::max_connection_buffer)",
+                    self.core.name
+                ));
+            }
+            match self.reserved.compare_exchange_weak(
+                cur,
+                cur + bytes,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => {
+                    return Ok(Reservation {
+                        counter: self.reserved.clone(),
+                        bytes,
+                    });
+                }
+                Err(now) => cur = now,
+            }
+        }
+    }
+
+    /// The remote's key fingerprint (after key exchange / authentication).
+    pub(crate) fn remote_fingerprint(&self) -> Option<Fingerprint> {
+        self.remote_key.get().cloned()
     }
 
     pub(crate) fn on_authenticated(&self, user: &str, fp: Fingerprint) {
@@ -329,9 +375,19 @@ impl ConnShared {
             let why = "the accept queue is full";
             return open.reply.reject(OPEN_RESOURCE_SHORTAGE, why).await;
         };
+        let buffer = if duplex {
+            u64::from(self.config.channel_window)
+        } else {
+            self.config.plain_channel_buffer as u64
+        };
+        let reservation = match self.reserve(buffer) {
+            Ok(r) => r,
+            Err(why) => return open.reply.reject(OPEN_RESOURCE_SHORTAGE, &why).await,
+        };
         let id = open.write.id();
         let kind = if duplex { Kind::Duplex } else { Kind::Plain };
         let chan = ChanShared::new(self.clone(), id, kind, 0, false);
+        chan.hold(reservation);
         let meta = Arc::new(self.meta(service, headers, None));
         let _ = chan.meta.set(meta);
         let _ = chan.writer.set(open.write);
@@ -391,8 +447,13 @@ impl ConnShared {
             );
             return self.refuse(open, why).await;
         }
+        let reservation = match self.reserve(u64::from(self.config.channel_window)) {
+            Ok(r) => r,
+            Err(why) => return self.refuse(open, why).await,
+        };
         let id = open.write.id();
         let chan = ChanShared::new(self.clone(), id, Kind::Duplex, 0, false);
+        chan.hold(reservation);
         let _ = chan
             .meta
             .set(Arc::new(self.meta(service, headers, parent_meta)));
@@ -602,6 +663,12 @@ impl ConnShared {
         let Some(handle) = self.handle.get() else {
             return Err(lost("the session is not running".into()));
         };
+        let reservation = self
+            .reserve(u64::from(self.config.channel_window))
+            .map_err(|why| OpenError::LocalLimit {
+                service: service.to_string(),
+                why,
+            })?;
         let deadline = tokio::time::Instant::now() + self.config.open_timeout;
         let write = tokio::select! {
             r = handle.open(service.as_str(), encoded, wire) => r,
@@ -636,6 +703,7 @@ impl ConnShared {
         };
         let id = write.id();
         let chan = self.claim(id);
+        chan.hold(reservation);
         let _ = chan.writer.set(write);
         chan.kick();
         let parent_meta = parent.as_ref().and_then(|p| p.meta.get().cloned());
@@ -926,3 +994,16 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// How long `shutdown` waits for a session to say goodbye.
 pub(crate) const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// Part of a connection's receive-buffer budget, held by a channel and
+/// given back when it is dropped.
+pub(crate) struct Reservation {
+    counter: Arc<AtomicU64>,
+    bytes: u64,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.counter.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
+}

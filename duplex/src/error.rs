@@ -9,7 +9,7 @@ use crate::proto::frame::FrameError;
 use crate::proto::headers::HeaderError;
 use crate::proto::service::ServiceNameError;
 use crate::ssh::keys::Fingerprint;
-use crate::ssh::trust::HostKeyError;
+use crate::ssh::trust::{HostKeyError, NameBindingError};
 
 /// [`Peer::connect`](crate::Peer::connect) failed.
 #[derive(Debug, thiserror::Error)]
@@ -34,15 +34,27 @@ pub enum ConnectError {
         /// Expected and actual fingerprints.
         source: HostKeyError,
     },
-    /// The remote does not accept our key. Never retried.
+    /// The remote does not accept our key (or not under our name). Never
+    /// retried.
     #[error(
-        "{endpoint} rejected our key {fingerprint}: add it to the remote peer's authorized keys"
+        "{endpoint} rejected our key {fingerprint} for the peer name {name:?}: add the key to the remote peer's authorized keys (with duplex-name=\"{name}\" if it binds names to keys)"
     )]
     AuthRejected {
         /// Where we tried to connect.
         endpoint: String,
         /// Our key's fingerprint.
         fingerprint: Fingerprint,
+        /// The peer name we connected under.
+        name: String,
+    },
+    /// The remote announced a peer name its host key may not use (names
+    /// bound with `KnownHosts::pin_named`). Never retried.
+    #[error("{endpoint}: {source}")]
+    NameRefused {
+        /// Where we connected.
+        endpoint: String,
+        /// The name and the binding it broke.
+        source: NameBindingError,
     },
     /// The SSH handshake failed (not SSH, no common algorithm, connection
     /// dropped mid-handshake).
@@ -203,6 +215,15 @@ pub enum OpenError {
         parent: String,
         /// Why the parent is no longer open.
         reason: Arc<str>,
+    },
+    /// A limit of this peer stopped the open before anything was sent
+    /// (for example `Config::max_connection_buffer`).
+    #[error("cannot open {service:?}: {why}")]
+    LocalLimit {
+        /// The service asked for.
+        service: String,
+        /// Which limit, and its value.
+        why: String,
     },
     /// A nested open deeper than this peer's `Config::max_nesting_depth`.
     #[error(

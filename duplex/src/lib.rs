@@ -71,4 +71,4 @@ pub use proto::frame::FrameError;
 pub use proto::headers::{HeaderError, Headers};
 pub use proto::service::{ServiceName, ServiceNameError};
 pub use ssh::keys::{Fingerprint, Identity, KeyError, PublicKey};
-pub use ssh::trust::{AuthorizedKey, AuthorizedKeys, HostKeyError, KnownHosts};
+pub use ssh::trust::{AuthorizedKey, AuthorizedKeys, HostKeyError, KnownHosts, NameBindingError};

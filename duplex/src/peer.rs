@@ -114,6 +114,9 @@ pub(crate) struct PeerCore {
     incoming_rx: tokio::sync::Mutex<mpsc::Receiver<IncomingChannel>>,
     rr: AtomicUsize,
     conn_ids: AtomicU64,
+    /// Inbound connections still in their handshake, oldest first, with
+    /// the token that drops each (see `Config::max_unauthenticated`).
+    handshaking: Mutex<std::collections::VecDeque<(u64, CancellationToken)>>,
     pub(crate) cancel: CancellationToken,
     pub(crate) tracker: TaskTracker,
 }
@@ -312,6 +315,7 @@ impl PeerBuilder {
             incoming_tx: tx,
             incoming_rx: tokio::sync::Mutex::new(rx),
             rr: AtomicUsize::new(0),
+            handshaking: Mutex::new(std::collections::VecDeque::new()),
             conn_ids: AtomicU64::new(1),
             cancel: cancel.clone(),
             tracker: TaskTracker::new(),
@@ -840,6 +844,7 @@ where
             HandshakeError::AuthRejected => ConnectError::AuthRejected {
                 endpoint: endpoint.clone(),
                 fingerprint: core.identity.fingerprint(),
+                name: core.name.to_string(),
             },
             HandshakeError::Ssh(reason) => ConnectError::Handshake {
                 endpoint: endpoint.clone(),
@@ -857,6 +862,13 @@ where
             return Err(ConnectError::Protocol { endpoint, reason });
         }
     };
+    if let Some(fp) = conn.remote_fingerprint()
+        && let Err(source) = core.known_hosts.check_peer_name(&fp, &name)
+    {
+        conn.close("the listener's name is bound to another key")
+            .await;
+        return Err(ConnectError::NameRefused { endpoint, source });
+    }
     let Some(_) = conn.set_remote(name) else {
         return Err(ConnectError::Protocol {
             endpoint,
@@ -962,6 +974,7 @@ where
 {
     let conn = ConnShared::new(core.clone(), endpoint, Direction::Inbound);
     lock(&core.all).insert(conn.id, conn.clone());
+    let _handshaking = Handshaking::enter(&core, &conn);
     let handler = ServerHandler::new(conn.clone());
     let stream = conn.transport(stream);
     let timeout = core.config.handshake_timeout;
@@ -993,6 +1006,7 @@ where
         },
         _ = conn.cancel.cancelled() => false,
     };
+    drop(_handshaking);
     if !ok {
         conn.cancel.cancel();
         let _ = tokio::time::timeout(CLOSE_GRACE, conn.ended.cancelled()).await;
@@ -1002,6 +1016,46 @@ where
     supervise(conn).await;
 }
 
+/// An inbound connection's place among the unfinished handshakes, left
+/// when dropped (see `Config::max_unauthenticated`).
+struct Handshaking {
+    core: Arc<PeerCore>,
+    id: u64,
+}
+
+impl Handshaking {
+    /// Registers `conn`; at the limit, drops the oldest unfinished
+    /// handshake to make room.
+    fn enter(core: &Arc<PeerCore>, conn: &Arc<ConnShared>) -> Self {
+        let evicted = {
+            let mut list = lock(&core.handshaking);
+            list.push_back((conn.id, conn.cancel.clone()));
+            if list.len() > core.config.max_unauthenticated {
+                list.pop_front()
+            } else {
+                None
+            }
+        };
+        if let Some((id, cancel)) = evicted {
+            tracing::info!(
+                limit = core.config.max_unauthenticated,
+                "dropping the oldest unfinished handshake (connection {id}) to make room"
+            );
+            cancel.cancel();
+        }
+        Handshaking {
+            core: core.clone(),
+            id: conn.id,
+        }
+    }
+}
+
+impl Drop for Handshaking {
+    fn drop(&mut self) {
+        lock(&self.core.handshaking).retain(|(id, _)| *id != self.id);
+    }
+}
+
 async fn accept_tcp(
     core: Arc<PeerCore>,
     listener: tokio::net::TcpListener,
@@ -1009,6 +1063,7 @@ async fn accept_tcp(
     label: String,
 ) {
     let _closed = closed.drop_guard();
+    let slots = Arc::new(tokio::sync::Semaphore::new(core.config.max_connections));
     loop {
         let accepted = tokio::select! {
             biased;
@@ -1018,8 +1073,16 @@ async fn accept_tcp(
         match accepted {
             Ok((stream, addr)) => {
                 let _ = stream.set_nodelay(true);
+                let Some(slot) = take_slot(&slots, &stream, &label, core.config.max_connections)
+                else {
+                    continue;
+                };
                 let endpoint = format!("{label} from {addr}");
-                core.tracker.spawn(serve(core.clone(), stream, endpoint));
+                let serving = serve(core.clone(), stream, endpoint);
+                core.tracker.spawn(async move {
+                    serving.await;
+                    drop(slot);
+                });
             }
             Err(e) => accept_error(&label, e, &stop).await,
         }
@@ -1035,6 +1098,7 @@ async fn accept_unix(
 ) {
     let _closed = closed.drop_guard();
     let label = format!("unix://{}", path.display());
+    let slots = Arc::new(tokio::sync::Semaphore::new(core.config.max_connections));
     loop {
         let accepted = tokio::select! {
             biased;
@@ -1043,14 +1107,66 @@ async fn accept_unix(
         };
         match accepted {
             Ok((stream, _)) => {
-                core.tracker
-                    .spawn(serve(core.clone(), stream, label.clone()));
+                let Some(slot) = take_slot(&slots, &stream, &label, core.config.max_connections)
+                else {
+                    continue;
+                };
+                let serving = serve(core.clone(), stream, label.clone());
+                core.tracker.spawn(async move {
+                    serving.await;
+                    drop(slot);
+                });
             }
             Err(e) => accept_error(&label, e, &stop).await,
         }
     }
     drop(listener);
     let _ = std::fs::remove_file(&path);
+}
+
+/// A connection slot of a listener (`Config::max_connections`), or `None`
+/// when all are taken: then the new connection is told so in a line before
+/// the SSH version exchange (RFC 4253 4.2 allows such lines; SSH clients
+/// show or log them) and closed.
+fn take_slot<S: TryWriteLine>(
+    slots: &Arc<tokio::sync::Semaphore>,
+    stream: &S,
+    label: &str,
+    limit: usize,
+) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    match slots.clone().try_acquire_owned() {
+        Ok(slot) => Some(slot),
+        Err(_) => {
+            tracing::warn!(
+                endpoint = label,
+                limit,
+                "refusing a connection: the listener is full"
+            );
+            let line = format!(
+                "duplex: too many connections to {label} (limit {limit}, Config::max_connections); try again later\r\n"
+            );
+            // Best effort and non-blocking: the socket is closed right after.
+            stream.try_write_line(line.as_bytes());
+            None
+        }
+    }
+}
+
+/// A non-blocking write of a short line, for refusals.
+trait TryWriteLine {
+    fn try_write_line(&self, line: &[u8]);
+}
+
+impl TryWriteLine for tokio::net::TcpStream {
+    fn try_write_line(&self, line: &[u8]) {
+        let _ = self.try_write(line);
+    }
+}
+
+impl TryWriteLine for tokio::net::UnixStream {
+    fn try_write_line(&self, line: &[u8]) {
+        let _ = self.try_write(line);
+    }
 }
 
 /// Accept errors (out of file descriptors, mostly) are transient: log and

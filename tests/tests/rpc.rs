@@ -228,6 +228,8 @@ async fn ten_thousand_concurrent_calls_all_in_flight_at_once() {
                 .unwrap()
                 .accept_backlog(N + 100)
                 .unwrap()
+                .max_connection_buffer((N as u64 + 100) << 20)
+                .unwrap()
         };
         let p = pair_with(Transport::Tcp, roomy(), roomy()).await;
         let all_in = Arc::new(Barrier::new(N));

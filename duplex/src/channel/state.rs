@@ -106,6 +106,8 @@ pub(crate) struct ChanShared {
     pub(crate) remote_id: OnceLock<u32>,
     pub(crate) meta: OnceLock<Arc<ChannelMeta>>,
     pub(crate) writer: OnceLock<WriteHalf>,
+    /// Its share of the connection's receive-buffer budget.
+    reservation: OnceLock<crate::conn::Reservation>,
     st: Mutex<ChanState>,
     /// Signals the opener (open handshake) and the session loop (plain
     /// channel buffer space). Each has a single waiter.
@@ -142,6 +144,7 @@ impl ChanShared {
             remote_id: OnceLock::new(),
             meta: OnceLock::new(),
             writer: OnceLock::new(),
+            reservation: OnceLock::new(),
             st: Mutex::new(ChanState {
                 data: VecDeque::new(),
                 data_len: 0,
@@ -177,6 +180,11 @@ impl ChanShared {
             space: Notify::new(),
             children_ready: Notify::new(),
         })
+    }
+
+    /// Keeps `r` until the channel is dropped.
+    pub(crate) fn hold(&self, r: crate::conn::Reservation) {
+        let _ = self.reservation.set(r);
     }
 
     fn lock(&self) -> MutexGuard<'_, ChanState> {

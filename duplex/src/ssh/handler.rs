@@ -158,6 +158,12 @@ impl client::Handler for ClientHandler {
     }
 }
 
+/// Whether user authentication may use this signature algorithm (not
+/// `ssh-rsa`, whose signatures use SHA-1).
+fn strong(algorithm: &ssh_key::Algorithm) -> bool {
+    super::KEY_ALGORITHMS.contains(algorithm)
+}
+
 pub(crate) struct ServerHandler {
     conn: Arc<ConnShared>,
     _end: EndSignal,
@@ -174,6 +180,22 @@ impl ServerHandler {
     fn trusted(&self, key: &ssh_key::PublicKey) -> bool {
         self.conn.authorizes(&PublicKey(key.clone()))
     }
+
+    /// Whether the key may connect under the peer name `user` (names bound
+    /// to keys in the authorized keys).
+    fn may_use(&self, user: &str, key: &ssh_key::PublicKey) -> bool {
+        let fp = PublicKey(key.clone()).fingerprint();
+        match self.conn.check_name(&fp, user) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::info!(
+                    user,
+                    "refused a trusted key under a name it may not use: {e}"
+                );
+                false
+            }
+        }
+    }
 }
 
 impl server::Handler for ServerHandler {
@@ -185,14 +207,19 @@ impl server::Handler for ServerHandler {
 
     async fn auth_publickey_offered(
         &mut self,
-        _user: &str,
+        user: &str,
         offer: server::PublicKeyOffer<'_>,
     ) -> Result<Auth, Self::Error> {
-        Ok(if self.trusted(offer.public_key) {
-            Auth::Accept
-        } else {
-            Auth::reject()
-        })
+        Ok(
+            if strong(offer.algorithm)
+                && self.trusted(offer.public_key)
+                && self.may_use(user, offer.public_key)
+            {
+                Auth::Accept
+            } else {
+                Auth::reject()
+            },
+        )
     }
 
     async fn auth_publickey(
@@ -200,12 +227,19 @@ impl server::Handler for ServerHandler {
         user: &str,
         key: server::VerifiedPublicKey<'_>,
     ) -> Result<Auth, Self::Error> {
+        if !strong(key.algorithm) {
+            tracing::info!(user, algorithm = %key.algorithm, "refused a signature with a weak algorithm");
+            return Ok(Auth::reject());
+        }
         if !self.trusted(key.public_key) {
             tracing::info!(
                 user,
                 fingerprint = %PublicKey(key.public_key.clone()).fingerprint(),
                 "refused an untrusted key"
             );
+            return Ok(Auth::reject());
+        }
+        if !self.may_use(user, key.public_key) {
             return Ok(Auth::reject());
         }
         self.conn

@@ -33,9 +33,34 @@ const CIPHERS: &[russh::cipher::Name] = &[
     russh::cipher::AES_128_CTR,
 ];
 
+/// Signature algorithms for host and user keys: russh's defaults without
+/// `ssh-rsa` (RSA with SHA-1 signatures).
+const KEY_ALGORITHMS: &[russh::keys::Algorithm] = &[
+    russh::keys::Algorithm::Ed25519,
+    russh::keys::Algorithm::Ecdsa {
+        curve: russh::keys::EcdsaCurve::NistP256,
+    },
+    russh::keys::Algorithm::Ecdsa {
+        curve: russh::keys::EcdsaCurve::NistP384,
+    },
+    russh::keys::Algorithm::Ecdsa {
+        curve: russh::keys::EcdsaCurve::NistP521,
+    },
+    russh::keys::Algorithm::Rsa {
+        hash: Some(russh::keys::HashAlg::Sha512),
+    },
+    russh::keys::Algorithm::Rsa {
+        hash: Some(russh::keys::HashAlg::Sha256),
+    },
+];
+
+/// Algorithms offered: russh's safe defaults for key exchange (with the
+/// strict-kex extension, the Terrapin countermeasure) and MACs (no SHA-1),
+/// our cipher order, and no SHA-1 signatures.
 fn preferred() -> russh::Preferred {
     russh::Preferred {
         cipher: Cow::Borrowed(CIPHERS),
+        key: Cow::Borrowed(KEY_ALGORITHMS),
         ..russh::Preferred::default()
     }
 }
@@ -62,7 +87,7 @@ impl SshConfigs {
             auth_rejection_time: std::time::Duration::from_millis(250),
             auth_rejection_time_initial: Some(std::time::Duration::ZERO),
             keys: vec![(*identity.0).clone()],
-            max_auth_attempts: 6,
+            max_auth_attempts: config.max_auth_attempts,
             inactivity_timeout: None,
             keepalive_interval: config.keepalive_interval,
             keepalive_max: config.keepalive_max,

@@ -21,10 +21,123 @@ pub struct AuthorizedKey {
     pub comment: String,
     /// The options field before the key, verbatim (possibly empty).
     pub options: String,
+    /// The peer names bound to the key (`duplex-name="..."` options): if
+    /// any, the key may connect only under one of them, and no other key
+    /// may use them.
+    pub names: Vec<String>,
 }
+
+/// A peer claimed a name its key may not use (see [`AuthorizedKeys`] and
+/// [`KnownHosts::pin_named`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum NameBindingError {
+    /// The key has names bound to it, and this is not one of them.
+    #[error("key {fingerprint} may only be used under the name(s) {allowed}, not {claimed:?}")]
+    NotItsName {
+        /// The key's fingerprint.
+        fingerprint: Fingerprint,
+        /// The name it claimed.
+        claimed: String,
+        /// The names bound to it.
+        allowed: String,
+    },
+    /// The name is bound to a different key.
+    #[error("the name {claimed:?} is bound to another key; key {fingerprint} may not use it")]
+    TakenByAnother {
+        /// The key's fingerprint.
+        fingerprint: Fingerprint,
+        /// The name it claimed.
+        claimed: String,
+    },
+}
+
+/// Checks `claimed` against name bindings `(fingerprint, name)`: a key with
+/// bound names must use one of them, and a name bound to a key is that
+/// key's alone.
+fn check_binding<'a>(
+    bindings: impl Iterator<Item = (&'a Fingerprint, &'a str)>,
+    key: &Fingerprint,
+    claimed: &str,
+) -> Result<(), NameBindingError> {
+    let mut own = Vec::new();
+    let mut taken = false;
+    for (k, name) in bindings {
+        if k == key {
+            own.push(name);
+        } else if name == claimed {
+            taken = true;
+        }
+    }
+    if !own.is_empty() {
+        if own.contains(&claimed) {
+            return Ok(());
+        }
+        return Err(NameBindingError::NotItsName {
+            fingerprint: key.clone(),
+            claimed: claimed.to_owned(),
+            allowed: own.join(", "),
+        });
+    }
+    if taken {
+        return Err(NameBindingError::TakenByAnother {
+            fingerprint: key.clone(),
+            claimed: claimed.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// The values of every `option="value"` (or `option=value`) in an
+/// `authorized_keys` options field.
+fn option_values(options: &str, option: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = options;
+    while !rest.is_empty() {
+        // One option: up to the next comma outside quotes.
+        let mut in_quote = false;
+        let mut escaped = false;
+        let mut end = rest.len();
+        for (i, c) in rest.char_indices() {
+            match c {
+                _ if escaped => escaped = false,
+                '\\' if in_quote => escaped = true,
+                '"' => in_quote = !in_quote,
+                ',' if !in_quote => {
+                    end = i;
+                    break;
+                }
+                _ => {}
+            }
+        }
+        let (one, tail) = rest.split_at(end);
+        rest = tail.strip_prefix(',').unwrap_or(tail);
+        if let Some((name, value)) = one.split_once('=')
+            && name.trim().eq_ignore_ascii_case(option)
+        {
+            let v = value.trim();
+            let v = v
+                .strip_prefix('"')
+                .and_then(|v| v.strip_suffix('"'))
+                .unwrap_or(v);
+            out.push(v.replace("\\\"", "\""));
+        }
+    }
+    out
+}
+
+/// The `authorized_keys` option that binds a peer name to a key.
+pub(crate) const NAME_OPTION: &str = "duplex-name";
 
 /// The keys allowed to connect to us, in the format of OpenSSH's
 /// `authorized_keys` (options, key, comment; `#` comments).
+///
+/// A connecting peer's name is the SSH user name it logs in with, which it
+/// chooses. To stop a trusted peer from posing as another, bind names to
+/// keys with the `duplex-name` option (repeatable):
+/// `duplex-name="alice" ssh-ed25519 AAAA...`. A key with bound names may
+/// connect only under one of them, and a bound name may be used only by its
+/// key; keys without bound names may use any name not bound to another key.
 ///
 /// ```
 /// let alice = duplex::Identity::generate();
@@ -32,6 +145,12 @@ pub struct AuthorizedKey {
 /// let keys = duplex::AuthorizedKeys::parse(&text).unwrap();
 /// assert!(keys.authorizes(&alice.public_key()));
 /// assert!(!keys.authorizes(&duplex::Identity::generate().public_key()));
+///
+/// let bound = format!("duplex-name=\"alice\" {}", alice.public_key().to_openssh());
+/// let keys = duplex::AuthorizedKeys::parse(&bound).unwrap();
+/// let alice_fp = alice.public_key().fingerprint();
+/// assert!(keys.check_name(&alice_fp, "alice").is_ok());
+/// assert!(keys.check_name(&alice_fp, "bob").is_err());
 /// ```
 #[derive(Debug, Clone, Default)]
 pub struct AuthorizedKeys {
@@ -61,6 +180,7 @@ impl AuthorizedKeys {
             entries.push(AuthorizedKey {
                 comment: key.comment().to_string(),
                 options: options.to_owned(),
+                names: option_values(options, NAME_OPTION),
                 key: PublicKey(key),
             });
         }
@@ -83,8 +203,43 @@ impl AuthorizedKeys {
             key,
             comment: String::new(),
             options: String::new(),
+            names: Vec::new(),
         });
         self
+    }
+
+    /// Adds a key bound to a peer name: it may connect only as `name`, and
+    /// no other key may use `name`. Call again to bind more names.
+    pub fn add_named(&mut self, key: PublicKey, name: &str) -> &mut Self {
+        if let Some(e) = self
+            .entries
+            .iter_mut()
+            .find(|e| e.key == key && !e.names.is_empty())
+        {
+            e.names.push(name.to_owned());
+        } else {
+            self.entries.push(AuthorizedKey {
+                key,
+                comment: String::new(),
+                options: format!("{NAME_OPTION}=\"{name}\""),
+                names: vec![name.to_owned()],
+            });
+        }
+        self
+    }
+
+    /// Whether the key with this fingerprint may connect under the name
+    /// `claimed`, given the names bound to keys.
+    pub fn check_name(&self, key: &Fingerprint, claimed: &str) -> Result<(), NameBindingError> {
+        let fps: Vec<(Fingerprint, &str)> = self
+            .entries
+            .iter()
+            .flat_map(|e| {
+                let fp = e.key.fingerprint();
+                e.names.iter().map(move |n| (fp.clone(), n.as_str()))
+            })
+            .collect();
+        check_binding(fps.iter().map(|(f, n)| (f, *n)), key, claimed)
     }
 
     /// Builder-style [`add`](Self::add).
@@ -168,6 +323,8 @@ struct KnownHost {
 pub struct KnownHosts {
     entries: Vec<KnownHost>,
     pinned: Vec<PublicKey>,
+    /// Peer names bound to host keys (see `pin_named`).
+    names: Vec<(Fingerprint, String)>,
     accept_any: bool,
 }
 
@@ -244,6 +401,7 @@ impl KnownHosts {
         Ok(Self {
             entries,
             pinned: Vec::new(),
+            names: Vec::new(),
             accept_any: false,
         })
     }
@@ -265,6 +423,33 @@ impl KnownHosts {
     pub fn with_pinned(mut self, key: PublicKey) -> Self {
         self.pin(key);
         self
+    }
+
+    /// Trusts `key` for every host, under the peer name `name` only: a
+    /// listener with this key must announce itself as `name`, and no other
+    /// listener may (so one trusted peer cannot take another's calls).
+    /// Call again to bind more names to the key.
+    pub fn pin_named(&mut self, key: PublicKey, name: &str) -> &mut Self {
+        let fp = key.fingerprint();
+        if !self.pinned.contains(&key) {
+            self.pinned.push(key);
+        }
+        self.names.push((fp, name.to_owned()));
+        self
+    }
+
+    /// Whether the listener with this host key may call itself `claimed`,
+    /// given the names bound with [`pin_named`](Self::pin_named).
+    pub fn check_peer_name(
+        &self,
+        key: &Fingerprint,
+        claimed: &str,
+    ) -> Result<(), NameBindingError> {
+        check_binding(
+            self.names.iter().map(|(f, n)| (f, n.as_str())),
+            key,
+            claimed,
+        )
     }
 
     /// Accepts any host key. Only for tests and demos: it gives up protection
