@@ -114,9 +114,11 @@ impl Control {
                 increment: u32_body()?,
             }),
             REJECT | PARENT_CLOSED => {
-                let reason = std::str::from_utf8(body)
-                    .map_err(|_| ControlError::Malformed(ty))?
-                    .to_owned();
+                let reason = std::str::from_utf8(body).map_err(|_| ControlError::Malformed(ty))?;
+                // Held to the same bound as the reasons we send, whatever
+                // the remote sent (found by fuzzing: a longer reason did
+                // not survive re-encoding).
+                let reason = truncate(reason, MAX_REASON).to_owned();
                 Ok(if ty == REJECT {
                     Control::Reject { reason }
                 } else {
@@ -175,6 +177,23 @@ fn truncate(s: &str, max: usize) -> &str {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    /// Regression (fuzz/control): a reason longer than `MAX_REASON` from
+    /// the remote is cut to it on decoding, like the reasons we send.
+    #[test]
+    fn long_remote_reasons_are_cut_like_ours() {
+        for ty in [REJECT, PARENT_CLOSED] {
+            let mut body = vec![ty];
+            body.extend("é".repeat(MAX_REASON).as_bytes());
+            let rec = Control::decode(&body).unwrap();
+            let (Control::Reject { reason } | Control::ParentClosed { reason }) = &rec else {
+                unreachable!()
+            };
+            assert!(reason.len() <= MAX_REASON && reason.chars().all(|c| c == 'é'));
+            let framed = rec.encode();
+            assert_eq!(Control::decode(&framed[4..]).unwrap(), rec);
+        }
+    }
     use proptest::prelude::*;
 
     #[test]
