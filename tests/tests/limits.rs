@@ -464,7 +464,8 @@ async fn nesting_depth() {
         let err = child.open("grandchild", Headers::new()).await.unwrap_err();
         assert!(matches!(err, OpenError::Rejected { .. }), "{err:?}");
         assert!(
-            err.to_string().contains("nesting depth 2 is over server's limit of 1"),
+            err.to_string()
+                .contains("nesting depth 2 is over server's limit of 1"),
             "{err}"
         );
         drop((schild, stop));
