@@ -370,32 +370,42 @@ impl Router {
         self
     }
 
+    /// Registers `handler` under `method`: `serve` runs each call with the
+    /// shared handler, the call and its channel.
+    fn route<H, F, Fut>(self, method: &str, kind: Kind, handler: H, serve: F) -> Self
+    where
+        H: Send + Sync + 'static,
+        F: Fn(Arc<H>, Call, Channel) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), (Origin, Status)>> + Send + 'static,
+    {
+        let handler = Arc::new(handler);
+        let serve: Serve = Arc::new(move |call: Call, channel: Channel| {
+            Box::pin(serve(handler.clone(), call, channel))
+        });
+        self.add(method, kind, serve)
+    }
+
     /// Registers a unary method.
     pub fn unary<Req, Resp>(self, method: &str, handler: impl UnaryHandler<Req, Resp>) -> Self
     where
         Req: DeserializeOwned + Send + 'static,
         Resp: Serialize + Send + 'static,
     {
-        let handler = Arc::new(handler);
-        let serve: Serve = Arc::new(move |call: Call, channel: Channel| {
-            let handler = handler.clone();
-            Box::pin(async move {
-                let (reader, mut writer) = channel.split();
+        self.route(
+            method,
+            Kind::Unary,
+            handler,
+            |handler, call, channel| async move {
+                let (reader, writer) = channel.split();
                 let mut rx = call.receiver::<Req>(reader);
                 let req = first_request(&call, &mut rx).await?;
                 let resp = handler
                     .call(call.ctx.clone(), req)
                     .await
                     .map_err(|st| call.failed(st))?;
-                let body = encode_response(&call, &resp)?;
-                // A caller that went away is not told anything.
-                if writer.write_frame(&body).await.is_ok() {
-                    let _ = writer.close_write().await;
-                }
-                Ok(())
-            })
-        });
-        self.add(method, Kind::Unary, serve)
+                respond(writer, encode_response(&call, &resp)?).await
+            },
+        )
     }
 
     /// Registers a server-streaming method.
@@ -408,10 +418,11 @@ impl Router {
         Req: DeserializeOwned + Send + 'static,
         Resp: Serialize + Send + 'static,
     {
-        let handler = Arc::new(handler);
-        let serve: Serve = Arc::new(move |call: Call, channel: Channel| {
-            let handler = handler.clone();
-            Box::pin(async move {
+        self.route(
+            method,
+            Kind::ServerStream,
+            handler,
+            |handler, call, channel| async move {
                 let (reader, writer) = channel.split();
                 let mut rx = call.receiver::<Req>(reader);
                 let req = first_request(&call, &mut rx).await?;
@@ -420,9 +431,8 @@ impl Router {
                     .call(call.ctx.clone(), req, tx)
                     .await
                     .map_err(|st| call.failed(st))
-            })
-        });
-        self.add(method, Kind::ServerStream, serve)
+            },
+        )
     }
 
     /// Registers a client-streaming method.
@@ -435,24 +445,20 @@ impl Router {
         Req: DeserializeOwned + Send + 'static,
         Resp: Serialize + Send + 'static,
     {
-        let handler = Arc::new(handler);
-        let serve: Serve = Arc::new(move |call: Call, channel: Channel| {
-            let handler = handler.clone();
-            Box::pin(async move {
-                let (reader, mut writer) = channel.split();
+        self.route(
+            method,
+            Kind::ClientStream,
+            handler,
+            |handler, call, channel| async move {
+                let (reader, writer) = channel.split();
                 let rx = call.receiver::<Req>(reader);
                 let resp = handler
                     .call(call.ctx.clone(), rx)
                     .await
                     .map_err(|st| call.failed(st))?;
-                let body = encode_response(&call, &resp)?;
-                if writer.write_frame(&body).await.is_ok() {
-                    let _ = writer.close_write().await;
-                }
-                Ok(())
-            })
-        });
-        self.add(method, Kind::ClientStream, serve)
+                respond(writer, encode_response(&call, &resp)?).await
+            },
+        )
     }
 
     /// Registers a bidirectional-streaming method.
@@ -461,10 +467,11 @@ impl Router {
         Req: DeserializeOwned + Send + 'static,
         Resp: Serialize + Send + 'static,
     {
-        let handler = Arc::new(handler);
-        let serve: Serve = Arc::new(move |call: Call, channel: Channel| {
-            let handler = handler.clone();
-            Box::pin(async move {
+        self.route(
+            method,
+            Kind::Bidi,
+            handler,
+            |handler, call, channel| async move {
                 let (reader, writer) = channel.split();
                 let rx = call.receiver::<Req>(reader);
                 let tx = call.sender(writer);
@@ -472,25 +479,33 @@ impl Router {
                     .call(call.ctx.clone(), rx, tx)
                     .await
                     .map_err(|st| call.failed(st))
-            })
-        });
-        self.add(method, Kind::Bidi, serve)
+            },
+        )
     }
 
     /// Registers a raw method: the handler gets the call's channel.
     pub fn raw(self, method: &str, handler: impl RawHandler) -> Self {
-        let handler = Arc::new(handler);
-        let serve: Serve = Arc::new(move |call: Call, channel: Channel| {
-            let handler = handler.clone();
-            Box::pin(async move {
+        self.route(
+            method,
+            Kind::Raw,
+            handler,
+            |handler, call, channel| async move {
                 handler
                     .call(call.ctx.clone(), channel)
                     .await
                     .map_err(|st| call.failed(st))
-            })
-        });
-        self.add(method, Kind::Raw, serve)
+            },
+        )
     }
+}
+
+/// Sends the one response of a unary or client-streaming call, then EOF.
+/// A caller that went away is not told anything.
+async fn respond(mut writer: ChannelWriter, body: Vec<u8>) -> Result<(), (Origin, Status)> {
+    if writer.write_frame(&body).await.is_ok() {
+        let _ = writer.close_write().await;
+    }
+    Ok(())
 }
 
 /// Reads the one request of a unary or server-streaming call.

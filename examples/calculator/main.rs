@@ -24,10 +24,12 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use duplex::Peer;
 use duplex_rpc::{Client, Context, Receiver, Router, Server, Status};
-use tokio::io::{AsyncBufReadExt, BufReader};
 
+#[path = "../common/child.rs"]
+mod child;
 #[path = "../common/flags.rs"]
 mod flags;
+use child::spawn_listening;
 use flags::{Flags, build_peer};
 
 const USAGE: &str = "usage:
@@ -164,27 +166,6 @@ async fn server(f: Flags) -> anyhow::Result<()> {
     call_agent(&Client::new(peer.clone()), a, b).await?;
     peer.shutdown().await;
     Ok(())
-}
-
-/// Starts `calculator ARGS` and returns it with the endpoint it printed.
-async fn spawn_listening(args: &[&str]) -> anyhow::Result<(tokio::process::Child, String)> {
-    let mut child = tokio::process::Command::new(std::env::current_exe()?)
-        .args(args)
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()?;
-    let mut lines = BufReader::new(child.stdout.take().context("no stdout")?).lines();
-    let endpoint = loop {
-        let line = lines
-            .next_line()
-            .await?
-            .context("the child exited before listening")?;
-        if let Some(e) = line.strip_prefix("listening on ") {
-            break e.to_owned();
-        }
-    };
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Ok((child, endpoint))
 }
 
 async fn demo() -> anyhow::Result<()> {

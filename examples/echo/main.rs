@@ -18,11 +18,10 @@
 //! `serve` prints `listening on ENDPOINT` once bound (handy with port 0).
 
 use std::io::Write as _;
-use std::process::Stdio;
 
 use anyhow::{Context, bail};
 use duplex::{Headers, ReadEvent};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const USAGE: &str = "usage:
   echo serve ENDPOINT [flags]
@@ -31,8 +30,11 @@ const USAGE: &str = "usage:
 flags: --key FILE  --authorized-keys FILE  --known-hosts FILE  --trust-key FILE.pub  --name NAME
 ENDPOINT: tcp://HOST:PORT or unix:///PATH";
 
+#[path = "../common/child.rs"]
+mod child;
 #[path = "../common/flags.rs"]
 mod flags;
+use child::spawn_listening;
 use flags::{Flags, build_peer};
 
 fn parse_flags(args: impl Iterator<Item = String>) -> anyhow::Result<Flags> {
@@ -130,24 +132,7 @@ async fn send(f: Flags) -> anyhow::Result<()> {
 
 /// Two processes: this one sends, a child serves.
 async fn demo() -> anyhow::Result<()> {
-    let exe = std::env::current_exe()?;
-    let mut child = tokio::process::Command::new(&exe)
-        .args(["serve", "tcp://127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .context("starting the server process")?;
-    let stdout = child.stdout.take().context("no stdout")?;
-    let mut lines = BufReader::new(stdout).lines();
-    let endpoint = loop {
-        let line = lines
-            .next_line()
-            .await?
-            .context("the server exited before listening")?;
-        if let Some(e) = line.strip_prefix("listening on ") {
-            break e.to_owned();
-        }
-    };
+    let (mut child, endpoint) = spawn_listening(&["serve", "tcp://127.0.0.1:0"]).await?;
     println!(
         "server process {} listening on {endpoint}",
         child.id().unwrap_or(0)

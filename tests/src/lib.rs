@@ -196,3 +196,51 @@ pub async fn echo_once(client: &Peer, n: usize) {
     got.unwrap();
     assert!(back == data);
 }
+
+/// A russh client handler that accepts any host key: for tests that speak
+/// raw SSH to a peer (hostile input, authentication).
+pub struct RawSsh;
+
+impl russh::client::Handler for RawSsh {
+    type Error = russh::Error;
+    async fn check_server_key(
+        &mut self,
+        _: &russh::keys::PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        Ok(true)
+    }
+}
+
+/// The port of a `tcp://` endpoint.
+pub fn port(ep: &duplex::Endpoint) -> u16 {
+    match ep {
+        duplex::Endpoint::Tcp { port, .. } => *port,
+        other => panic!("not a TCP endpoint: {other}"),
+    }
+}
+
+/// Open file descriptors of this process.
+pub fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+/// Resident memory of this process, in KiB.
+pub fn rss_kib() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+    let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+    pages * 4
+}
+
+/// `opener` opens `service` to the peer called `remote` while `acceptor`
+/// accepts it: both ends.
+pub async fn open_pair(
+    opener: &Peer,
+    acceptor: &Peer,
+    remote: &str,
+    service: &str,
+) -> (duplex::Channel, duplex::Channel) {
+    let (opened, accepted) = tokio::join!(opener.open(remote, service, Headers::new()), async {
+        acceptor.accept().await.unwrap().accept().await
+    });
+    (opened.unwrap(), accepted)
+}

@@ -8,27 +8,10 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use duplex::{AuthorizedKeys, Config, ConnectError, Identity, KnownHosts, NameBindingError, Peer};
-use duplex_tests::{TempDir, echo_once, echo_server, init_tracing, peer_trusting, within};
+use duplex_tests::{
+    RawSsh, TempDir, echo_once, echo_server, init_tracing, peer_trusting, port, within,
+};
 use russh::client;
-
-struct Raw;
-
-impl client::Handler for Raw {
-    type Error = russh::Error;
-    async fn check_server_key(
-        &mut self,
-        _: &russh::keys::PublicKeyOrCertificate,
-    ) -> Result<bool, Self::Error> {
-        Ok(true)
-    }
-}
-
-fn port(ep: &duplex::Endpoint) -> u16 {
-    match ep {
-        duplex::Endpoint::Tcp { port, .. } => *port,
-        _ => unreachable!(),
-    }
-}
 
 fn russh_key(id: &Identity) -> russh::keys::PrivateKey {
     let dir = TempDir::new("rawkey");
@@ -83,7 +66,7 @@ async fn an_untrusted_key_gets_nothing() {
         let mut h = client::connect(
             Arc::new(client::Config::default()),
             ("127.0.0.1", port(&ep)),
-            Raw,
+            RawSsh,
         )
         .await
         .unwrap();
@@ -258,7 +241,7 @@ async fn weak_algorithms_are_not_negotiated() {
                 preferred,
                 ..client::Config::default()
             };
-            let r = client::connect(Arc::new(config), ("127.0.0.1", port(&ep)), Raw).await;
+            let r = client::connect(Arc::new(config), ("127.0.0.1", port(&ep)), RawSsh).await;
             assert!(r.is_err(), "a weak algorithm was negotiated");
         }
         // A trusted RSA key signing with SHA-1 (ssh-rsa) is refused; the
@@ -268,7 +251,7 @@ async fn weak_algorithms_are_not_negotiated() {
             let mut h = client::connect(
                 Arc::new(client::Config::default()),
                 ("127.0.0.1", port(&ep)),
-                Raw,
+                RawSsh,
             )
             .await
             .unwrap();

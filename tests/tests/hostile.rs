@@ -8,7 +8,9 @@
 use std::sync::Arc;
 
 use duplex::{ChannelError, Config, FrameError, Headers, Identity, Peer};
-use duplex_tests::{Transport, init_tracing, pair, peer_trusting, random_bytes, within};
+use duplex_tests::{
+    RawSsh, Transport, init_tracing, pair, peer_trusting, port, random_bytes, within,
+};
 use russh::client;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -44,13 +46,6 @@ async fn still_serves(ep: &duplex::Endpoint, sid: &Identity, cid: &Identity) {
     within(10, ch.read_to_end(&mut got)).await.unwrap();
     assert_eq!(got, b"still here");
     client.shutdown().await;
-}
-
-fn port(ep: &duplex::Endpoint) -> u16 {
-    match ep {
-        duplex::Endpoint::Tcp { port, .. } => *port,
-        _ => unreachable!(),
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -148,20 +143,7 @@ async fn huge_and_truncated_frames() {
     p.shutdown().await;
 }
 
-/// A raw russh client: speaks SSH and as much of Duplex as each test wants.
-struct Raw;
-
-impl client::Handler for Raw {
-    type Error = russh::Error;
-    async fn check_server_key(
-        &mut self,
-        _: &russh::keys::PublicKeyOrCertificate,
-    ) -> Result<bool, Self::Error> {
-        Ok(true)
-    }
-}
-
-async fn raw_client(ep: &duplex::Endpoint, cid: &Identity, user: &str) -> client::Handle<Raw> {
+async fn raw_client(ep: &duplex::Endpoint, cid: &Identity, user: &str) -> client::Handle<RawSsh> {
     let dir = duplex_tests::TempDir::new("raw");
     let path = dir.0.join("k");
     cid.save(&path).unwrap();
@@ -169,7 +151,7 @@ async fn raw_client(ep: &duplex::Endpoint, cid: &Identity, user: &str) -> client
     let mut h = client::connect(
         Arc::new(client::Config::default()),
         ("127.0.0.1", port(ep)),
-        Raw,
+        RawSsh,
     )
     .await
     .unwrap();
@@ -321,7 +303,7 @@ async fn plain_client_flood_is_bounded() {
     let mut h = client::connect(
         Arc::new(client::Config::default()),
         ("127.0.0.1", port(&ep)),
-        Raw,
+        RawSsh,
     )
     .await
     .unwrap();

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use duplex::{Config, FrameError, Headers, Identity, OpenError, Peer};
-use duplex_tests::{echo_once, echo_server, ids, init_tracing, peer_trusting, within};
+use duplex_tests::{
+    RawSsh, echo_once, echo_server, ids, init_tracing, open_pair, peer_trusting, within,
+};
 use russh::client;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -40,10 +42,7 @@ async fn another_client_served(
 ) {
     let d = peer_trusting("another", id, &[sid], Config::default());
     d.connect(ep).await.unwrap();
-    let (dch, sch) = tokio::join!(d.open("server", "x", Headers::new()), async {
-        server.accept().await.unwrap().accept().await
-    });
-    let (mut dch, mut sch) = (dch.unwrap(), sch);
+    let (mut dch, mut sch) = open_pair(&d, server, "server", "x").await;
     dch.write_frame(b"ping").await.unwrap();
     assert_eq!(&sch.read_frame().await.unwrap().unwrap()[..], b"ping");
     d.shutdown().await;
@@ -153,18 +152,6 @@ async fn a_thousand_half_open_connections_do_not_keep_a_client_out() {
     server.shutdown().await;
 }
 
-struct Raw;
-
-impl client::Handler for Raw {
-    type Error = russh::Error;
-    async fn check_server_key(
-        &mut self,
-        _: &russh::keys::PublicKeyOrCertificate,
-    ) -> Result<bool, Self::Error> {
-        Ok(true)
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn authentication_attempts() {
     let (sid, cid) = ids();
@@ -176,7 +163,7 @@ async fn authentication_attempts() {
     .await;
     within(30, async {
         let (host, port) = addr(&ep);
-        let mut h = client::connect(Arc::new(client::Config::default()), (host, port), Raw)
+        let mut h = client::connect(Arc::new(client::Config::default()), (host, port), RawSsh)
             .await
             .unwrap();
         let mut outcomes = Vec::new();
@@ -317,10 +304,7 @@ async fn frame_size() {
     within(30, async {
         let c = peer_trusting("client", &cid, &[&sid], Config::default());
         c.connect(&ep).await.unwrap();
-        let (ch, sch) = tokio::join!(c.open("server", "frames", Headers::new()), async {
-            server.accept().await.unwrap().accept().await
-        });
-        let (mut ch, mut sch) = (ch.unwrap(), sch);
+        let (mut ch, mut sch) = open_pair(&c, &server, "server", "frames").await;
         ch.write_frame(&[7u8; 2000]).await.unwrap();
         let err = sch.read_frame().await.unwrap_err();
         assert!(
@@ -342,10 +326,7 @@ async fn frame_size() {
         let end = ch.closed().await;
         assert!(matches!(end, duplex::ChannelEnd::ClosedByRemote), "{end}");
         // Another channel on the same connection works.
-        let (ch2, s2) = tokio::join!(c.open("server", "frames", Headers::new()), async {
-            server.accept().await.unwrap().accept().await
-        });
-        let (mut ch2, mut s2) = (ch2.unwrap(), s2);
+        let (mut ch2, mut s2) = open_pair(&c, &server, "server", "frames").await;
         ch2.write_frame(b"small").await.unwrap();
         assert_eq!(&s2.read_frame().await.unwrap().unwrap()[..], b"small");
         another_client_served(&server, &ep, &sid, &other).await;
@@ -373,10 +354,7 @@ async fn buffered_bytes_per_channel_and_per_connection() {
         c.connect(&ep).await.unwrap();
         // Per channel: an unread channel holds at most its window; the
         // sender is held back, not buffered without bound.
-        let (ch, sch) = tokio::join!(c.open("server", "sink", Headers::new()), async {
-            server.accept().await.unwrap().accept().await
-        });
-        let mut ch = ch.unwrap();
+        let (mut ch, sch) = open_pair(&c, &server, "server", "sink").await;
         let data = vec![1u8; 4 << 20];
         let sent = tokio::time::timeout(Duration::from_millis(500), ch.write_all(&data)).await;
         assert!(sent.is_err(), "4 MiB went into an unread 1 MiB window");
@@ -451,10 +429,7 @@ async fn nesting_depth() {
     within(30, async {
         let c = peer_trusting("client", &cid, &[&sid], Config::default());
         c.connect(&ep).await.unwrap();
-        let (top, stop) = tokio::join!(c.open("server", "top", Headers::new()), async {
-            server.accept().await.unwrap().accept().await
-        });
-        let top = top.unwrap();
+        let (top, stop) = open_pair(&c, &server, "server", "top").await;
         // Depth 1 is allowed...
         let (child, schild) = tokio::join!(top.open("child", Headers::new()), async {
             stop.accept().await.unwrap().accept().await

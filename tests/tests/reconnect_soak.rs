@@ -6,17 +6,9 @@
 use std::time::{Duration, Instant};
 
 use duplex::{Backoff, Config, PeerEvent};
-use duplex_tests::{echo_once, echo_server, ids, init_tracing, peer_trusting, within};
-
-fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").unwrap().count()
-}
-
-fn rss_kib() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
-    let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
-    pages * 4
-}
+use duplex_tests::{
+    echo_once, echo_server, ids, init_tracing, open_fds, peer_trusting, rss_kib, within,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_reconnects_leave_resources_flat() {

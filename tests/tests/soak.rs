@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use duplex::fault::FaultProxy;
 use duplex::{Backoff, Config, Headers, Identity, Peer, ReadEvent};
-use duplex_tests::{init_tracing, peer_trusting, within};
+use duplex_tests::{init_tracing, open_fds, peer_trusting, rss_kib, within};
 use rand::{RngExt, SeedableRng};
 
 #[global_allocator]
@@ -25,16 +25,6 @@ static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 fn heap_kib() -> u64 {
     tikv_jemalloc_ctl::epoch::advance().unwrap();
     tikv_jemalloc_ctl::stats::allocated::read().unwrap() as u64 / 1024
-}
-
-fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").unwrap().count()
-}
-
-fn rss_kib() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
-    let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
-    pages * 4
 }
 
 fn env_or(name: &str, default: u64) -> u64 {
