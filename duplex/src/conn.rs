@@ -157,7 +157,7 @@ impl ConnShared {
     }
 
     pub(crate) fn authorizes(&self, key: &PublicKey) -> bool {
-        self.core.authorized.authorizes(key)
+        self.core.authorized().authorizes(key)
     }
 
     pub(crate) fn check_name(
@@ -165,7 +165,7 @@ impl ConnShared {
         key: &Fingerprint,
         claimed: &str,
     ) -> Result<(), crate::NameBindingError> {
-        self.core.authorized.check_name(key, claimed)
+        self.core.authorized().check_name(key, claimed)
     }
 
     /// Reserves `bytes` of this connection's receive-buffer budget for a

@@ -28,6 +28,8 @@
 //! - `ssh`: the only module that talks to `russh`: handlers, keys, trust;
 //! - `backoff` ([`Backoff`]): retry timing for `connect` and re-dialling;
 //! - `events` ([`PeerEvent`], [`PeerEvents`]): connections coming and going;
+//! - [`plugin`]: plugin processes over a child's stdin/stdout, host and
+//!   plugin sides;
 //! - `fault` (feature `fault-injection`): a TCP proxy that breaks
 //!   connections on command, for tests;
 //! - [`config`], [`error`], [`endpoint`].
@@ -52,6 +54,7 @@ pub mod fault;
 #[allow(clippy::panic, clippy::indexing_slicing)] // fuzz assertions
 pub mod fuzzing;
 pub mod peer;
+pub mod plugin;
 mod proto;
 mod ssh;
 mod transport;

@@ -88,7 +88,8 @@ impl IntoEndpoint for &String {
 pub(crate) struct PeerCore {
     pub(crate) name: Arc<str>,
     pub(crate) identity: Identity,
-    pub(crate) authorized: AuthorizedKeys,
+    /// Replaced whole by `set_authorized_keys`; read per authentication.
+    authorized: Mutex<Arc<AuthorizedKeys>>,
     pub(crate) known_hosts: Arc<KnownHosts>,
     pub(crate) config: Arc<Config>,
     pub(crate) ssh: SshConfigs,
@@ -168,6 +169,11 @@ impl PeerCore {
     fn channel_total(&self) -> usize {
         let conns: Vec<_> = lock(&self.all).values().cloned().collect();
         conns.iter().map(|c| c.channel_count()).sum()
+    }
+
+    /// The keys allowed to connect now.
+    pub(crate) fn authorized(&self) -> Arc<AuthorizedKeys> {
+        lock(&self.authorized).clone()
     }
 
     fn find(&self, name: &str) -> Option<Arc<ConnShared>> {
@@ -299,7 +305,7 @@ impl PeerBuilder {
             name: name.into(),
             ssh: SshConfigs::new(&self.config, &identity),
             identity,
-            authorized: self.authorized,
+            authorized: Mutex::new(Arc::new(self.authorized)),
             known_hosts: Arc::new(self.known_hosts),
             config: Arc::new(self.config),
             peers: Mutex::new(Vec::new()),
@@ -556,6 +562,19 @@ impl Peer {
             c.close("disconnected by the application").await;
         }
         true
+    }
+
+    /// Replaces the keys allowed to connect to us. New authentications use
+    /// them at once; connections already authenticated stay up (close them
+    /// with [`drop_peer`](Self::drop_peer) if they must go).
+    ///
+    /// ```
+    /// # let peer = duplex::Peer::builder().name("host").build().unwrap();
+    /// let plugin = duplex::Identity::generate();
+    /// peer.set_authorized_keys(duplex::AuthorizedKeys::new().with(plugin.public_key()));
+    /// ```
+    pub fn set_authorized_keys(&self, keys: AuthorizedKeys) {
+        *lock(&self.core.authorized) = Arc::new(keys);
     }
 
     /// Subscribes to this peer's events: peers connecting and disconnecting

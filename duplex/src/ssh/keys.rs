@@ -195,6 +195,18 @@ impl Identity {
         std::fs::write(&pub_path, line).map_err(|e| KeyError::io(&pub_path, e))
     }
 
+    /// The private key in OpenSSH format, for handing to a child process
+    /// over a pipe (never written to a file here).
+    pub(crate) fn to_openssh_private(&self) -> Result<String, KeyError> {
+        self.0
+            .to_openssh(LineEnding::LF)
+            .map(|z| z.to_string())
+            .map_err(|e| KeyError::Parse {
+                path: None,
+                why: e.to_string(),
+            })
+    }
+
     /// The public half.
     pub fn public_key(&self) -> PublicKey {
         PublicKey(self.0.public_key().clone())

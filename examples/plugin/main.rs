@@ -1,0 +1,44 @@
+//! A plugin for `examples/plugin-host`: it serves `Plugin.Greet`, which
+//! calls back into the host (`Host.Store`) while the call is open, and
+//! `Plugin.Crash`, which exits the process (to show restarts). It logs to
+//! stderr, which the host forwards to its tracing; stdout carries the
+//! connection. It exits when its host goes away.
+//!
+//! With `PLUGIN_JUNK` set it prints to stdout before the handshake, as a
+//! careless plugin would: the host reports that clearly.
+
+use duplex_rpc::{Context, Router, Server, Status};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    if std::env::var_os("PLUGIN_JUNK").is_some() {
+        println!("hello from a chatty plugin");
+    }
+    let conn = duplex::plugin::connect_host().await?;
+    let launch = conn.launch;
+    let router = Router::new()
+        .unary("Plugin.Greet", |ctx: Context, who: String| async move {
+            // A callback into the host during the call.
+            let entry: u64 = ctx
+                .caller()
+                .call("Host.Store", &format!("greeted {who}"))
+                .await?;
+            Ok::<_, Status>(format!(
+                "hello, {who} (the host stored it as entry {entry})"
+            ))
+        })
+        .unary("Plugin.Launch", move |_ctx: Context, (): ()| async move {
+            Ok::<_, Status>(launch)
+        })
+        .unary("Plugin.Crash", |_ctx: Context, code: i32| async move {
+            eprintln!("crashing on purpose with status {code}");
+            std::process::exit(code);
+            #[allow(unreachable_code)]
+            Ok::<(), Status>(())
+        });
+    let _server = Server::new(router).serve(&conn.peer)?;
+    eprintln!("plugin ready (launch {launch}, host {})", conn.host);
+    conn.closed().await;
+    eprintln!("the host went away; exiting");
+    Ok(())
+}
