@@ -34,7 +34,8 @@
 use std::ffi::OsString;
 use std::fmt;
 use std::process::Stdio;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -241,6 +242,8 @@ pub enum PluginEvent {
 pub struct Plugin {
     name: String,
     peer: Peer,
+    /// The running launch's process id (0 when none runs).
+    pid: Arc<AtomicU32>,
     events: broadcast::Sender<PluginEvent>,
     stop: CancellationToken,
     tracker: TaskTracker,
@@ -279,18 +282,23 @@ impl Plugin {
             launch: 1,
             pid: first.child.id(),
         });
+        let pid = Arc::new(AtomicU32::new(first.child.id().unwrap_or(0)));
         tracker.spawn(supervise(
             cmd.clone(),
             peer.clone(),
             host_id,
             first,
-            events.clone(),
+            Watch {
+                events: events.clone(),
+                pid: pid.clone(),
+            },
             stop.clone(),
             tracker.clone(),
         ));
         Ok(Plugin {
             name: cmd.name,
             peer,
+            pid,
             events,
             stop,
             tracker,
@@ -308,6 +316,11 @@ impl Plugin {
     /// The plugin's peer name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The running plugin process's id, if one runs.
+    pub fn pid(&self) -> Option<u32> {
+        Some(self.pid.load(Ordering::Relaxed)).filter(|&p| p != 0)
     }
 
     /// Subscribes to the plugin's lifecycle events.
@@ -487,18 +500,24 @@ async fn read_line<R: AsyncRead + Unpin>(r: &mut R) -> std::io::Result<Vec<u8>> 
     }
 }
 
+/// Where the supervisor reports.
+struct Watch {
+    events: broadcast::Sender<PluginEvent>,
+    pid: Arc<AtomicU32>,
+}
+
 /// Watches the running launch: forwards stderr, reports exits, restarts
 /// by policy, and stops it when the handle goes.
-#[allow(clippy::too_many_arguments)]
 async fn supervise(
     cmd: PluginCommand,
     peer: Peer,
     host_id: Identity,
     mut current: Launch,
-    events: broadcast::Sender<PluginEvent>,
+    watch: Watch,
     stop: CancellationToken,
     tracker: TaskTracker,
 ) {
+    let events = &watch.events;
     let mut n = 1u32;
     let mut restarts = 0u32;
     loop {
@@ -509,9 +528,11 @@ async fn supervise(
             s = current.child.wait() => s,
             _ = stop.cancelled() => {
                 stop_launch(&peer, &mut current.child, cmd.grace, &cmd.name).await;
+                watch.pid.store(0, Ordering::Relaxed);
                 return;
             }
         };
+        watch.pid.store(0, Ordering::Relaxed);
         let (status, success) = match status {
             Ok(s) => (s.to_string(), s.success()),
             Err(e) => (e.to_string(), false),
@@ -546,6 +567,9 @@ async fn supervise(
                         launch: n,
                         pid: l.child.id(),
                     });
+                    watch
+                        .pid
+                        .store(l.child.id().unwrap_or(0), Ordering::Relaxed);
                     current = l;
                     break;
                 }
@@ -562,19 +586,23 @@ async fn supervise(
 }
 
 /// Closes the plugin's connection (it reads EOF and should exit), waits up
-/// to `grace`, then kills it.
+/// to `grace` for that and for it to exit, then kills it (which also ends
+/// a connection it kept open).
 async fn stop_launch(peer: &Peer, child: &mut Child, grace: Duration, name: &str) {
-    peer.shutdown().await;
-    match tokio::time::timeout(grace, child.wait()).await {
-        Ok(_) => tracing::debug!(plugin = name, "plugin exited"),
-        Err(_) => {
-            tracing::warn!(
-                plugin = name,
-                "plugin did not exit within {grace:?}; killing it"
-            );
-            let _ = child.kill().await;
-        }
+    let polite = async {
+        peer.shutdown().await;
+        let _ = child.wait().await;
+    };
+    if tokio::time::timeout(grace, polite).await.is_ok() {
+        tracing::debug!(plugin = name, "plugin exited");
+        return;
     }
+    tracing::warn!(
+        plugin = name,
+        "plugin did not exit within {grace:?}; killing it"
+    );
+    let _ = child.kill().await;
+    peer.shutdown().await;
 }
 
 /// Forwards the plugin's stderr to tracing, a line per event.

@@ -5,7 +5,9 @@
 //! connection. It exits when its host goes away.
 //!
 //! With `PLUGIN_JUNK` set it prints to stdout before the handshake, as a
-//! careless plugin would: the host reports that clearly.
+//! careless plugin would: the host reports that clearly. With
+//! `PLUGIN_STUBBORN` set it does not exit when its host goes away, so the
+//! host has to kill it.
 
 use duplex_rpc::{Context, Router, Server, Status};
 
@@ -39,6 +41,12 @@ async fn main() -> anyhow::Result<()> {
     let _server = Server::new(router).serve(&conn.peer)?;
     eprintln!("plugin ready (launch {launch}, host {})", conn.host);
     conn.closed().await;
+    if std::env::var_os("PLUGIN_STUBBORN").is_some() {
+        // A plugin that ignores its host going away: the host kills it
+        // after its grace period.
+        eprintln!("the host went away; staying anyway");
+        std::future::pending::<()>().await;
+    }
     eprintln!("the host went away; exiting");
     Ok(())
 }

@@ -117,3 +117,32 @@ async fn junk_on_stdout_before_the_handshake_is_a_clear_error() {
         t.elapsed()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_a_plugin_is_graceful_then_forceful() {
+    use duplex::plugin::{Plugin, PluginCommand};
+    let grace = Duration::from_millis(300);
+    for (stubborn, name) in [(false, "polite"), (true, "stubborn")] {
+        let mut cmd = PluginCommand::new(name, PLUGIN).shutdown_grace(grace);
+        if stubborn {
+            cmd = cmd.env("PLUGIN_STUBBORN", "1");
+        }
+        let plugin = within(30, Plugin::spawn(cmd)).await.unwrap();
+        let pid = plugin.pid().unwrap();
+        let t = Instant::now();
+        within(30, plugin.shutdown()).await;
+        let took = t.elapsed();
+        assert!(
+            ended(pid),
+            "{name} plugin {pid} still running after shutdown"
+        );
+        if stubborn {
+            // Killed once the grace period ran out.
+            assert!(took >= grace, "{name}: {took:?}");
+        } else {
+            // Exited by itself on EOF, before the grace period.
+            assert!(took < grace, "{name}: {took:?}");
+        }
+        eprintln!("{name} plugin stopped in {took:?}");
+    }
+}
