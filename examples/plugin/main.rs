@@ -1,6 +1,7 @@
 //! A plugin for `examples/plugin-host`: it serves `Plugin.Greet`, which
 //! calls back into the host (`Host.Store`) while the call is open, and
-//! `Plugin.Crash`, which exits the process (to show restarts). It logs to
+//! `Plugin.Crash`, which exits the process (to show restarts), and
+//! `Plugin.Print`, which prints to stdout as a careless plugin would. It logs to
 //! stderr, which the host forwards to its tracing; stdout carries the
 //! connection. It exits when its host goes away.
 //!
@@ -31,6 +32,11 @@ async fn main() -> anyhow::Result<()> {
         })
         .unary("Plugin.Launch", move |_ctx: Context, (): ()| async move {
             Ok::<_, Status>(launch)
+        })
+        .unary("Plugin.Print", |_ctx: Context, text: String| async move {
+            // What a careless plugin does: stdout carries the connection.
+            println!("{text}");
+            Ok::<_, Status>(())
         })
         .unary("Plugin.Crash", |_ctx: Context, code: i32| async move {
             eprintln!("crashing on purpose with status {code}");

@@ -146,3 +146,34 @@ async fn stopping_a_plugin_is_graceful_then_forceful() {
         eprintln!("{name} plugin stopped in {took:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stray_output_after_the_handshake_does_not_break_the_host() {
+    use duplex::plugin::{Plugin, PluginCommand, PluginEvent, RestartPolicy};
+    let plugin = within(
+        30,
+        Plugin::spawn(
+            PluginCommand::new("careless", PLUGIN)
+                .restart(RestartPolicy::Always { max_restarts: 1 }),
+        ),
+    )
+    .await
+    .unwrap();
+    let mut events = plugin.events();
+    let client = duplex_rpc::Client::new(plugin.peer().clone()).to("careless");
+    // Garbage in the SSH stream: the call fails, the connection with it.
+    let r = within(30, client.call::<_, ()>("Plugin.Print", "stray text")).await;
+    assert!(r.is_err(), "a call survived garbage in the stream");
+    // The plugin's exit is reported, it is restarted, and it answers.
+    within(30, async {
+        loop {
+            if let PluginEvent::Started { launch: 2, .. } = events.recv().await.unwrap() {
+                break;
+            }
+        }
+    })
+    .await;
+    let launch: u32 = within(30, client.call("Plugin.Launch", &())).await.unwrap();
+    assert_eq!(launch, 2);
+    plugin.shutdown().await;
+}
