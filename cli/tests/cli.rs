@@ -10,7 +10,7 @@ use std::process::{Output, Stdio};
 use duplex::Identity;
 use duplex_rpc::{Context, Router, Sender, Server, Status};
 use duplex_tests::{TempDir, peer_trusting, within};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::AsyncWriteExt;
 use tokio::process::{Child, Command};
 
 const DUPLEX: &str = env!("CARGO_BIN_EXE_duplex");
@@ -74,17 +74,7 @@ async fn serve(dir: &TempDir, k: &Keys, args: &[&str]) -> (Child, String) {
     all.extend(["--trust-key", trust.as_str()]);
     all.extend(args);
     let mut child = duplex(dir, &all).stdout(Stdio::piped()).spawn().unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let endpoint = within(30, async {
-        loop {
-            let line = lines.next_line().await.unwrap().expect("serve exited");
-            if let Some(e) = line.strip_prefix("listening on ") {
-                break e.to_owned();
-            }
-        }
-    })
-    .await;
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let endpoint = duplex_tests::listening_endpoint(&mut child).await;
     (child, endpoint)
 }
 

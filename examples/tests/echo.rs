@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 
 use duplex::Identity;
 use duplex_tests::{TempDir, random_bytes, within};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::AsyncWriteExt;
 
 const ECHO: &str = env!("CARGO_BIN_EXE_echo");
 
@@ -36,18 +36,7 @@ async fn start_server(dir: &TempDir, args: &[&str]) -> Server {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let endpoint = within(30, async {
-        loop {
-            let line = lines.next_line().await.unwrap().expect("server exited");
-            if let Some(e) = line.strip_prefix("listening on ") {
-                break e.to_owned();
-            }
-        }
-    })
-    .await;
-    // Keep draining the server's stdout so it never writes into a closed pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let endpoint = duplex_tests::listening_endpoint(&mut child).await;
     Server { child, endpoint }
 }
 

@@ -36,21 +36,7 @@ async fn start(
             let _ = tx.send(l);
         }
     });
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let endpoint = within(30, async {
-        loop {
-            let line = lines
-                .next_line()
-                .await
-                .unwrap()
-                .expect("exited before listening");
-            if let Some(e) = line.strip_prefix("listening on ") {
-                break e.to_owned();
-            }
-        }
-    })
-    .await;
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let endpoint = duplex_tests::listening_endpoint(&mut child).await;
     (child, endpoint, rx)
 }
 

@@ -244,3 +244,26 @@ pub async fn open_pair(
     });
     (opened.unwrap(), accepted)
 }
+
+/// Waits (up to 30 s) for the `listening on ENDPOINT` line a server
+/// process prints on stdout and returns the endpoint; the rest of its
+/// stdout is read and discarded, so it never blocks on a full pipe.
+pub async fn listening_endpoint(child: &mut tokio::process::Child) -> String {
+    use tokio::io::AsyncBufReadExt;
+    let stdout = child
+        .stdout
+        .take()
+        .expect("the child's stdout is not piped");
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let endpoint = within(30, async {
+        loop {
+            let line = lines.next_line().await.unwrap().expect("the server exited");
+            if let Some(e) = line.strip_prefix("listening on ") {
+                break e.to_owned();
+            }
+        }
+    })
+    .await;
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    endpoint
+}
