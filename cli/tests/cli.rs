@@ -162,14 +162,7 @@ async fn serve_exec_driven_by_open_and_by_ssh() {
     )
     .unwrap();
     let ssh = Command::new("ssh")
-        .args([
-            "-F",
-            "/dev/null",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "IdentitiesOnly=yes",
-        ])
+        .args(duplex_tests::SSH_OPTS)
         .arg("-o")
         .arg(format!("UserKnownHostsFile={}", known.display()))
         .args([

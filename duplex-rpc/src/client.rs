@@ -177,8 +177,9 @@ impl Client {
             let _slot = self.slot().await?;
             let ch = self.open(method, Kind::Unary, &codec, deadline).await?;
             let (reader, writer) = ch.split();
+            let timeout = deadline.map(|d| d.timeout);
             let mut rx =
-                Receiver::<Resp>::caller(reader, codec, self.max(), method.into(), deadline);
+                Receiver::<Resp>::caller_untimed(reader, codec, self.max(), method.into(), timeout);
             let send_failed = match send_request(method, writer, &body).await {
                 Ok(()) => None,
                 // The server ended the call: it may have said why.

@@ -201,7 +201,11 @@ enum Role {
     /// A caller reading responses: the stream may end with a status, and
     /// the call's deadline applies.
     Caller {
-        deadline: Option<(Pin<Box<Sleep>>, Deadline)>,
+        /// The deadline's timer, when this receiver enforces it (a unary
+        /// call enforces it around the whole call instead).
+        timer: Option<Pin<Box<Sleep>>>,
+        /// The call's timeout, for its errors.
+        timeout: Option<Duration>,
     },
     /// A handler reading requests: failures are recorded for the server
     /// to report.
@@ -254,8 +258,27 @@ impl<T: DeserializeOwned> Receiver<T> {
         method: Arc<str>,
         deadline: Option<Deadline>,
     ) -> Self {
-        let deadline = deadline.map(|d| (Box::pin(tokio::time::sleep_until(d.at)), d));
-        Self::new(reader, codec, max, method, Role::Caller { deadline })
+        let role = Role::Caller {
+            timer: deadline.map(|d| Box::pin(tokio::time::sleep_until(d.at))),
+            timeout: deadline.map(|d| d.timeout),
+        };
+        Self::new(reader, codec, max, method, role)
+    }
+
+    /// A caller's receiver whose deadline is enforced by the caller around
+    /// the whole call: no timer of its own.
+    pub(crate) fn caller_untimed(
+        reader: ChannelReader,
+        codec: SharedCodec,
+        max: usize,
+        method: Arc<str>,
+        timeout: Option<Duration>,
+    ) -> Self {
+        let role = Role::Caller {
+            timer: None,
+            timeout,
+        };
+        Self::new(reader, codec, max, method, role)
     }
 
     pub(crate) fn handler(
@@ -325,13 +348,17 @@ impl<T: DeserializeOwned> Receiver<T> {
             return Poll::Ready(Err(e.duplicate()));
         }
         if let Role::Caller {
-            deadline: Some((sleep, d)),
+            timer: Some(timer),
+            timeout,
         } = &mut self.role
             && self.state != RecvState::Done
-            && sleep.as_mut().poll(cx).is_ready()
+            && timer.as_mut().poll(cx).is_ready()
         {
             self.state = RecvState::Done;
-            return Poll::Ready(Err(d.exceeded(&self.method)));
+            return Poll::Ready(Err(RpcError::DeadlineExceeded {
+                method: self.method.to_string(),
+                timeout: timeout.unwrap_or_default(),
+            }));
         }
         loop {
             match self.state {
@@ -412,8 +439,8 @@ impl<T: DeserializeOwned> Receiver<T> {
                     Some(e) => Poll::Ready(Err(RpcError::transport(method, e))),
                 }
             }
-            Role::Caller { deadline } => {
-                let timeout = deadline.as_ref().map(|(_, d)| d.timeout);
+            Role::Caller { timeout, .. } => {
+                let timeout = *timeout;
                 // After a broken data stream, the error stream may still
                 // be open; a status there explains the break.
                 let status = match self.reader.poll_read_error(cx) {

@@ -993,7 +993,7 @@ where
 {
     let conn = ConnShared::new(core.clone(), endpoint, Direction::Inbound);
     lock(&core.all).insert(conn.id, conn.clone());
-    let _handshaking = Handshaking::enter(&core, &conn);
+    let handshaking = Handshaking::enter(&core, &conn);
     let handler = ServerHandler::new(conn.clone());
     let stream = conn.transport(stream);
     let timeout = core.config.handshake_timeout;
@@ -1025,7 +1025,7 @@ where
         },
         _ = conn.cancel.cancelled() => false,
     };
-    drop(_handshaking);
+    drop(handshaking);
     if !ok {
         conn.cancel.cancel();
         let _ = tokio::time::timeout(CLOSE_GRACE, conn.ended.cancelled()).await;

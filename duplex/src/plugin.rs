@@ -34,13 +34,13 @@
 use std::ffi::OsString;
 use std::fmt;
 use std::process::Stdio;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::process::{Child, ChildStderr};
-use tokio::sync::{broadcast, oneshot};
+use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -645,17 +645,18 @@ pub struct PluginConnection {
     pub host: String,
     /// Which launch this is (1 first, then one more per restart).
     pub launch: u32,
-    ended: Mutex<Option<oneshot::Receiver<()>>>,
 }
 
 impl PluginConnection {
     /// Resolves when the connection to the host has ended (the host closed
     /// it, or died and its end of the pipes closed). A plugin returns from
-    /// `main` then. Cancel-safe; resolves at once the second time.
+    /// `main` then. Cancel-safe.
     pub async fn closed(&self) {
-        let rx = self.ended.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(rx) = rx {
-            let _ = rx.await;
+        let mut events = self.peer.events();
+        while !self.peer.peers().is_empty() {
+            if events.recv().await.is_none() {
+                return;
+            }
         }
     }
 }
@@ -729,24 +730,9 @@ where
         .known_hosts(KnownHosts::new().with_pinned(host_key))
         .config(Config::default().reconnect(false))
         .build()?;
-    let mut events = peer.events();
     peer.connect_stream(tokio::io::join(input, output), "host")
         .await?;
-    let (tx, rx) = oneshot::channel();
-    tokio::spawn(async move {
-        while let Some(e) = events.recv().await {
-            if matches!(e, crate::PeerEvent::Disconnected { .. }) {
-                break;
-            }
-        }
-        let _ = tx.send(());
-    });
-    Ok(PluginConnection {
-        peer,
-        host,
-        launch,
-        ended: Mutex::new(Some(rx)),
-    })
+    Ok(PluginConnection { peer, host, launch })
 }
 
 #[cfg(test)]

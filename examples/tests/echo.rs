@@ -6,20 +6,10 @@
 use std::process::{Command, Stdio};
 
 use duplex::Identity;
-use duplex_tests::{TempDir, random_bytes, within};
+use duplex_tests::{SSH_OPTS, TempDir, random_bytes, within};
 use tokio::io::AsyncWriteExt;
 
 const ECHO: &str = env!("CARGO_BIN_EXE_echo");
-
-/// OpenSSH options for a test: no user config, no prompts, only the given key.
-const SSH_OPTS: [&str; 6] = [
-    "-F",
-    "/dev/null",
-    "-o",
-    "BatchMode=yes",
-    "-o",
-    "IdentitiesOnly=yes",
-];
 
 /// A running `echo serve`, killed on drop.
 struct Server {

@@ -267,3 +267,14 @@ pub async fn listening_endpoint(child: &mut tokio::process::Child) -> String {
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     endpoint
 }
+
+/// OpenSSH client options for a test: no user config, no prompts, only the
+/// given key.
+pub const SSH_OPTS: [&str; 6] = [
+    "-F",
+    "/dev/null",
+    "-o",
+    "BatchMode=yes",
+    "-o",
+    "IdentitiesOnly=yes",
+];
