@@ -148,6 +148,17 @@ const PEERS: [Sys; 5] = [
 ];
 
 impl Sys {
+    fn id(self) -> &'static str {
+        match self {
+            Sys::Duplex => "duplex",
+            Sys::Russh => "russh",
+            Sys::OpenSsh => "openssh",
+            Sys::TonicTls => "tonic-tls",
+            Sys::TonicPlain => "tonic-plain",
+            Sys::Tcp => "tcp",
+        }
+    }
+
     fn label(self) -> &'static str {
         match self {
             Sys::Duplex => "Duplex",
@@ -315,6 +326,7 @@ where
 struct Args {
     params: Params,
     only: Option<Vec<String>>,
+    systems: Option<Vec<String>>,
     out: Option<PathBuf>,
 }
 
@@ -322,6 +334,7 @@ fn parse_args() -> Result<Args> {
     let mut params = Params::full();
     let mut runs = None;
     let mut only = None;
+    let mut systems = None;
     let mut out = None;
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -337,12 +350,22 @@ fn parse_args() -> Result<Args> {
                         .collect(),
                 )
             }
+            "--systems" => {
+                systems = Some(
+                    it.next()
+                        .context("--systems a,b")?
+                        .split(',')
+                        .map(str::to_owned)
+                        .collect(),
+                )
+            }
             "--out" => out = Some(PathBuf::from(it.next().context("--out FILE")?)),
             "-h" | "--help" => {
                 println!(
-                    "duplex-bench [--quick] [--runs N] [--only SCENARIOS] [--out FILE]\n\
+                    "duplex-bench [--quick] [--runs N] [--only SCENARIOS] [--systems SYSTEMS] [--out FILE]\n\
                      scenarios: bulk1 bulk8 rtt open_seq open_conc setup rpc_latency \
-                     rpc_rate rpc_stream mem_chan mem_conn"
+                     rpc_rate rpc_stream mem_chan mem_conn\n\
+                     systems: duplex russh openssh tonic-tls tonic-plain tcp"
                 );
                 std::process::exit(0);
             }
@@ -352,7 +375,12 @@ fn parse_args() -> Result<Args> {
     if let Some(r) = runs {
         params.runs = r;
     }
-    Ok(Args { params, only, out })
+    Ok(Args {
+        params,
+        only,
+        systems,
+        out,
+    })
 }
 
 fn main() -> Result<()> {
@@ -617,6 +645,11 @@ async fn run(args: Args) -> Result<()> {
         }
         for run in 0..p.runs {
             for (sys, j) in &sc.jobs {
+                if let Some(systems) = &args.systems
+                    && !systems.iter().any(|s| s == sys.id())
+                {
+                    continue;
+                }
                 let t = Instant::now();
                 let values = j()
                     .await

@@ -48,7 +48,7 @@ impl Default for Config {
         Self {
             limits: Limits::default(),
             max_frame_len: 8 << 20,
-            channel_window: 1 << 20,
+            channel_window: 4 << 20,
             plain_channel_buffer: 1 << 20,
             max_channels_per_connection: 4096,
             max_pending_channels: 256,
@@ -66,7 +66,7 @@ impl Default for Config {
             max_connections: 1024,
             max_unauthenticated: 128,
             max_auth_attempts: 6,
-            max_connection_buffer: 1 << 30,
+            max_connection_buffer: 4 << 30,
         }
     }
 }
@@ -112,13 +112,16 @@ impl Config {
     }
 
     /// Per-channel receive window: how many bytes a remote Duplex peer may
-    /// send on one channel before our application reads them. Default 1 MiB.
+    /// send on one channel before our application reads them. Default 4 MiB.
     ///
     /// This is the credit of Duplex's own flow control (see
     /// `docs/PROTOCOL.md`): the remote can never have more than this many
     /// unread bytes buffered in our memory per channel, and a channel whose
     /// application does not read stops its sender without slowing any other
-    /// channel. Larger windows help throughput on long, fast links. Must be
+    /// channel. The window bounds throughput to one window per round trip
+    /// of a grant: 4 MiB keeps one channel at the speed of the SSH
+    /// connection on loopback (measured in `docs/BENCHMARKS.md`: 1 MiB cost
+    /// a third of it), and larger windows help on long, fast links. Must be
     /// between 32 KiB and 1 GiB.
     pub fn channel_window(mut self, bytes: u32) -> Result<Self, ConfigError> {
         check(
@@ -281,7 +284,7 @@ impl Config {
     /// ([`channel_window`](Self::channel_window), or
     /// [`plain_channel_buffer`](Self::plain_channel_buffer) for plain SSH
     /// clients), reserved when the channel is opened and released when it
-    /// ends. Default 1 GiB (1024 channels with the default window).
+    /// ends. Default 4 GiB (1024 channels with the default window).
     ///
     /// DOS mitigation: a peer that opens many channels and sends into each
     /// without reading cannot make us hold more than this for it. An open

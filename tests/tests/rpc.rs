@@ -228,7 +228,9 @@ async fn ten_thousand_concurrent_calls_all_in_flight_at_once() {
                 .unwrap()
                 .accept_backlog(N + 100)
                 .unwrap()
-                .max_connection_buffer((N as u64 + 100) << 20)
+                .max_connection_buffer(
+                    (N as u64 + 100) * u64::from(Config::default().get_channel_window()),
+                )
                 .unwrap()
         };
         let p = pair_with(Transport::Tcp, roomy(), roomy()).await;
