@@ -33,6 +33,10 @@ use anyhow::{Context, Result, bail};
 use futures_util::future::LocalBoxFuture;
 use tokio::task::JoinSet;
 
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Bulk writes and streamed messages are this big.
 pub const WRITE_SIZE: usize = 64 << 10;
 /// Echoed messages are this big.

@@ -13,7 +13,9 @@ use tokio::time::Instant;
 use crate::codec::{self, Codec, SharedCodec};
 use crate::error::{RpcError, Side};
 use crate::stream::{Deadline, Receiver, Sender, Slot};
-use crate::wire::{self, CODEC_HEADER, KIND_HEADER, Kind, TIMEOUT_HEADER};
+use crate::wire::{
+    self, CODEC_HEADER, INLINE_MAX, KIND_HEADER, Kind, REQUEST_HEADER, TIMEOUT_HEADER,
+};
 
 /// Default maximum size of one encoded message, each way: 4 MiB, like
 /// gRPC. Larger messages are refused before they are sent, and before
@@ -175,16 +177,33 @@ impl Client {
         let work = async {
             let (codec, body) = self.encode(method, request)?;
             let _slot = self.slot().await?;
-            let ch = self.open(method, Kind::Unary, &codec, deadline).await?;
+            let inline = body.len() <= INLINE_MAX;
+            let ch = self
+                .open(
+                    method,
+                    Kind::Unary,
+                    &codec,
+                    deadline,
+                    inline.then_some(&body[..]),
+                )
+                .await?;
             let (reader, writer) = ch.split();
             let timeout = deadline.map(|d| d.timeout);
             let mut rx =
                 Receiver::<Resp>::caller_untimed(reader, codec, self.max(), method.into(), timeout);
-            let send_failed = match send_request(method, writer, &body).await {
-                Ok(()) => None,
-                // The server ended the call: it may have said why.
-                Err(e) if e.remote_ended() => Some(e),
-                Err(e) => return Err(e),
+            // An inlined request went with the open; the writer stays
+            // until the call ends (its EOF would be one more packet).
+            let mut _idle_writer = None;
+            let send_failed = if inline {
+                _idle_writer = Some(writer);
+                None
+            } else {
+                match send_request(method, writer, &body).await {
+                    Ok(()) => None,
+                    // The server ended the call: it may have said why.
+                    Err(e) if e.remote_ended() => Some(e),
+                    Err(e) => return Err(e),
+                }
             };
             match rx.recv().await {
                 Ok(Some(resp)) => Ok(resp),
@@ -222,12 +241,22 @@ impl Client {
     {
         let deadline = self.deadline();
         let (codec, body) = self.encode(method, request)?;
+        let inline = body.len() <= INLINE_MAX;
         let (ch, slot) = self
-            .start(method, Kind::ServerStream, &codec, deadline)
+            .start(
+                method,
+                Kind::ServerStream,
+                &codec,
+                deadline,
+                inline.then_some(&body[..]),
+            )
             .await?;
         let (reader, writer) = ch.split();
         let mut rx = Receiver::caller(reader, codec, self.max(), method.into(), deadline);
         rx.hold(slot);
+        if inline {
+            return Ok(rx); // the request went with the open
+        }
         match with_deadline(method, deadline, send_request(method, writer, &body)).await {
             Ok(()) => Ok(rx),
             // The server may have ended the call already: its status says why.
@@ -319,7 +348,7 @@ impl Client {
     {
         let deadline = self.deadline();
         let codec = self.codec(method)?;
-        let (ch, slot) = self.start(method, kind, &codec, deadline).await?;
+        let (ch, slot) = self.start(method, kind, &codec, deadline, None).await?;
         let (reader, writer) = ch.split();
         let method: Arc<str> = method.into();
         let tx = Sender::caller(
@@ -342,10 +371,11 @@ impl Client {
         kind: Kind,
         codec: &SharedCodec,
         deadline: Option<Deadline>,
+        request: Option<&[u8]>,
     ) -> Result<(Channel, Slot), RpcError> {
         with_deadline(method, deadline, async {
             let slot = self.slot().await?;
-            let ch = self.open(method, kind, codec, deadline).await?;
+            let ch = self.open(method, kind, codec, deadline, request).await?;
             Ok((ch, slot))
         })
         .await
@@ -436,8 +466,12 @@ impl Client {
         kind: Kind,
         codec: &SharedCodec,
         deadline: Option<Deadline>,
+        request: Option<&[u8]>,
     ) -> Result<Channel, RpcError> {
-        let headers = self.call_headers(kind, codec, deadline);
+        let mut headers = self.call_headers(kind, codec, deadline);
+        if let Some(body) = request {
+            headers.push(REQUEST_HEADER, wire::encode_inline(body));
+        }
         self.open_with(method, headers).await
     }
 

@@ -6,7 +6,7 @@ use std::fmt;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use duplex::{
@@ -24,8 +24,8 @@ use tokio_util::task::TaskTracker;
 use crate::client::{Client, DEFAULT_MAX_CONCURRENT_CALLS, DEFAULT_MAX_MESSAGE_LEN};
 use crate::codec::{self, Codec, SharedCodec};
 use crate::status::{self, Code, Origin, Status};
-use crate::stream::{FailureSlot, Receiver, Sender};
-use crate::wire::{self, CODEC_HEADER, KIND_HEADER, Kind, TIMEOUT_HEADER};
+use crate::stream::{FailureSlot, Receiver, Sender, too_large_status};
+use crate::wire::{self, CODEC_HEADER, KIND_HEADER, Kind, REQUEST_HEADER, TIMEOUT_HEADER};
 
 /// The codec of a call that names none (`docs/PROTOCOL.md` 9.1).
 const DEFAULT_CODEC: &str = "msgpack";
@@ -47,7 +47,11 @@ struct CtxInner {
     deadline: Option<Instant>,
     timeout: Option<Duration>,
     cancel: CancellationToken,
-    caller: Client,
+    /// The server's client and the call's codec, from which `caller`
+    /// builds the callback client when first asked.
+    client: Client,
+    codec: SharedCodec,
+    caller: OnceLock<Client>,
 }
 
 impl fmt::Debug for Context {
@@ -112,7 +116,20 @@ impl Context {
     /// caller's own [`Server`], concurrently with the call, so they cannot
     /// deadlock on it.
     pub fn caller(&self) -> Client {
-        self.inner.caller.clone()
+        let inner = &*self.inner;
+        inner
+            .caller
+            .get_or_init(|| {
+                // Callbacks get their own pool of call slots, so calls
+                // waiting on callbacks cannot starve each other's callbacks.
+                inner
+                    .client
+                    .to(inner.meta.remote_peer())
+                    .with_max_concurrent_calls(DEFAULT_MAX_CONCURRENT_CALLS)
+                    .set_codec(inner.codec.clone())
+                    .inherit_deadline(inner.deadline)
+            })
+            .clone()
     }
 }
 
@@ -125,6 +142,8 @@ struct Call {
     codec: SharedCodec,
     max: usize,
     failure: FailureSlot,
+    /// The request the caller sent in its open (`rpc-request`).
+    inline: Option<Vec<u8>>,
 }
 
 impl Call {
@@ -395,10 +414,10 @@ impl Router {
             method,
             Kind::Unary,
             handler,
-            |handler, call, channel| async move {
+            |handler, mut call, channel| async move {
                 let (reader, writer) = channel.split();
                 let mut rx = call.receiver::<Req>(reader);
-                let req = first_request(&call, &mut rx).await?;
+                let req = first_request(&mut call, &mut rx).await?;
                 let resp = handler
                     .call(call.ctx.clone(), req)
                     .await
@@ -422,10 +441,10 @@ impl Router {
             method,
             Kind::ServerStream,
             handler,
-            |handler, call, channel| async move {
+            |handler, mut call, channel| async move {
                 let (reader, writer) = channel.split();
                 let mut rx = call.receiver::<Req>(reader);
-                let req = first_request(&call, &mut rx).await?;
+                let req = first_request(&mut call, &mut rx).await?;
                 let tx = call.sender(writer);
                 handler
                     .call(call.ctx.clone(), req, tx)
@@ -509,10 +528,28 @@ async fn respond(mut writer: ChannelWriter, body: Vec<u8>) -> Result<(), (Origin
 }
 
 /// Reads the one request of a unary or server-streaming call.
+/// The one request of a unary or server-streaming call: from the open's
+/// `rpc-request` header if the caller put it there, else the first frame.
 async fn first_request<Req: DeserializeOwned>(
-    call: &Call,
+    call: &mut Call,
     rx: &mut Receiver<Req>,
 ) -> Result<Req, (Origin, Status)> {
+    if let Some(body) = call.inline.take() {
+        let method = call.ctx.method();
+        if body.len() > call.max {
+            let st = too_large_status(method, body.len() as u64, call.max);
+            return Err((Origin::TooLarge, st));
+        }
+        return codec::decode::<Req>(&*call.codec, &body).map_err(|e| {
+            (
+                Origin::BadRequest,
+                Status::invalid_argument(format!(
+                    "{method}: cannot decode the request with {}: {e}",
+                    call.codec.name()
+                )),
+            )
+        });
+    }
     match rx.recv().await {
         Ok(Some(req)) => Ok(req),
         Ok(None) => Err((
@@ -796,8 +833,9 @@ async fn refuse(ch: Channel, origin: Origin, st: Status) {
 
 async fn serve_call(s: Arc<Shared>, route: Route, channel: Channel) {
     let errors = channel.error_writer();
-    let method = channel.service().to_owned();
-    let headers = channel.headers().clone();
+    let meta = channel.meta().clone();
+    let method = meta.service();
+    let headers = meta.headers();
     let codec = match headers.get(CODEC_HEADER) {
         // The protocol's default, whatever order codecs were added in.
         None => s
@@ -808,7 +846,7 @@ async fn serve_call(s: Arc<Shared>, route: Route, channel: Channel) {
             .cloned(),
         Some(name) => s.codecs.iter().find(|c| c.name() == name).cloned(),
     };
-    let refused = |origin, st: Status| send_status(errors, &method, origin, st);
+    let refused = |origin, st: Status| send_status(errors, method, origin, st);
     let Some(codec) = codec else {
         let names: Vec<_> = s.codecs.iter().map(|c| c.name()).collect();
         let asked = headers.get(CODEC_HEADER).unwrap_or("(none)");
@@ -844,22 +882,38 @@ async fn serve_call(s: Arc<Shared>, route: Route, channel: Channel) {
             return refused(Origin::BadRequest, st).await;
         }
     };
+    let inline = match headers.get(REQUEST_HEADER) {
+        None => None,
+        Some(_) if !matches!(route.kind, Kind::Unary | Kind::ServerStream) => {
+            let st = Status::invalid_argument(format!(
+                "{method}: a {} call takes its requests as frames, not in {REQUEST_HEADER}",
+                route.kind
+            ));
+            drop(channel);
+            return refused(Origin::BadRequest, st).await;
+        }
+        Some(value) => match wire::decode_inline(value) {
+            Some(body) => Some(body),
+            None => {
+                let st = Status::invalid_argument(format!(
+                    "{method}: the {REQUEST_HEADER} header is not base64 (URL-safe, unpadded)"
+                ));
+                drop(channel);
+                return refused(Origin::BadRequest, st).await;
+            }
+        },
+    };
     let deadline = timeout.map(|t| Instant::now() + t);
     let cancel = CancellationToken::new();
     let ctx = Context {
         inner: Arc::new(CtxInner {
-            meta: channel.meta().clone(),
+            meta: meta.clone(),
             deadline,
             timeout,
             cancel: cancel.clone(),
-            // Callbacks get their own pool of call slots, so calls waiting
-            // on callbacks cannot starve each other's callbacks.
-            caller: s
-                .client
-                .to(channel.meta().remote_peer())
-                .with_max_concurrent_calls(DEFAULT_MAX_CONCURRENT_CALLS)
-                .set_codec(codec.clone())
-                .inherit_deadline(deadline),
+            client: s.client.clone(),
+            codec: codec.clone(),
+            caller: OnceLock::new(),
         }),
     };
     // The caller going away (not our own close, which a raw handler may do
@@ -878,6 +932,7 @@ async fn serve_call(s: Arc<Shared>, route: Route, channel: Channel) {
         codec,
         max: s.max_message_len,
         failure: Arc::new(Mutex::new(None)),
+        inline,
     };
     let handler = AssertUnwindSafe((route.serve)(call, channel)).catch_unwind();
     let expired = async {

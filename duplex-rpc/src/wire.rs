@@ -7,6 +7,7 @@
 //! | `rpc-codec`   | codec name (`msgpack`, `json`); default msgpack |
 //! | `rpc-timeout` | time the caller will wait, relative: `250ms`   |
 //! | `rpc-kind`    | `unary`, `server-stream`, `client-stream`, `bidi` |
+//! | `rpc-request` | a single-request call's request, base64 (URL-safe, no padding) |
 //!
 //! Requests and responses are message frames on the data stream, each one
 //! encoded value; the caller sends EOF after its last request and the
@@ -22,6 +23,26 @@ pub const CODEC_HEADER: &str = "rpc-codec";
 pub const TIMEOUT_HEADER: &str = "rpc-timeout";
 /// Header naming the call kind the caller expects.
 pub const KIND_HEADER: &str = "rpc-kind";
+/// Header carrying a unary or server-streaming call's request, when it is
+/// small enough (see [`INLINE_MAX`]): the call then takes one round trip.
+pub const REQUEST_HEADER: &str = "rpc-request";
+/// Largest encoded request a caller puts in [`REQUEST_HEADER`]: 4 KiB of
+/// base64, well within the default 16 KiB of headers a peer accepts.
+pub const INLINE_MAX: usize = 3 << 10;
+
+/// A request as the value of [`REQUEST_HEADER`].
+pub fn encode_inline(body: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(body)
+}
+
+/// The request in a [`REQUEST_HEADER`] value; `None` if it is not base64.
+pub fn decode_inline(value: &str) -> Option<Vec<u8>> {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(value)
+        .ok()
+}
 
 /// The shape of a method: how many requests and responses it takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

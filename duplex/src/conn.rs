@@ -9,7 +9,11 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
-use tokio::sync::{Notify, oneshot};
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::channel::state::{ChanShared, Delivery, Kind, OpenPhase, Out};
@@ -24,7 +28,7 @@ use crate::proto::service::ServiceName;
 use crate::proto::{EXT_CONTROL, HELLO_SERVICE, PROTOCOL_VERSION};
 use crate::ssh::keys::{Fingerprint, PublicKey};
 use crate::ssh::{
-    IncomingOpen, OPEN_PROHIBITED, OPEN_RESOURCE_SHORTAGE, OpenFailed, SessionHandle,
+    IncomingOpen, OPEN_PROHIBITED, OPEN_RESOURCE_SHORTAGE, OpenFailed, SessionHandle, WriteHalf,
 };
 
 /// Who the remote is, once known.
@@ -43,6 +47,9 @@ pub(crate) struct ConnShared {
     remote_key: OnceLock<Fingerprint>,
     remote_user: OnceLock<Arc<str>>,
     pub(crate) remote: OnceLock<Remote>,
+    /// Our name, the remote's and the endpoint, shared by the metadata of
+    /// every channel (set at the first channel, when the remote is known).
+    meta_names: OnceLock<(Arc<str>, Arc<str>, Arc<str>)>,
     /// The remote completed the Duplex hello (always true once a dialled
     /// connection is registered).
     duplex: AtomicBool,
@@ -107,6 +114,7 @@ impl ConnShared {
             remote_key: OnceLock::new(),
             remote_user: OnceLock::new(),
             remote: OnceLock::new(),
+            meta_names: OnceLock::new(),
             duplex: AtomicBool::new(false),
             handle: OnceLock::new(),
             channels: Mutex::new(HashMap::new()),
@@ -493,17 +501,33 @@ impl ConnShared {
         parent: Option<Arc<ChannelMeta>>,
     ) -> ChannelMeta {
         let remote = self.remote.get();
-        ChannelMeta {
-            parent,
+        let names = match remote {
+            // Known for good once the remote is registered: share them.
+            Some(r) => self
+                .meta_names
+                .get_or_init(|| {
+                    (
+                        self.core.name.clone(),
+                        r.name.clone(),
+                        self.endpoint.as_str().into(),
+                    )
+                })
+                .clone(),
+            None => (
+                self.core.name.clone(),
+                self.remote_name().into(),
+                self.endpoint.as_str().into(),
+            ),
+        };
+        ChannelMeta::new(
             service,
             headers,
-            local_peer: self.core.name.to_string(),
-            remote_peer: self.remote_name(),
-            remote_fingerprint: remote
+            names,
+            remote
                 .map(|r| r.fingerprint.clone())
                 .or_else(|| self.remote_key.get().cloned()),
-            endpoint: self.endpoint.clone(),
-        }
+            parent,
+        )
     }
 
     /// The listener's side of the hello: check the dialler's version, answer
@@ -563,9 +587,9 @@ impl ConnShared {
 
     // ---- opening ----
 
-    /// Opens a channel (nested in `parent` if given); the work runs in a
-    /// task of its own so that dropping the returned future never strands a
-    /// half-open channel.
+    /// Opens a channel (nested in `parent` if given). The work runs in a
+    /// task of its own, which measured faster than the caller's own task,
+    /// and dropping the returned future never strands a half-open channel.
     pub(crate) async fn open(
         self: &Arc<Self>,
         service: ServiceName,
@@ -587,14 +611,14 @@ impl ConnShared {
                 reason: "its channel number cannot be named in an open".into(),
             });
         };
-        let (tx, rx) = oneshot::channel();
+        let (tx, rx) = tokio::sync::oneshot::channel();
         let conn = self.clone();
         self.core.tracker.spawn(async move {
             let res = conn
                 .open_inner(service, headers, encoded, wire, parent)
                 .await;
             if let Err(Ok(chan)) = tx.send(res) {
-                drop(chan); // the caller went away: closes the channel
+                drop(chan);
             }
         });
         rx.await.unwrap_or(Err(OpenError::Shutdown))
@@ -651,18 +675,18 @@ impl ConnShared {
         wire: (u32, u32),
         parent: Option<Arc<ChanShared>>,
     ) -> Result<Channel, OpenError> {
-        let peer = self.remote_name();
+        // The remote's name is only formatted for an error.
         let lost = |reason: String| OpenError::ConnectionLost {
-            peer: peer.clone(),
+            peer: self.remote_name(),
             service: service.to_string(),
             reason: reason.into(),
         };
         if self.ended.is_cancelled() || self.cancel.is_cancelled() {
             return Err(lost(self.end_reason()));
         }
-        let Some(handle) = self.handle.get() else {
+        if self.handle.get().is_none() {
             return Err(lost("the session is not running".into()));
-        };
+        }
         let reservation = self
             .reserve(u64::from(self.config.channel_window))
             .map_err(|why| OpenError::LocalLimit {
@@ -671,11 +695,11 @@ impl ConnShared {
             })?;
         let deadline = tokio::time::Instant::now() + self.config.open_timeout;
         let write = tokio::select! {
-            r = handle.open(service.as_str(), encoded, wire) => r,
+            r = PendingOpen::new(self.clone(), service.clone(), encoded, wire) => r,
             _ = self.ended.cancelled() => Err(OpenFailed::Gone),
             _ = tokio::time::sleep_until(deadline) => {
                 return Err(OpenError::Timeout {
-                    peer,
+                    peer: self.remote_name(),
                     service: service.to_string(),
                     after: self.config.open_timeout,
                 });
@@ -685,7 +709,7 @@ impl ConnShared {
             Ok(w) => w,
             Err(OpenFailed::Refused(code)) => {
                 return Err(OpenError::Refused {
-                    peer,
+                    peer: self.remote_name(),
                     service: service.to_string(),
                     code,
                     why: match code {
@@ -729,7 +753,7 @@ impl ConnShared {
                 OpenPhase::Accepted | OpenPhase::Hello(_) => return Ok(channel),
                 OpenPhase::Rejected(reason) => {
                     return Err(OpenError::Rejected {
-                        peer,
+                        peer: self.remote_name(),
                         service: service.to_string(),
                         reason,
                     });
@@ -753,7 +777,7 @@ impl ConnShared {
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
                 return Err(OpenError::Timeout {
-                    peer,
+                    peer: self.remote_name(),
                     service: service.to_string(),
                     after: self.config.open_timeout,
                 });
@@ -969,6 +993,68 @@ async fn drain(chan: Arc<ChanShared>) {
             while chan.next_out().is_some() {} // discards; clears `scheduled`
             return;
         }
+    }
+}
+
+/// The SSH open of a channel we open. If it is dropped before the remote
+/// answered (the caller gave up, or the open timed out), a task sees the
+/// open through and closes the channel, so none is left half-open at the
+/// remote. Every step after it holds a `Channel`, whose drop closes it:
+/// so `open` needs no task of its own.
+struct PendingOpen {
+    conn: Arc<ConnShared>,
+    fut: Option<Pin<Box<dyn Future<Output = Result<WriteHalf, OpenFailed>> + Send>>>,
+}
+
+impl PendingOpen {
+    fn new(conn: Arc<ConnShared>, service: ServiceName, encoded: String, wire: (u32, u32)) -> Self {
+        let c = conn.clone();
+        let fut = Box::pin(async move {
+            match c.handle.get() {
+                Some(h) => h.open(service.as_str(), encoded, wire).await,
+                None => Err(OpenFailed::Gone),
+            }
+        });
+        PendingOpen {
+            conn,
+            fut: Some(fut),
+        }
+    }
+}
+
+impl Future for PendingOpen {
+    type Output = Result<WriteHalf, OpenFailed>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let Some(fut) = self.fut.as_mut() else {
+            return Poll::Ready(Err(OpenFailed::Gone));
+        };
+        let res = std::task::ready!(fut.as_mut().poll(cx));
+        self.fut = None;
+        Poll::Ready(res)
+    }
+}
+
+impl Drop for PendingOpen {
+    fn drop(&mut self) {
+        let Some(fut) = self.fut.take() else { return };
+        // Outside a runtime (it is shutting down) there is no session to
+        // answer either.
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let conn = self.conn.clone();
+        self.conn.core.tracker.spawn_on(
+            async move {
+                if let Ok(write) = fut.await {
+                    let chan = conn.claim(write.id());
+                    let _ = chan.writer.set(write);
+                    chan.kick();
+                    drop(Channel::new(chan)); // closes it
+                }
+            },
+            &rt,
+        );
     }
 }
 

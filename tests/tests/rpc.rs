@@ -954,3 +954,72 @@ async fn work_a_failed_handler_spawned_is_cancelled() {
     })
     .await;
 }
+
+/// A small unary or server-streaming request rides in the open's
+/// `rpc-request` header (one round trip); a large one goes as a frame.
+/// Both give the same results, and a malformed header is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_requests_ride_in_the_open_large_ones_in_a_frame() {
+    within(30, async {
+        let p = pair(Transport::Tcp).await;
+        let router = Router::new()
+            .unary("Req.Len", |ctx: Context, s: String| async move {
+                Ok::<_, Status>((s.len(), ctx.headers().get("rpc-request").is_some()))
+            })
+            .server_stream(
+                "Req.Bytes",
+                |ctx: Context, s: String, mut out: Sender<(u8, bool)>| async move {
+                    let inline = ctx.headers().get("rpc-request").is_some();
+                    for b in s.bytes().take(3) {
+                        out.send(&(b, inline)).await?;
+                    }
+                    Ok(())
+                },
+            )
+            .client_stream(
+                "Req.Count",
+                |_ctx: Context, mut xs: Receiver<u8>| async move {
+                    let mut n = 0u32;
+                    while xs.recv().await?.is_some() {
+                        n += 1;
+                    }
+                    Ok::<_, Status>(n)
+                },
+            );
+        let _s = serve(&p.server, router);
+        let client = Client::new(p.client.clone()).to("server");
+        let small = "x".repeat(100);
+        let large = "y".repeat(10_000);
+        let (n, inline): (usize, bool) = client.call("Req.Len", &small).await.unwrap();
+        assert_eq!((n, inline), (100, true));
+        let (n, inline): (usize, bool) = client.call("Req.Len", &large).await.unwrap();
+        assert_eq!((n, inline), (10_000, false));
+        for (req, inline) in [(&small, true), (&large, false)] {
+            let mut rx = client
+                .server_stream::<_, (u8, bool)>("Req.Bytes", req)
+                .await
+                .unwrap();
+            let mut got = Vec::new();
+            while let Some(x) = rx.recv().await.unwrap() {
+                got.push(x);
+            }
+            let b = req.as_bytes()[0];
+            assert_eq!(got, vec![(b, inline); 3]);
+        }
+        // A caller that puts garbage in the header gets a clear refusal.
+        let bad = client.with_header("rpc-request", "not base64!");
+        let err = bad
+            .call::<_, (usize, bool)>("Req.Len", &large)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::INVALID_ARGUMENT, "{err}");
+        assert!(err.to_string().contains("rpc-request"), "{err}");
+        // And one that inlines into a streaming-request call, too.
+        let mut call = bad.client_stream::<u8, u32>("Req.Count").await.unwrap();
+        let _ = call.send(&1).await;
+        let err = call.finish().await.unwrap_err();
+        assert_eq!(err.code(), Code::INVALID_ARGUMENT, "{err}");
+        p.shutdown().await;
+    })
+    .await;
+}

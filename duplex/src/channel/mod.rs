@@ -27,52 +27,79 @@ use state::{ChanShared, Kind};
 /// What is known about a channel: its service, headers, the two peers, and
 /// its parent if it is nested. The same for channels we opened and channels
 /// we accepted. Trailers come later, from [`Channel::trailers`].
+///
+/// Cheap to clone: clones share one copy.
 #[derive(Debug, Clone)]
 pub struct ChannelMeta {
-    pub(crate) service: ServiceName,
-    pub(crate) headers: Headers,
-    pub(crate) local_peer: String,
-    pub(crate) remote_peer: String,
-    pub(crate) remote_fingerprint: Option<Fingerprint>,
-    pub(crate) endpoint: String,
-    pub(crate) parent: Option<Arc<ChannelMeta>>,
+    inner: Arc<MetaInner>,
+}
+
+#[derive(Debug)]
+struct MetaInner {
+    service: ServiceName,
+    headers: Headers,
+    local_peer: Arc<str>,
+    remote_peer: Arc<str>,
+    remote_fingerprint: Option<Fingerprint>,
+    endpoint: Arc<str>,
+    parent: Option<Arc<ChannelMeta>>,
 }
 
 impl ChannelMeta {
+    pub(crate) fn new(
+        service: ServiceName,
+        headers: Headers,
+        (local_peer, remote_peer, endpoint): (Arc<str>, Arc<str>, Arc<str>),
+        remote_fingerprint: Option<Fingerprint>,
+        parent: Option<Arc<ChannelMeta>>,
+    ) -> Self {
+        ChannelMeta {
+            inner: Arc::new(MetaInner {
+                service,
+                headers,
+                local_peer,
+                remote_peer,
+                remote_fingerprint,
+                endpoint,
+                parent,
+            }),
+        }
+    }
+
     /// The service the channel was opened for.
     pub fn service(&self) -> &str {
-        self.service.as_str()
+        self.inner.service.as_str()
     }
 
     /// The headers sent with the open (empty for plain SSH clients).
     pub fn headers(&self) -> &Headers {
-        &self.headers
+        &self.inner.headers
     }
 
     /// Our peer name.
     pub fn local_peer(&self) -> &str {
-        &self.local_peer
+        &self.inner.local_peer
     }
 
     /// The remote peer's name.
     pub fn remote_peer(&self) -> &str {
-        &self.remote_peer
+        &self.inner.remote_peer
     }
 
     /// The remote peer's key fingerprint.
     pub fn remote_fingerprint(&self) -> Option<&Fingerprint> {
-        self.remote_fingerprint.as_ref()
+        self.inner.remote_fingerprint.as_ref()
     }
 
     /// The endpoint of the connection that carries the channel.
     pub fn endpoint(&self) -> &str {
-        &self.endpoint
+        &self.inner.endpoint
     }
 
     /// For a nested channel, its parent's meta (whose own `parent` leads
     /// further up); `None` for a top-level channel.
     pub fn parent(&self) -> Option<&ChannelMeta> {
-        self.parent.as_deref()
+        self.inner.parent.as_deref()
     }
 
     /// How deep the channel is nested: 0 for a top-level channel, 1 for a
@@ -383,14 +410,14 @@ fn meta_of(shared: &ChanShared) -> &ChannelMeta {
     // fallback only exists to avoid a panic path.
     static EMPTY: std::sync::OnceLock<ChannelMeta> = std::sync::OnceLock::new();
     shared.meta.get().map(|m| &**m).unwrap_or_else(|| {
-        EMPTY.get_or_init(|| ChannelMeta {
-            service: ServiceName::new_any("@unknown").unwrap_or_else(|_| unreachable_name()),
-            headers: Headers::new(),
-            local_peer: String::new(),
-            remote_peer: String::new(),
-            remote_fingerprint: None,
-            endpoint: String::new(),
-            parent: None,
+        EMPTY.get_or_init(|| {
+            ChannelMeta::new(
+                ServiceName::new_any("@unknown").unwrap_or_else(|_| unreachable_name()),
+                Headers::new(),
+                (Arc::from(""), Arc::from(""), Arc::from("")),
+                None,
+                None,
+            )
         })
     })
 }
