@@ -1003,8 +1003,10 @@ async fn drain(chan: Arc<ChanShared>) {
 /// so `open` needs no task of its own.
 struct PendingOpen {
     conn: Arc<ConnShared>,
-    fut: Option<Pin<Box<dyn Future<Output = Result<WriteHalf, OpenFailed>> + Send>>>,
+    fut: Option<SshOpen>,
 }
+
+type SshOpen = Pin<Box<dyn Future<Output = Result<WriteHalf, OpenFailed>> + Send>>;
 
 impl PendingOpen {
     fn new(conn: Arc<ConnShared>, service: ServiceName, encoded: String, wire: (u32, u32)) -> Self {
