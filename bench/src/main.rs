@@ -72,7 +72,7 @@ pub struct Params {
 impl Params {
     fn full() -> Self {
         Params {
-            runs: 3,
+            runs: 5,
             bulk_bytes: 1 << 30,
             round_trips: 10_000,
             warmup: 1_000,
