@@ -592,53 +592,23 @@ async fn run(args: Args) -> Result<()> {
             (Sys::TonicPlain, job(move || async move { Ok(vec![("rpc_stream", grpc::rpc_stream(g_plain, p).await?)]) })),
         ],
     });
-    let kib = |b: f64| b / 1024.0;
-    scenarios.push(Scenario {
-        name: "mem_chan",
-        jobs: vec![
-            (
-                Sys::Duplex,
+    for name in ["mem_chan", "mem_conn"] {
+        let mut jobs: Vec<(Sys, Job<'_>)> = Vec::new();
+        for (sys, id) in [(Sys::Duplex, "duplex"), (Sys::Russh, "russh")] {
+            jobs.push((
+                sys,
                 job(move || async move {
-                    Ok(vec![(
-                        "mem_chan",
-                        kib(mem::per_channel("duplex", p.idle_channels, memdir).await?),
-                    )])
+                    let bytes = if name == "mem_chan" {
+                        mem::per_channel(id, p.idle_channels, memdir).await?
+                    } else {
+                        mem::per_connection(id, p.idle_conns, memdir).await?
+                    };
+                    Ok(vec![(name, bytes / 1024.0)])
                 }),
-            ),
-            (
-                Sys::Russh,
-                job(move || async move {
-                    Ok(vec![(
-                        "mem_chan",
-                        kib(mem::per_channel("russh", p.idle_channels, memdir).await?),
-                    )])
-                }),
-            ),
-        ],
-    });
-    scenarios.push(Scenario {
-        name: "mem_conn",
-        jobs: vec![
-            (
-                Sys::Duplex,
-                job(move || async move {
-                    Ok(vec![(
-                        "mem_conn",
-                        kib(mem::per_connection("duplex", p.idle_conns, memdir).await?),
-                    )])
-                }),
-            ),
-            (
-                Sys::Russh,
-                job(move || async move {
-                    Ok(vec![(
-                        "mem_conn",
-                        kib(mem::per_connection("russh", p.idle_conns, memdir).await?),
-                    )])
-                }),
-            ),
-        ],
-    });
+            ));
+        }
+        scenarios.push(Scenario { name, jobs });
+    }
 
     let mut results: BTreeMap<(&'static str, Sys), Vec<f64>> = BTreeMap::new();
     for sc in &scenarios {
