@@ -3,17 +3,16 @@
 //! queue.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
-use std::future::Future;
-use std::pin::Pin;
-use std::task::{Context, Poll};
-
-use tokio::sync::Notify;
+use tokio::sync::{Notify, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::channel::state::{ChanShared, Delivery, Kind, OpenPhase, Out};
@@ -611,14 +610,14 @@ impl ConnShared {
                 reason: "its channel number cannot be named in an open".into(),
             });
         };
-        let (tx, rx) = tokio::sync::oneshot::channel();
+        let (tx, rx) = oneshot::channel();
         let conn = self.clone();
         self.core.tracker.spawn(async move {
             let res = conn
                 .open_inner(service, headers, encoded, wire, parent)
                 .await;
             if let Err(Ok(chan)) = tx.send(res) {
-                drop(chan);
+                drop(chan); // the caller went away: closes the channel
             }
         });
         rx.await.unwrap_or(Err(OpenError::Shutdown))
