@@ -16,6 +16,15 @@ use crate::{MSG_SIZE, Params, WRITE_SIZE, stats};
 
 pub const SERVER: &str = "bench-server";
 
+/// The configuration of every Duplex peer in the bench: the defaults with
+/// a 4 MiB channel window, the best of 256 KiB to 16 MiB for one channel
+/// on this loopback (docs/BENCHMARKS.md). The default stays 1 MiB: a
+/// window in flight on each of many busy channels must fit in the
+/// connection's send buffer.
+pub fn config() -> Result<Config> {
+    Ok(Config::default().channel_window(4 << 20)?)
+}
+
 /// A peer that trusts `others` both ways.
 pub fn peer(name: &str, me: &Identity, others: &[&Identity], config: Config) -> Result<Peer> {
     let mut ak = AuthorizedKeys::new();
@@ -87,14 +96,14 @@ pub struct Pair {
 
 pub async fn start() -> Result<Pair> {
     let (sid, cid) = (Identity::generate(), Identity::generate());
-    let server = peer(SERVER, &sid, &[&cid], Config::default())?;
-    let client = peer("bench-client", &cid, &[&sid], Config::default())?;
+    let server = peer(SERVER, &sid, &[&cid], config()?)?;
+    let client = peer("bench-client", &cid, &[&sid], config()?)?;
     let services = serve_channels(&server, Arc::new(AtomicUsize::new(0)));
     let endpoint = server.bind("tcp://127.0.0.1:0").await?;
     client.connect(&endpoint).await?;
 
-    let rpc_server_peer = peer(SERVER, &sid, &[&cid], Config::default())?;
-    let rpc_client_peer = peer("bench-client", &cid, &[&sid], Config::default())?;
+    let rpc_server_peer = peer(SERVER, &sid, &[&cid], config()?)?;
+    let rpc_client_peer = peer("bench-client", &cid, &[&sid], config()?)?;
     let rpc_server = Server::new(router()).serve(&rpc_server_peer)?;
     let rpc_endpoint = rpc_server_peer.bind("tcp://127.0.0.1:0").await?;
     rpc_client_peer.connect(&rpc_endpoint).await?;
@@ -146,12 +155,8 @@ pub async fn bulk(pair: &Pair, p: &Params, streams: usize) -> Result<f64> {
     let mut set = JoinSet::new();
     for mut ch in chans {
         set.spawn(async move {
-            let chunk = vec![0x5au8; WRITE_SIZE];
-            let mut left = per;
-            while left > 0 {
-                let n = left.min(chunk.len() as u64) as usize;
-                ch.write_all(&chunk[..n]).await.context("write")?;
-                left -= n as u64;
+            for chunk in crate::writes(per) {
+                ch.write_all(chunk).await.context("write")?;
             }
             ch.close_write().await.context("close_write")?;
             // The server closes once it has read to EOF.
@@ -216,7 +221,7 @@ pub async fn setup(pair: &Pair, n: usize) -> Result<f64> {
     pair.server.set_authorized_keys(ak);
     let mut times = Vec::with_capacity(n);
     for id in &ids {
-        let c = peer("bench-dialer", id, &[&pair.server_id], Config::default())?;
+        let c = peer("bench-dialer", id, &[&pair.server_id], config()?)?;
         let t = Instant::now();
         c.connect(&pair.endpoint).await?;
         times.push(t.elapsed());

@@ -39,6 +39,16 @@ static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// Bulk writes and streamed messages are this big.
 pub const WRITE_SIZE: usize = 64 << 10;
+/// `total` bytes as a sequence of writes of at most [`WRITE_SIZE`].
+pub fn writes(total: u64) -> impl Iterator<Item = &'static [u8]> {
+    static CHUNK: [u8; WRITE_SIZE] = [0x5a; WRITE_SIZE];
+    let full = total / WRITE_SIZE as u64;
+    let rest = (total % WRITE_SIZE as u64) as usize;
+    (0..full)
+        .map(|_| &CHUNK[..])
+        .chain((rest > 0).then(|| &CHUNK[..rest]))
+}
+
 /// Echoed messages are this big.
 pub const MSG_SIZE: usize = 64;
 

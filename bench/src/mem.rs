@@ -34,7 +34,7 @@ pub fn rss_bytes() -> u64 {
 /// connections on one listener (the defaults protect a peer from such
 /// numbers).
 pub fn roomy_config() -> Result<Config> {
-    Ok(Config::default()
+    Ok(dx::config()?
         .max_channels_per_connection(20_000)?
         .max_pending_channels(20_000)?
         .accept_backlog(20_000)?
@@ -51,9 +51,9 @@ pub fn roomy_config() -> Result<Config> {
 pub async fn child(system: &str, dir: &Path) -> Result<()> {
     let client = Identity::load(dir.join("client"))?;
     let server_id = Identity::load(dir.join("server"))?;
-    let idle = Arc::new(AtomicUsize::new(0));
     let mut out = tokio::io::stdout();
-    let (_keep, count_conns): (Box<dyn std::any::Any>, Box<dyn Fn() -> usize>) = match system {
+    type Count = Box<dyn Fn() -> usize>;
+    let (_keep, count_chans, count_conns): (Box<dyn std::any::Any>, Count, Count) = match system {
         "duplex" => {
             let mut ak = AuthorizedKeys::new();
             ak.add(client.public_key());
@@ -64,12 +64,14 @@ pub async fn child(system: &str, dir: &Path) -> Result<()> {
                 .known_hosts(KnownHosts::new())
                 .config(roomy_config()?)
                 .build()?;
+            let idle = Arc::new(AtomicUsize::new(0));
             let services = dx::serve_channels(&peer, idle.clone());
             let ep = peer.bind("tcp://127.0.0.1:0").await?;
             out.write_all(format!("ready {ep}\n").as_bytes()).await?;
             let p = peer.clone();
             (
                 Box::new((peer, services)),
+                Box::new(move || idle.load(Ordering::Relaxed)),
                 Box::new(move || p.peers().len()),
             )
         }
@@ -78,17 +80,11 @@ pub async fn child(system: &str, dir: &Path) -> Result<()> {
             let srv = raw::start(key.public_key().clone()).await?;
             out.write_all(format!("ready tcp://{}\n", srv.addr).as_bytes())
                 .await?;
+            // Every session channel opened here is an idle one.
             let (o, c) = (srv.opened.clone(), srv.connections.clone());
-            let idle2 = idle.clone();
-            // russh counts every session channel as idle here.
-            let keep = tokio::spawn(async move {
-                loop {
-                    idle2.store(o.load(Ordering::Relaxed), Ordering::Relaxed);
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-            });
             (
-                Box::new((srv, crate::Owned(keep))),
+                Box::new(srv),
+                Box::new(move || o.load(Ordering::Relaxed)),
                 Box::new(move || c.load(Ordering::Relaxed)),
             )
         }
@@ -104,7 +100,7 @@ pub async fn child(system: &str, dir: &Path) -> Result<()> {
         ) {
             (Some("rss"), _) => rss_bytes().to_string(),
             (Some("channels"), Some(n)) => {
-                while idle.load(Ordering::Relaxed) < n {
+                while count_chans() < n {
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
                 "ok".into()
@@ -239,7 +235,7 @@ pub async fn per_connection(system: &str, n: usize, dir: &Path) -> Result<f64> {
             let dial = |i: usize| {
                 let (cid, sid, ep) = (client_id.clone(), sid.clone(), ep.clone());
                 async move {
-                    let c = dx::peer(&format!("c{i}"), &cid, &[&sid], Config::default())?;
+                    let c = dx::peer(&format!("c{i}"), &cid, &[&sid], dx::config()?)?;
                     c.connect(ep.as_str()).await?;
                     anyhow::Ok(c)
                 }

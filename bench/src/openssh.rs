@@ -10,7 +10,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::task::JoinSet;
 
-use crate::{MSG_SIZE, Params, WRITE_SIZE, stats};
+use crate::{MSG_SIZE, Params, stats};
 
 pub const CIPHER: &str = "aes256-gcm@openssh.com";
 
@@ -218,12 +218,8 @@ pub async fn bulk(s: &Sshd, p: &Params, streams: usize) -> Result<f64> {
     let mut set = JoinSet::new();
     for (mut child, mut stdin, _out) in procs {
         set.spawn(async move {
-            let chunk = vec![0x5au8; WRITE_SIZE];
-            let mut left = per;
-            while left > 0 {
-                let n = left.min(chunk.len() as u64) as usize;
-                stdin.write_all(&chunk[..n]).await?;
-                left -= n as u64;
+            for chunk in crate::writes(per) {
+                stdin.write_all(chunk).await?;
             }
             drop(stdin);
             let st = child.wait().await?;

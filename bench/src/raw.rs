@@ -20,7 +20,7 @@ use russh::{Channel, ChannelId, ChannelMsg, client, server};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
-use crate::{MSG_SIZE, Params, WRITE_SIZE, stats};
+use crate::{MSG_SIZE, Params, stats};
 
 pub const CIPHERS: &[russh::cipher::Name] = &[
     russh::cipher::AES_256_GCM,
@@ -303,12 +303,8 @@ pub async fn bulk(pair: &Pair, p: &Params, streams: usize) -> Result<f64> {
     let mut set = JoinSet::new();
     for mut ch in chans {
         set.spawn(async move {
-            let chunk = vec![0x5au8; WRITE_SIZE];
-            let mut left = per;
-            while left > 0 {
-                let n = left.min(chunk.len() as u64) as usize;
-                ch.data(&chunk[..n]).await?;
-                left -= n as u64;
+            for chunk in crate::writes(per) {
+                ch.data(chunk).await?;
             }
             ch.eof().await?;
             await_close(&mut ch).await

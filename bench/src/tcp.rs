@@ -77,12 +77,8 @@ pub async fn bulk(srv: &Server, p: &Params, streams: usize) -> Result<f64> {
     let mut set = JoinSet::new();
     for mut s in socks {
         set.spawn(async move {
-            let chunk = vec![0x5au8; crate::WRITE_SIZE];
-            let mut left = per;
-            while left > 0 {
-                let n = left.min(chunk.len() as u64) as usize;
-                s.write_all(&chunk[..n]).await?;
-                left -= n as u64;
+            for chunk in crate::writes(per) {
+                s.write_all(chunk).await?;
             }
             s.shutdown().await?;
             let mut done = [0u8; 1];

@@ -191,17 +191,15 @@ impl Client {
             let timeout = deadline.map(|d| d.timeout);
             let mut rx =
                 Receiver::<Resp>::caller_untimed(reader, codec, self.max(), method.into(), timeout);
-            // An inlined request went with the open; the writer stays
-            // until the call ends (its EOF would be one more packet).
-            let mut _idle_writer = None;
-            let send_failed = if inline {
-                _idle_writer = Some(writer);
-                None
+            // An inlined request went with the open; its writer is kept
+            // until the call ends (an EOF now would be one more packet).
+            let (send_failed, _writer) = if inline {
+                (None, Some(writer))
             } else {
                 match send_request(method, writer, &body).await {
-                    Ok(()) => None,
+                    Ok(()) => (None, None),
                     // The server ended the call: it may have said why.
-                    Err(e) if e.remote_ended() => Some(e),
+                    Err(e) if e.remote_ended() => (Some(e), None),
                     Err(e) => return Err(e),
                 }
             };

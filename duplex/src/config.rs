@@ -48,7 +48,7 @@ impl Default for Config {
         Self {
             limits: Limits::default(),
             max_frame_len: 8 << 20,
-            channel_window: 4 << 20,
+            channel_window: 1 << 20,
             plain_channel_buffer: 1 << 20,
             max_channels_per_connection: 4096,
             max_pending_channels: 256,
@@ -66,7 +66,7 @@ impl Default for Config {
             max_connections: 1024,
             max_unauthenticated: 128,
             max_auth_attempts: 6,
-            max_connection_buffer: 4 << 30,
+            max_connection_buffer: 1 << 30,
         }
     }
 }
@@ -112,7 +112,7 @@ impl Config {
     }
 
     /// Per-channel receive window: how many bytes a remote Duplex peer may
-    /// send on one channel before our application reads them. Default 4 MiB.
+    /// send on one channel before our application reads them. Default 1 MiB.
     ///
     /// This is the credit of Duplex's own flow control (see
     /// `docs/PROTOCOL.md`): the remote can never have more than this many
@@ -121,8 +121,12 @@ impl Config {
     /// channel. The window bounds throughput to one window per round trip
     /// of a grant: 4 MiB keeps one channel at the speed of the SSH
     /// connection on loopback (measured in `docs/BENCHMARKS.md`: 1 MiB cost
-    /// a third of it), and larger windows help on long, fast links. Must be
-    /// between 32 KiB and 1 GiB.
+    /// a third of it), and larger windows help on long, fast links. But
+    /// every busy channel may then have a window in flight: keep the sum
+    /// over the channels that stream at once below
+    /// [`max_send_buffer`](Self::max_send_buffer), or a connection busy in
+    /// both directions can stall (see there). Must be between 32 KiB and
+    /// 1 GiB.
     pub fn channel_window(mut self, bytes: u32) -> Result<Self, ConfigError> {
         check(
             "channel_window",
@@ -284,7 +288,7 @@ impl Config {
     /// ([`channel_window`](Self::channel_window), or
     /// [`plain_channel_buffer`](Self::plain_channel_buffer) for plain SSH
     /// clients), reserved when the channel is opened and released when it
-    /// ends. Default 4 GiB (1024 channels with the default window).
+    /// ends. Default 1 GiB (1024 channels with the default window).
     ///
     /// DOS mitigation: a peer that opens many channels and sends into each
     /// without reading cannot make us hold more than this for it. An open
