@@ -12,10 +12,10 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::channel::state::{ChanShared, Delivery, Kind, OpenPhase, Out};
+use crate::channel::state::{ChanShared, Delivery, Kind, OpenPhase, Out, Turn};
 use crate::channel::{Channel, ChannelMeta, IncomingChannel};
 use crate::config::Config;
 use crate::error::{ChannelError, OpenError};
@@ -67,7 +67,8 @@ pub(crate) struct ConnShared {
     /// Receive buffer reserved by this connection's channels (see
     /// `Config::max_connection_buffer`).
     reserved: Arc<AtomicU64>,
-    ready: Mutex<Vec<u32>>,
+    /// Send turns that had to wait, for the outbox task to carry on.
+    ready: Mutex<Vec<Turn>>,
     ready_notify: Notify,
     /// Fired when a channel's outbox queue has been sent.
     idle: Notify,
@@ -586,9 +587,10 @@ impl ConnShared {
 
     // ---- opening ----
 
-    /// Opens a channel (nested in `parent` if given). The work runs in a
-    /// task of its own, which measured faster than the caller's own task,
-    /// and dropping the returned future never strands a half-open channel.
+    /// Opens a channel (nested in `parent` if given), in the caller's task.
+    /// Dropping the returned future never strands a half-open channel: the
+    /// SSH open is seen through by `PendingOpen`, and every later step holds
+    /// a `Channel`, whose drop closes it.
     pub(crate) async fn open(
         self: &Arc<Self>,
         service: ServiceName,
@@ -610,17 +612,8 @@ impl ConnShared {
                 reason: "its channel number cannot be named in an open".into(),
             });
         };
-        let (tx, rx) = oneshot::channel();
-        let conn = self.clone();
-        self.core.tracker.spawn(async move {
-            let res = conn
-                .open_inner(service, headers, encoded, wire, parent)
-                .await;
-            if let Err(Ok(chan)) = tx.send(res) {
-                drop(chan); // the caller went away: closes the channel
-            }
-        });
-        rx.await.unwrap_or(Err(OpenError::Shutdown))
+        self.open_inner(service, headers, encoded, wire, parent)
+            .await
     }
 
     /// How the remote names `parent`, after checking a child may be opened
@@ -864,26 +857,33 @@ impl ConnShared {
 
     // ---- the outbox ----
 
-    pub(crate) fn schedule(&self, id: u32) {
-        self.ready
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(id);
+    /// Hands a channel's send turn that must wait to the outbox task.
+    pub(crate) fn resume(&self, turn: Turn) {
+        if self.ended.is_cancelled() {
+            return; // nothing will be sent any more
+        }
+        lock(&self.ready).push(turn);
         self.ready_notify.notify_one();
+        if self.ended.is_cancelled() {
+            // The outbox may have gone meanwhile; a turn holds its channel,
+            // which holds this connection.
+            self.drop_turns();
+        }
     }
 
-    /// Sends what channels queue, one sequence per channel and channels
-    /// independently: a channel waiting for SSH window never holds up
-    /// another. Ends when the connection is cancelled or its session ends.
+    fn drop_turns(&self) {
+        let turns = std::mem::take(&mut *lock(&self.ready));
+        drop(turns); // outside the lock: dropping a channel may take it
+    }
+
+    /// Carries on the send turns that had to wait, channels independently:
+    /// a channel waiting for SSH window never holds up another. Ends when
+    /// the session ends.
     pub(crate) async fn run_outbox(self: Arc<Self>) {
         let mut running = FuturesUnordered::new();
         loop {
-            let ready = std::mem::take(&mut *self.ready.lock().unwrap_or_else(|p| p.into_inner()));
-            for id in ready {
-                if let Some(chan) = self.get(id) {
-                    running.push(drain(chan));
-                }
-            }
+            let ready = std::mem::take(&mut *lock(&self.ready));
+            running.extend(ready);
             tokio::select! {
                 // Not on `cancel`: a closing connection first sends what its
                 // channels queued (see `flush_all`).
@@ -892,6 +892,8 @@ impl ConnShared {
                 Some(()) = running.next(), if !running.is_empty() => {}
             }
         }
+        drop(running);
+        self.drop_turns();
     }
 
     /// Waits (up to `grace`) until every channel's queued bytes were handed
@@ -921,6 +923,7 @@ impl ConnShared {
         tracing::debug!(%reason, "connection ended");
         let reason: Arc<str> = reason.into();
         lock(&self.unclaimed).clear();
+        self.drop_turns();
         let chans: Vec<_> = self.channels().drain().map(|(_, c)| c).collect();
         for c in chans {
             c.fail(ChannelError::ConnectionLost(reason.clone()));
@@ -970,7 +973,9 @@ impl ConnShared {
     }
 }
 
-async fn drain(chan: Arc<ChanShared>) {
+/// One send turn of a channel: sends what it queued until the queue is
+/// empty (see `ChanShared::start_turn`).
+pub(crate) async fn drain(chan: Arc<ChanShared>) {
     let Some(writer) = chan.writer.get() else {
         chan.unschedule(); // the opener reschedules once it sets the writer
         return;

@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
 use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf, ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite, BufReader, ReadBuf, ReadHalf, WriteHalf};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -87,12 +87,19 @@ impl<S> Shared<S> {
     }
 }
 
-/// The session's side: reads go straight to the stream, writes to the
+/// The session's side: reads through a small buffer, writes to the
 /// stream or, when it cannot take them at once, to the buffer.
 pub(crate) struct Decoupled<S> {
-    read: ReadHalf<S>,
+    /// russh reads each packet in two calls (its length, then the rest):
+    /// the buffer turns the packets that arrived together into one system
+    /// call. Reads of at least its size bypass it (bulk data).
+    read: BufReader<ReadHalf<S>>,
     shared: Arc<Shared<S>>,
 }
+
+/// The read buffer's size: a few small packets (control records, short
+/// messages), and small enough not to weigh on an idle connection.
+const READ_BUFFER: usize = 4 << 10;
 
 /// Splits `stream` and starts the task that drains writes into it. The task
 /// ends once the session shut the stream down (or dropped it) and the buffer
@@ -122,7 +129,10 @@ where
         limit,
     });
     tracker.spawn(drain(shared.clone(), cancel));
-    Decoupled { read, shared }
+    Decoupled {
+        read: BufReader::with_capacity(READ_BUFFER, read),
+        shared,
+    }
 }
 
 /// Writes all of `batch` to the stream, then flushes it.

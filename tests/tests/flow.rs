@@ -165,3 +165,73 @@ async fn error_frame_larger_than_the_window() {
     within(30, reader).await.unwrap();
     p.shutdown().await;
 }
+
+/// Writes of every size, data and error frames mixed, against a reader
+/// that pauses: sends start in the writer's task and, when they must wait
+/// for window, carry on in the connection's outbox. Every byte and frame
+/// arrives, in order, and the writer's `close` sees everything flushed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sends_keep_order_between_the_writer_and_the_outbox() {
+    for t in TRANSPORTS {
+        let config = Config::default().channel_window(64 << 10).unwrap();
+        let p = pair_with(t, config.clone(), config).await;
+        let server = p.server.clone();
+        let reader = tokio::spawn(async move {
+            let mut ch = server.accept().await.unwrap().accept().await;
+            let mut got = Vec::new();
+            let mut buf = vec![0u8; 7919];
+            let mut reads = 0u32;
+            loop {
+                let n = ch.read(&mut buf).await.unwrap();
+                if n == 0 {
+                    break;
+                }
+                got.extend_from_slice(&buf[..n]);
+                reads += 1;
+                if reads.is_multiple_of(64) {
+                    // Let the window run dry now and then.
+                    tokio::task::yield_now().await;
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+            let mut frames = Vec::new();
+            while let Some(f) = ch.read_error().await.unwrap() {
+                frames.push(f);
+            }
+            (got, frames)
+        });
+
+        let mut ch = p
+            .client
+            .open("server", "mixed", Headers::new())
+            .await
+            .unwrap();
+        let data = random_bytes(6 << 20);
+        let mut sent_frames = Vec::new();
+        let (mut pos, mut i) = (0usize, 0usize);
+        while pos < data.len() {
+            // 1 byte up to 200 KiB, by a fixed pattern.
+            let size = [1, 17, 64, 1500, 16 << 10, 16 << 10 | 1, 200 << 10][i % 7];
+            let end = (pos + size).min(data.len());
+            ch.write_all(&data[pos..end]).await.unwrap();
+            if i % 5 == 0 {
+                let frame = format!("frame {i}").into_bytes();
+                ch.write_error(&frame).await.unwrap();
+                sent_frames.push(frame);
+            }
+            pos = end;
+            i += 1;
+        }
+        within(60, ch.close()).await.unwrap();
+        let (got, frames) = within(60, reader).await.unwrap();
+        assert!(
+            got == data,
+            "{t:?}: data differs ({} of {} bytes)",
+            got.len(),
+            data.len()
+        );
+        let frames: Vec<Vec<u8>> = frames.into_iter().map(|f| f.to_vec()).collect();
+        assert_eq!(frames, sent_frames, "{t:?}: error frames differ");
+        p.shutdown().await;
+    }
+}

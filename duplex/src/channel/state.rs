@@ -6,6 +6,9 @@
 //! (who may send how much) live here and in `proto::control`.
 
 use std::collections::VecDeque;
+use std::future::Future;
+use std::ops::{Deref, DerefMut};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::task::{Context, Poll, Waker};
 
@@ -78,7 +81,10 @@ pub(crate) struct ChanState {
     out_bytes: usize,
     grant: u64,
     inflight: bool,
+    /// A send turn is running (inline or in the outbox): only one at a time.
     scheduled: bool,
+    /// `schedule` asked for a turn; the lock's guard starts it once unlocked.
+    start_turn: bool,
     eof_out: bool,
     close_out: bool,
     write_waker: Option<Waker>,
@@ -96,6 +102,8 @@ pub(crate) struct ChanState {
 }
 
 pub(crate) struct ChanShared {
+    /// This channel, for the send turns it starts.
+    me: Weak<ChanShared>,
     pub(crate) conn: Arc<ConnShared>,
     pub(crate) id: u32,
     pub(crate) kind: Kind,
@@ -136,7 +144,8 @@ impl ChanShared {
         outgoing: bool,
     ) -> Arc<Self> {
         let max_frame = conn.config.max_frame_len;
-        Arc::new(Self {
+        Arc::new_cyclic(|me| Self {
+            me: me.clone(),
             conn,
             id,
             kind,
@@ -167,6 +176,7 @@ impl ChanShared {
                 grant: 0,
                 inflight: false,
                 scheduled: false,
+                start_turn: false,
                 eof_out: false,
                 close_out: false,
                 write_waker: None,
@@ -187,10 +197,13 @@ impl ChanShared {
         let _ = self.reservation.set(r);
     }
 
-    fn lock(&self) -> MutexGuard<'_, ChanState> {
+    fn lock(&self) -> Locked<'_> {
         // A poisoned lock means a panic while holding it; the state is plain
         // data that stays consistent between statements, so keep going.
-        self.st.lock().unwrap_or_else(|p| p.into_inner())
+        Locked {
+            chan: self,
+            st: Some(self.st.lock().unwrap_or_else(|p| p.into_inner())),
+        }
     }
 
     fn window(&self) -> u64 {
@@ -497,7 +510,7 @@ impl ChanShared {
 
     /// After the channel ended (in any way): wakes every waiter, and takes
     /// the nested channels out for `end_children`.
-    fn wake_everyone(&self, mut st: MutexGuard<'_, ChanState>) -> Nested {
+    fn wake_everyone(&self, mut st: Locked<'_>) -> Nested {
         self.wake_readers(&mut st);
         wake(&mut st.write_waker);
         wake(&mut st.flush_waker);
@@ -1011,10 +1024,26 @@ impl ChanShared {
         self.schedule(&mut st);
     }
 
+    /// Asks for a send turn, unless one is running: it starts when the
+    /// lock is released (see [`Locked`]).
     fn schedule(&self, st: &mut ChanState) {
         if !st.scheduled {
             st.scheduled = true;
-            self.conn.schedule(self.id);
+            st.start_turn = true;
+        }
+    }
+
+    /// Runs a send turn in the caller's task as far as it goes without
+    /// waiting: a small write reaches the session with no task switch.
+    /// If it must wait (for SSH window, or room in the session's queue),
+    /// the connection's outbox task carries it on; either way one turn
+    /// per channel sends the queue in order.
+    fn start_turn(&self) {
+        let Some(me) = self.me.upgrade() else { return };
+        let mut turn: Turn = Box::pin(crate::conn::drain(me));
+        let mut cx = Context::from_waker(Waker::noop());
+        if turn.as_mut().poll(&mut cx).is_pending() {
+            self.conn.resume(turn);
         }
     }
 
@@ -1051,6 +1080,47 @@ impl ChanShared {
                 wake(&mut st.flush_waker);
                 None
             }
+        }
+    }
+}
+
+/// A channel's send turn (see `ChanShared::start_turn`).
+pub(crate) type Turn = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// The locked state of a channel. Unlocking starts the send turn that
+/// `schedule` asked for, once the lock is free (the turn takes it).
+pub(crate) struct Locked<'a> {
+    chan: &'a ChanShared,
+    st: Option<MutexGuard<'a, ChanState>>,
+}
+
+impl Deref for Locked<'_> {
+    type Target = ChanState;
+
+    fn deref(&self) -> &ChanState {
+        match &self.st {
+            Some(g) => g,
+            None => unreachable!("the guard is only taken by drop"),
+        }
+    }
+}
+
+impl DerefMut for Locked<'_> {
+    fn deref_mut(&mut self) -> &mut ChanState {
+        match &mut self.st {
+            Some(g) => g,
+            None => unreachable!("the guard is only taken by drop"),
+        }
+    }
+}
+
+impl Drop for Locked<'_> {
+    fn drop(&mut self) {
+        let Some(mut g) = self.st.take() else { return };
+        let start = std::mem::take(&mut g.start_turn);
+        drop(g);
+        if start {
+            self.chan.start_turn();
         }
     }
 }
