@@ -21,7 +21,7 @@ use crate::config::Config;
 use crate::error::{ChannelError, OpenError};
 use crate::peer::{Direction, PeerCore, PeerInfo};
 use crate::proto::control::Control;
-use crate::proto::headers::Headers;
+use crate::proto::headers::{Headers, split_window, with_window};
 use crate::proto::nest::{ParentRef, TOP_LEVEL};
 use crate::proto::service::ServiceName;
 use crate::proto::{EXT_CONTROL, HELLO_SERVICE, PROTOCOL_VERSION};
@@ -356,22 +356,27 @@ impl ConnShared {
             );
             return open.reply.reject(OPEN_RESOURCE_SHORTAGE, &why).await;
         }
-        let headers = if duplex {
-            match Headers::decode(&open.originator, &self.config.limits) {
-                Ok(h) => h,
+        let (window, headers) = if duplex {
+            match split_window(&open.originator)
+                .and_then(|(w, h)| Ok((w, Headers::decode(h, &self.config.limits)?)))
+            {
+                Ok(wh) => wh,
                 Err(e) => {
                     let why = format!("malformed open: {e}");
                     return open.reply.reject(OPEN_PROHIBITED, &why).await;
                 }
             }
         } else {
-            Headers::new() // a plain client's originator is an address, not headers
+            // A plain client's originator is an address, not headers.
+            (None, Headers::new())
         };
         if duplex {
             match ParentRef::decode(open.port_to_connect, open.originator_port) {
                 Ok(None) => {}
                 Ok(Some(parent)) => {
-                    return self.on_nested_open(open, service, headers, parent).await;
+                    return self
+                        .on_nested_open(open, service, headers, window, parent)
+                        .await;
                 }
                 Err(e) => {
                     let why = format!("malformed open: {e}");
@@ -396,6 +401,9 @@ impl ConnShared {
         let kind = if duplex { Kind::Duplex } else { Kind::Plain };
         let chan = ChanShared::new(self.clone(), id, kind, 0, false);
         chan.hold(reservation);
+        if let Some(w) = window {
+            chan.credit(w);
+        }
         let meta = Arc::new(self.meta(service, headers, None));
         let _ = chan.meta.set(meta);
         let _ = chan.writer.set(open.write);
@@ -425,6 +433,7 @@ impl ConnShared {
         open: IncomingOpen,
         service: ServiceName,
         headers: Headers,
+        window: Option<u32>,
         parent: ParentRef,
     ) {
         let parent = match parent {
@@ -462,6 +471,9 @@ impl ConnShared {
         let id = open.write.id();
         let chan = ChanShared::new(self.clone(), id, Kind::Duplex, 0, false);
         chan.hold(reservation);
+        if let Some(w) = window {
+            chan.credit(w);
+        }
         let _ = chan
             .meta
             .set(Arc::new(self.meta(service, headers, parent_meta)));
@@ -597,7 +609,12 @@ impl ConnShared {
         headers: Headers,
         parent: Option<Arc<ChanShared>>,
     ) -> Result<Channel, OpenError> {
-        let encoded = headers.encode(&self.config.limits)?;
+        // Our initial receive window leads the block, so the remote may
+        // answer with data at once (no `WINDOW` record to wait for).
+        let encoded = with_window(
+            self.config.channel_window,
+            &headers.encode(&self.config.limits)?,
+        );
         if self.core.draining.is_cancelled() {
             return Err(OpenError::Shutdown);
         }
@@ -736,7 +753,6 @@ impl ConnShared {
                 reason,
             });
         }
-        chan.grant_initial();
 
         loop {
             let notified = chan.opened.notified();

@@ -7,7 +7,7 @@
 use crate::proto::Limits;
 use crate::proto::control::{self, Control, Parser};
 use crate::proto::frame::Assembler;
-use crate::proto::headers::Headers;
+use crate::proto::headers::{Headers, split_window, with_window};
 use crate::proto::nest::ParentRef;
 use crate::proto::service::ServiceName;
 
@@ -106,6 +106,10 @@ pub fn open_meta(data: &[u8]) {
     }
     if let Ok(text) = std::str::from_utf8(headers) {
         let limits = Limits::default();
+        // As the connection does: the opener's window, then the headers.
+        let Ok((window, text)) = split_window(text) else {
+            return;
+        };
         if let Ok(h) = Headers::decode(text, &limits) {
             assert!(h.len() <= limits.max_header_count, "too many headers");
             let again = h
@@ -113,6 +117,10 @@ pub fn open_meta(data: &[u8]) {
                 .unwrap_or_else(|e| panic!("decoded headers do not encode: {e}"));
             let back = Headers::decode(&again, &limits).unwrap_or_else(|e| panic!("{e}"));
             assert_eq!(back, h, "headers do not round-trip");
+            if let Some(w) = window {
+                let block = with_window(w, &again);
+                assert_eq!(split_window(&block), Ok((Some(w), again.as_str())));
+            }
         }
     }
 }

@@ -188,6 +188,12 @@ async fn malformed_opens_are_refused() {
         ("echo", "k=%FF%FE".into()),
         ("echo", too_many),
         ("echo", too_big),
+        // The opener's window (PROTOCOL.md section 3), malformed.
+        ("echo", "%40window=".into()),
+        ("echo", "%40window=4294967296".into()),
+        ("echo", "%40window=12345678901&a=b".into()),
+        ("echo", "%40window=1&".into()),
+        ("echo", "%40window=x&a=b".into()),
         ("bad service name", String::new()),
         ("@reserved", String::new()),
         ("", String::new()),
@@ -346,5 +352,68 @@ async fn plain_client_flood_is_bounded() {
     within(30, accepted.read_to_end(&mut got)).await.unwrap();
     assert!(got == data);
     drop(writer.await.unwrap());
+    server.shutdown().await;
+}
+
+/// The opener's initial window rides in the open (`@window`), so the
+/// receiver answers at once; an opener that leaves it out is answered once
+/// its `WINDOW` record grants credit (PROTOCOL.md sections 3 and 6.3).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openers_window_comes_in_the_open_or_in_a_record() {
+    const CONTROL: u32 = 0x6475_7801;
+    let (server, ep, sid, cid) = echo_server().await;
+    let h = raw_client(&ep, &cid, "raw").await;
+    for with_window in [true, false] {
+        let originator = if with_window {
+            "%40window=65536&a=b"
+        } else {
+            "a=b"
+        };
+        let ch = h
+            .channel_open_direct_tcpip("echo", 1, originator, 0)
+            .await
+            .unwrap();
+        let (mut r, w) = ch.split();
+        // Wait for ACCEPT (type 1): the server's credit to send with.
+        let mut control = Vec::new();
+        within(10, async {
+            while control.len() < 13 {
+                match r.wait().await {
+                    Some(russh::ChannelMsg::ExtendedData { data, ext: CONTROL }) => {
+                        control.extend_from_slice(&data)
+                    }
+                    Some(_) => {}
+                    None => panic!("channel closed before ACCEPT"),
+                }
+            }
+        })
+        .await;
+        assert_eq!(control[4], 1, "an ACCEPT record: {control:?}");
+        if !with_window {
+            // Grant 64 KiB the old way: a WINDOW record (type 2).
+            let mut rec = vec![0, 0, 0, 5, 2];
+            rec.extend_from_slice(&(64u32 << 10).to_be_bytes());
+            w.extended_data_bytes(CONTROL, bytes::Bytes::from(rec))
+                .await
+                .unwrap();
+        }
+        w.data_bytes(bytes::Bytes::from_static(b"ping"))
+            .await
+            .unwrap();
+        let mut echoed = Vec::new();
+        within(10, async {
+            while echoed.len() < 4 {
+                match r.wait().await {
+                    Some(russh::ChannelMsg::Data { data }) => echoed.extend_from_slice(&data),
+                    Some(_) => {}
+                    None => panic!("channel closed before the echo"),
+                }
+            }
+        })
+        .await;
+        assert_eq!(echoed, b"ping", "with_window {with_window}");
+        w.close().await.unwrap();
+    }
+    still_serves(&ep, &sid, &cid).await;
     server.shutdown().await;
 }

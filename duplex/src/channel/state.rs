@@ -993,15 +993,10 @@ impl ChanShared {
         self.schedule(&mut st);
     }
 
-    /// Grants our initial receive window (the opener does this right after
-    /// the SSH open is confirmed).
-    pub(crate) fn grant_initial(&self) {
+    /// The opener's initial window, from its open: credit to send with.
+    pub(crate) fn credit(&self, window: u32) {
         let mut st = self.lock();
-        if st.close_in || st.failed.is_some() {
-            return;
-        }
-        st.grant += self.window();
-        self.schedule(&mut st);
+        st.send_credit = st.send_credit.saturating_add(u64::from(window));
     }
 
     /// Gives the remote its initial credit as part of accepting.

@@ -162,6 +162,39 @@ impl<K: Into<String>, V: Into<String>, const N: usize> From<[(K, V); N]> for Hea
     }
 }
 
+/// The first pair of an open's header block when it carries the opener's
+/// initial receive window: `@window=N` (`docs/PROTOCOL.md` section 3).
+const WINDOW_PREFIX: &str = "%40window=";
+
+/// The header block of an open: the opener's initial window, then the
+/// application's headers as [`Headers::encode`] made them.
+pub(crate) fn with_window(window: u32, encoded: &str) -> String {
+    if encoded.is_empty() {
+        format!("{WINDOW_PREFIX}{window}")
+    } else {
+        format!("{WINDOW_PREFIX}{window}&{encoded}")
+    }
+}
+
+/// Splits the opener's initial window (if the block starts with it) from
+/// the application's headers. The window is 1 to 10 decimal digits that
+/// fit in a u32; anything else is malformed.
+pub(crate) fn split_window(block: &str) -> Result<(Option<u32>, &str), HeaderError> {
+    let Some(rest) = block.strip_prefix(WINDOW_PREFIX) else {
+        return Ok((None, block));
+    };
+    let (digits, headers) = match rest.split_once('&') {
+        Some((_, "")) => return Err(HeaderError::Malformed),
+        Some((d, h)) => (d, h),
+        None => (rest, ""),
+    };
+    if digits.is_empty() || digits.len() > 10 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(HeaderError::Malformed);
+    }
+    let window = digits.parse().map_err(|_| HeaderError::Malformed)?;
+    Ok((Some(window), headers))
+}
+
 /// Why a header block was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -251,6 +284,39 @@ fn unescape(s: &str) -> Result<String, HeaderError> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn the_openers_window_leads_the_block() {
+        let h = Headers::from([("k", "v")]);
+        let s = with_window(1 << 20, &h.encode(&Limits::default()).unwrap());
+        assert_eq!(s, "%40window=1048576&k=v");
+        assert_eq!(split_window(&s).unwrap(), (Some(1 << 20), "k=v"));
+        assert_eq!(with_window(7, ""), "%40window=7");
+        assert_eq!(split_window("%40window=7").unwrap(), (Some(7), ""));
+        assert_eq!(
+            split_window("%40window=4294967295&a=b").unwrap(),
+            (Some(u32::MAX), "a=b")
+        );
+        // An application's own `@window` pair, later in the block, is only
+        // a header.
+        assert_eq!(
+            split_window("a=b&%40window=1").unwrap(),
+            (None, "a=b&%40window=1")
+        );
+        assert_eq!(split_window("").unwrap(), (None, ""));
+        for bad in [
+            "%40window=",
+            "%40window=&a=b",
+            "%40window=4294967296",
+            "%40window=99999999999",
+            "%40window=-1",
+            "%40window=1x",
+            "%40window=1&",
+            "%40window= 1",
+        ] {
+            assert_eq!(split_window(bad), Err(HeaderError::Malformed), "{bad}");
+        }
+    }
 
     #[test]
     fn golden_encoding() {
