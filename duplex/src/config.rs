@@ -121,12 +121,12 @@ impl Config {
     /// channel. The window bounds throughput to one window per round trip
     /// of a grant: 4 MiB keeps one channel at the speed of the SSH
     /// connection on loopback (measured in `docs/BENCHMARKS.md`: 1 MiB cost
-    /// a third of it), and larger windows help on long, fast links. But
-    /// every busy channel may then have a window in flight: keep the sum
-    /// over the channels that stream at once below
-    /// [`max_send_buffer`](Self::max_send_buffer), or a connection busy in
-    /// both directions can stall (see there). Must be between 32 KiB and
-    /// 1 GiB.
+    /// a third of it), and larger windows help on long, fast links. The
+    /// cost: each channel reserves its window from
+    /// [`max_connection_buffer`](Self::max_connection_buffer) (1 GiB holds
+    /// 1024 channels of 1 MiB, 256 of 4 MiB), and a channel whose
+    /// application does not read may hold that much memory. Must be between
+    /// 32 KiB and 1 GiB.
     pub fn channel_window(mut self, bytes: u32) -> Result<Self, ConfigError> {
         check(
             "channel_window",
@@ -342,10 +342,13 @@ impl Config {
     /// Most bytes a connection buffers for the network before its SSH
     /// session waits. Default 64 MiB; at least 1 MiB.
     ///
-    /// Flow control already bounds what is sent (by the credit the remote
-    /// granted); this is the last-resort cap. See `docs/PROTOCOL.md` on why
-    /// writes are buffered at all (two sessions writing at once must not
-    /// wait on each other).
+    /// Channels hand data to the session only while less than half of this
+    /// is buffered, so the rest is always room for what the session must
+    /// write to keep reading (window grants, control records): a connection
+    /// busy in both directions never stalls, however much credit its
+    /// channels were granted. Writes are buffered at all because two
+    /// sessions writing at once must not wait on each other (see the
+    /// `transport` module).
     pub fn max_send_buffer(mut self, bytes: usize) -> Result<Self, ConfigError> {
         check("max_send_buffer", bytes >= 1 << 20, || {
             format!("{bytes} is less than 1 MiB")

@@ -24,11 +24,12 @@ use crate::proto::control::Control;
 use crate::proto::headers::{Headers, split_window, with_window};
 use crate::proto::nest::{ParentRef, TOP_LEVEL};
 use crate::proto::service::ServiceName;
-use crate::proto::{EXT_CONTROL, HELLO_SERVICE, PROTOCOL_VERSION};
+use crate::proto::{EXT_CONTROL, EXT_ERROR, HELLO_SERVICE, PROTOCOL_VERSION};
 use crate::ssh::keys::{Fingerprint, PublicKey};
 use crate::ssh::{
     IncomingOpen, OPEN_PROHIBITED, OPEN_RESOURCE_SHORTAGE, OpenFailed, SessionHandle, WriteHalf,
 };
+use crate::transport::Backlog;
 
 /// Who the remote is, once known.
 #[derive(Debug, Clone)]
@@ -72,6 +73,8 @@ pub(crate) struct ConnShared {
     ready_notify: Notify,
     /// Fired when a channel's outbox queue has been sent.
     idle: Notify,
+    /// How full the transport's send buffer is: channel data waits for it.
+    backlog: Arc<Backlog>,
     /// Fired when the session has finished a handshake (authenticated).
     pub(crate) authenticated: Notify,
     /// Cancelled to stop this connection's tasks.
@@ -98,12 +101,14 @@ impl ConnShared {
         crate::transport::decouple(
             stream,
             self.config.max_send_buffer,
+            self.backlog.clone(),
             &self.core.tracker,
             self.transport_stop.clone(),
         )
     }
 
     pub(crate) fn new(core: Arc<PeerCore>, endpoint: String, direction: Direction) -> Arc<Self> {
+        let backlog = Backlog::new(core.config.max_send_buffer);
         Arc::new(Self {
             id: core.next_conn_id(),
             config: core.config.clone(),
@@ -125,6 +130,7 @@ impl ConnShared {
             ready: Mutex::new(Vec::new()),
             ready_notify: Notify::new(),
             idle: Notify::new(),
+            backlog,
             authenticated: Notify::new(),
             ended: CancellationToken::new(),
             transport_stop: CancellationToken::new(),
@@ -999,7 +1005,15 @@ pub(crate) async fn drain(chan: Arc<ChanShared>) {
     let _idle = IdleOnDrop(&chan.conn);
     while let Some(item) = chan.next_out() {
         let closing = matches!(item, Out::Close);
-        let sent = writer.send(item).await;
+        let sent = match item {
+            // Channel data goes a packet at a time, each admitted by the
+            // connection's backlog, so the session never has to stop
+            // reading for it (see `transport`). Control records and closes
+            // go at once.
+            Out::Data(b) => send_admitted(&chan, writer, None, b).await,
+            Out::Ext(EXT_ERROR, b) => send_admitted(&chan, writer, Some(EXT_ERROR), b).await,
+            other => writer.send(other).await,
+        };
         if closing && sent.is_ok() {
             // russh forgets a channel once it has sent our close, and never
             // reports the remote's answering close: forget it too.
@@ -1015,6 +1029,28 @@ pub(crate) async fn drain(chan: Arc<ChanShared>) {
         }
     }
 }
+
+/// Sends `data` in packets the connection's backlog admits one by one.
+async fn send_admitted(
+    chan: &ChanShared,
+    writer: &WriteHalf,
+    ext: Option<u32>,
+    mut data: bytes::Bytes,
+) -> Result<(), russh::Error> {
+    while !data.is_empty() {
+        let piece = data.split_to(data.len().min(ADMIT_PACKET));
+        chan.conn.backlog.admit(piece.len()).await;
+        let item = match ext {
+            None => Out::Data(piece),
+            Some(code) => Out::Ext(code, piece),
+        };
+        writer.send(item).await?;
+    }
+    Ok(())
+}
+
+/// The size of the pieces channel data is admitted in: russh's packet.
+const ADMIT_PACKET: usize = 32 << 10;
 
 /// The SSH open of a channel we open. If it is dropped before the remote
 /// answered (the caller gave up, or the open timed out), a task sees the

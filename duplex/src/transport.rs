@@ -14,14 +14,18 @@
 //! buffered, and once anything is buffered every later write queues
 //! behind it, so bytes keep their order.
 //!
-//! The buffer is bounded in practice by flow control: what the session
-//! writes is channel data within the credit the remote granted, plus small
-//! control messages. As a last resort it is also bounded by
-//! [`Config::max_send_buffer`](crate::Config), past which writes wait (and
-//! the deadlock above becomes possible again, for that much data in flight).
+//! The buffer is bounded by [`Config::max_send_buffer`](crate::Config),
+//! past which the session's writes wait (and the deadlock above would be
+//! possible again). Channel data never takes it there: the credit the
+//! remote grants can add up to far more than the limit (a window per busy
+//! channel), so channels hand data to the session only while the buffer is
+//! under half the limit ([`Backlog`]). The other half is room for what the
+//! session writes to keep reading: window grants, control records, SSH
+//! replies, and the few packets already queued inside russh.
 
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
@@ -31,11 +35,90 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+/// The channel data a connection holds for the network: in its send
+/// buffer, plus what channels handed to the session that has not reached
+/// the transport yet. Channels are admitted a packet at a time while the
+/// sum stays under half of `Config::max_send_buffer`.
+pub(crate) struct Backlog {
+    /// In the send buffer (being written included).
+    buffered: AtomicUsize,
+    /// Admitted, not yet written by the session (an estimate: the session's
+    /// writes count against it, packet overhead and control included).
+    inside: AtomicUsize,
+    /// Tasks waiting in `admit`.
+    waiting: AtomicUsize,
+    threshold: usize,
+    room: Notify,
+}
+
+impl Backlog {
+    pub(crate) fn new(limit: usize) -> Arc<Self> {
+        Arc::new(Backlog {
+            buffered: AtomicUsize::new(0),
+            inside: AtomicUsize::new(0),
+            waiting: AtomicUsize::new(0),
+            threshold: limit / 2,
+            room: Notify::new(),
+        })
+    }
+
+    /// Waits until `n` more bytes of channel data fit under the threshold
+    /// (or nothing is held: one packet always goes), then counts them.
+    /// Cancel-safe, but bytes admitted and never sent stay counted, so
+    /// admit only right before sending.
+    pub(crate) async fn admit(&self, n: usize) {
+        loop {
+            let notified = self.room.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let admitted = self
+                .inside
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |inside| {
+                    let held = self.buffered.load(Ordering::Acquire) + inside;
+                    (held == 0 || held + n <= self.threshold).then_some(inside + n)
+                })
+                .is_ok();
+            if admitted {
+                return;
+            }
+            self.waiting.fetch_add(1, Ordering::AcqRel);
+            notified.await;
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    /// The session wrote `n` bytes to the transport.
+    fn written(&self, n: usize) {
+        let _ = self
+            .inside
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                Some(v.saturating_sub(n))
+            });
+        self.wake();
+    }
+
+    fn set_buffered(&self, bytes: usize) {
+        self.buffered.store(bytes, Ordering::Release);
+        self.wake();
+    }
+
+    fn wake(&self) {
+        if self.waiting.load(Ordering::Acquire) > 0
+            && self.buffered.load(Ordering::Acquire) + self.inside.load(Ordering::Acquire)
+                <= self.threshold
+        {
+            self.room.notify_waiters();
+        }
+    }
+}
+
 struct State {
     /// Bytes the stream has not taken yet, in order.
     buf: BytesMut,
     /// The drain task is writing a batch it took from `buf`.
     in_flight: bool,
+    /// The size of that batch.
+    in_flight_len: usize,
     /// Written straight to the stream since it was last flushed.
     flush_owed: bool,
     error: Option<(io::ErrorKind, String)>,
@@ -75,6 +158,7 @@ struct Shared<S> {
     write: Mutex<WriteHalf<S>>,
     wake_writer: Notify,
     limit: usize,
+    backlog: Arc<Backlog>,
 }
 
 impl<S> Shared<S> {
@@ -107,6 +191,7 @@ const READ_BUFFER: usize = 4 << 10;
 pub(crate) fn decouple<S>(
     stream: S,
     limit: usize,
+    backlog: Arc<Backlog>,
     tracker: &TaskTracker,
     cancel: CancellationToken,
 ) -> Decoupled<S>
@@ -118,6 +203,7 @@ where
         state: Mutex::new(State {
             buf: BytesMut::new(),
             in_flight: false,
+            in_flight_len: 0,
             flush_owed: false,
             error: None,
             shutdown: false,
@@ -127,6 +213,7 @@ where
         write: Mutex::new(write),
         wake_writer: Notify::new(),
         limit,
+        backlog,
     });
     tracker.spawn(drain(shared.clone(), cancel));
     Decoupled {
@@ -164,10 +251,12 @@ async fn drain<S: AsyncWrite>(shared: Arc<Shared<S>>, cancel: CancellationToken)
         let next = {
             let mut st = shared.lock();
             if st.done {
+                shared.backlog.set_buffered(0);
                 return;
             }
             if !st.buf.is_empty() {
                 st.in_flight = true;
+                st.in_flight_len = st.buf.len();
                 st.flush_owed = false;
                 Next::Write(st.buf.split())
             } else if st.flush_owed {
@@ -197,9 +286,11 @@ async fn drain<S: AsyncWrite>(shared: Arc<Shared<S>>, cancel: CancellationToken)
         };
         let mut st = shared.lock();
         st.in_flight = false;
+        st.in_flight_len = 0;
         if let Err(e) = res {
             st.fail(&e);
         }
+        shared.backlog.set_buffered(st.buf.len());
         st.wake_waiter();
     }
     // Last words (the session's disconnect message), within a grace period.
@@ -219,6 +310,7 @@ async fn drain<S: AsyncWrite>(shared: Arc<Shared<S>>, cancel: CancellationToken)
     .await;
     let mut st = shared.lock();
     st.done = true;
+    shared.backlog.set_buffered(0); // nothing more will be sent: nobody waits
     st.wake_waiter();
 }
 
@@ -282,6 +374,8 @@ impl<S: AsyncWrite> AsyncWrite for Decoupled<S> {
                 Poll::Ready(Ok(_)) | Poll::Pending => {}
             }
             if rest.is_empty() {
+                drop(st);
+                shared.backlog.written(data.len());
                 return Poll::Ready(Ok(data.len()));
             }
         } else if !st.buf.is_empty() && st.buf.len() + rest.len() > shared.limit {
@@ -289,7 +383,10 @@ impl<S: AsyncWrite> AsyncWrite for Decoupled<S> {
             return Poll::Pending;
         }
         st.buf.extend_from_slice(rest);
+        let buffered = st.buf.len() + st.in_flight_len;
         drop(st);
+        shared.backlog.set_buffered(buffered);
+        shared.backlog.written(data.len());
         shared.wake_writer.notify_one();
         Poll::Ready(Ok(data.len()))
     }
@@ -336,7 +433,13 @@ mod tests {
         let (a, mut b) = tokio::io::duplex(4096);
         let tracker = TaskTracker::new();
         let cancel = CancellationToken::new();
-        let mut a = decouple(a, 64 << 20, &tracker, cancel.clone());
+        let mut a = decouple(
+            a,
+            64 << 20,
+            Backlog::new(64 << 20),
+            &tracker,
+            cancel.clone(),
+        );
         let reader = tokio::spawn(async move {
             let mut got = Vec::new();
             b.read_to_end(&mut got).await.unwrap();
@@ -386,8 +489,8 @@ mod tests {
         let (a, b) = tokio::io::duplex(1024);
         let tracker = TaskTracker::new();
         let cancel = CancellationToken::new();
-        let mut a = decouple(a, 1 << 20, &tracker, cancel.clone());
-        let mut b = decouple(b, 1 << 20, &tracker, cancel.clone());
+        let mut a = decouple(a, 1 << 20, Backlog::new(1 << 20), &tracker, cancel.clone());
+        let mut b = decouple(b, 1 << 20, Backlog::new(1 << 20), &tracker, cancel.clone());
         let data = vec![7u8; 100_000];
         a.write_all(&data).await.unwrap();
         b.write_all(&data).await.unwrap();

@@ -235,3 +235,66 @@ async fn sends_keep_order_between_the_writer_and_the_outbox() {
         p.shutdown().await;
     }
 }
+
+/// Many channels streaming in both directions at once, with far more
+/// credit in flight than the connection's send buffer holds: the
+/// connection keeps moving (channel data waits for the buffer to drain;
+/// the sessions never stop reading), and every byte comes back in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credit_beyond_the_send_buffer_does_not_stall_the_connection() {
+    const CHANNELS: usize = 16;
+    const EACH: usize = 8 << 20;
+    for t in TRANSPORTS {
+        let config = Config::default()
+            .channel_window(1 << 20)
+            .unwrap()
+            .max_send_buffer(1 << 20)
+            .unwrap();
+        let p = pair_with(t, config.clone(), config).await;
+        let server = p.server.clone();
+        let echo = tokio::spawn(async move {
+            let mut tasks = tokio::task::JoinSet::new();
+            for _ in 0..CHANNELS {
+                let ch = server.accept().await.unwrap().accept().await;
+                tasks.spawn(async move {
+                    let (mut r, mut w) = ch.split();
+                    tokio::io::copy(&mut r, &mut w).await.unwrap();
+                    w.close_write().await.unwrap();
+                });
+            }
+            while let Some(r) = tasks.join_next().await {
+                r.unwrap();
+            }
+        });
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..CHANNELS {
+            let ch = p
+                .client
+                .open("server", "echo", Headers::new())
+                .await
+                .unwrap();
+            tasks.spawn(async move {
+                let data = random_bytes(EACH);
+                let (mut r, mut w) = ch.split();
+                let sent = data.clone();
+                let writer = tokio::spawn(async move {
+                    w.write_all(&sent).await.unwrap();
+                    w.close_write().await.unwrap();
+                    w
+                });
+                let mut got = Vec::with_capacity(EACH);
+                r.read_to_end(&mut got).await.unwrap();
+                drop(writer.await.unwrap());
+                assert!(got == data, "channel {i}: echo differs");
+            });
+        }
+        within(120, async {
+            while let Some(r) = tasks.join_next().await {
+                r.unwrap();
+            }
+        })
+        .await;
+        within(30, echo).await.unwrap();
+        p.shutdown().await;
+    }
+}
