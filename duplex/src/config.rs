@@ -23,6 +23,7 @@ pub struct Config {
     pub(crate) limits: Limits,
     pub(crate) max_frame_len: usize,
     pub(crate) channel_window: u32,
+    pub(crate) max_channel_window: u32,
     pub(crate) plain_channel_buffer: usize,
     pub(crate) max_channels_per_connection: usize,
     pub(crate) max_pending_channels: usize,
@@ -49,6 +50,7 @@ impl Default for Config {
             limits: Limits::default(),
             max_frame_len: 8 << 20,
             channel_window: 1 << 20,
+            max_channel_window: 4 << 20,
             plain_channel_buffer: 1 << 20,
             max_channels_per_connection: 4096,
             max_pending_channels: 256,
@@ -111,22 +113,22 @@ impl Config {
         Ok(self)
     }
 
-    /// Per-channel receive window: how many bytes a remote Duplex peer may
-    /// send on one channel before our application reads them. Default 1 MiB.
+    /// Per-channel initial receive window: how many bytes a remote Duplex
+    /// peer may send on one channel before our application reads them.
+    /// Default 1 MiB.
     ///
     /// This is the credit of Duplex's own flow control (see
-    /// `docs/PROTOCOL.md`): the remote can never have more than this many
-    /// unread bytes buffered in our memory per channel, and a channel whose
-    /// application does not read stops its sender without slowing any other
-    /// channel. The window bounds throughput to one window per round trip
-    /// of a grant: 4 MiB keeps one channel at the speed of the SSH
-    /// connection on loopback (measured in `docs/BENCHMARKS.md`: 1 MiB cost
-    /// a third of it), and larger windows help on long, fast links. The
-    /// cost: each channel reserves its window from
-    /// [`max_connection_buffer`](Self::max_connection_buffer) (1 GiB holds
-    /// 1024 channels of 1 MiB, 256 of 4 MiB), and a channel whose
-    /// application does not read may hold that much memory. Must be between
-    /// 32 KiB and 1 GiB.
+    /// `docs/PROTOCOL.md`): the remote can never have more than the window
+    /// in unread bytes buffered in our memory per channel, and a channel
+    /// whose application does not read stops its sender without slowing any
+    /// other channel. The window bounds throughput to one window per round
+    /// trip of a grant, so it grows while the application keeps up, up to
+    /// [`max_channel_window`](Self::max_channel_window) (4 MiB keeps one
+    /// channel at the speed of the SSH connection on loopback; measured in
+    /// `docs/BENCHMARKS.md`). The cost of a window: each channel reserves
+    /// it from [`max_connection_buffer`](Self::max_connection_buffer) (1 GiB
+    /// holds 1024 channels of 1 MiB), and a channel whose application stops
+    /// reading may hold that much memory. Must be between 32 KiB and 1 GiB.
     pub fn channel_window(mut self, bytes: u32) -> Result<Self, ConfigError> {
         check(
             "channel_window",
@@ -134,6 +136,33 @@ impl Config {
             || format!("{bytes} is not between 32 KiB and 1 GiB"),
         )?;
         self.channel_window = bytes;
+        Ok(self)
+    }
+
+    /// How far a channel's receive window may grow while its application
+    /// keeps up. Default 4 MiB.
+    ///
+    /// A channel starts with [`channel_window`](Self::channel_window). When
+    /// its sender runs out of credit while the application has read nearly
+    /// everything (the window, not the reader, is what limits the channel),
+    /// the window doubles, up to this size, if
+    /// [`max_connection_buffer`](Self::max_connection_buffer) has room for
+    /// the extra reservation. A channel whose application reads slowly
+    /// keeps its window. Set it to `channel_window` (or less) for windows
+    /// that never grow. Must be between 32 KiB and 1 GiB.
+    ///
+    /// ```
+    /// use duplex::Config;
+    /// let fixed = Config::default().max_channel_window(1 << 20).unwrap();
+    /// assert_eq!(fixed.get_max_channel_window(), 1 << 20);
+    /// ```
+    pub fn max_channel_window(mut self, bytes: u32) -> Result<Self, ConfigError> {
+        check(
+            "max_channel_window",
+            (32 << 10..=1 << 30).contains(&bytes),
+            || format!("{bytes} is not between 32 KiB and 1 GiB"),
+        )?;
+        self.max_channel_window = bytes;
         Ok(self)
     }
 
@@ -415,6 +444,13 @@ impl Config {
     /// The configured [`channel_window`](Self::channel_window).
     pub fn get_channel_window(&self) -> u32 {
         self.channel_window
+    }
+
+    /// The largest a channel's receive window grows to: the larger of
+    /// [`max_channel_window`](Self::max_channel_window) and
+    /// [`channel_window`](Self::channel_window).
+    pub fn get_max_channel_window(&self) -> u32 {
+        self.max_channel_window.max(self.channel_window)
     }
 
     /// The configured [`plain_channel_buffer`](Self::plain_channel_buffer).

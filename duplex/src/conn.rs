@@ -1146,6 +1146,14 @@ pub(crate) struct Reservation {
     bytes: u64,
 }
 
+impl Reservation {
+    /// Takes over `other`'s bytes (released together).
+    pub(crate) fn absorb(&mut self, mut other: Reservation) {
+        self.bytes += other.bytes;
+        other.bytes = 0;
+    }
+}
+
 impl Drop for Reservation {
     fn drop(&mut self) {
         self.counter.fetch_sub(self.bytes, Ordering::AcqRel);

@@ -298,3 +298,70 @@ async fn credit_beyond_the_send_buffer_does_not_stall_the_connection() {
         p.shutdown().await;
     }
 }
+
+/// A channel whose application keeps up grows its receive window (up to
+/// `max_channel_window`): once grown, the remote can have more unread bytes
+/// in flight. A channel whose application does not read keeps the window
+/// it started with.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_window_grows_while_the_reader_keeps_up() {
+    const START: u32 = 256 << 10;
+    const MAX: u32 = 1 << 20;
+    let config = Config::default()
+        .channel_window(START)
+        .unwrap()
+        .max_channel_window(MAX)
+        .unwrap();
+    let p = pair_with(duplex_tests::Transport::Tcp, config.clone(), config).await;
+    let server = p.server.clone();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let reader = tokio::spawn(async move {
+        let mut ch = server.accept().await.unwrap().accept().await;
+        // Keep up with the first 16 MiB, then stop reading.
+        let mut buf = vec![0u8; 64 << 10];
+        let mut got = 0usize;
+        while got < 16 << 20 {
+            let n = ch.read(&mut buf).await.unwrap();
+            assert!(n > 0);
+            got += n;
+        }
+        tx.send(()).unwrap();
+        ch
+    });
+    let mut ch = p
+        .client
+        .open("server", "grow", Headers::new())
+        .await
+        .unwrap();
+    let data = random_bytes(64 << 10);
+    let writer = tokio::spawn(async move {
+        loop {
+            if ch.write_all(&data).await.is_err() {
+                break;
+            }
+        }
+    });
+    within(60, rx).await.unwrap();
+    let ch = within(10, reader).await.unwrap();
+    // The writer fills whatever credit it has; wait until it stops.
+    let mut last = usize::MAX;
+    within(30, async {
+        loop {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let now = ch.buffered_len();
+            if now == last {
+                break;
+            }
+            last = now;
+        }
+    })
+    .await;
+    let held = ch.buffered_len();
+    assert!(
+        held > START as usize && held <= MAX as usize,
+        "{held} bytes buffered: the window should have grown past {START}, up to {MAX}"
+    );
+    writer.abort();
+    drop(ch);
+    p.shutdown().await;
+}

@@ -67,6 +67,17 @@ pub(crate) struct ChanState {
     recv_credit: u64,
     /// Bytes the application consumed that we have not granted back yet.
     unreported: u64,
+    /// Our receive window now: `Config::channel_window`, grown while the
+    /// application keeps up (see `maybe_grant`).
+    window: u64,
+    /// Bytes the application read since the window last grew (or since
+    /// the channel opened).
+    moved: u64,
+    /// The application read a window's worth and then waited for more:
+    /// the window, not the reader, limits the channel.
+    starved: bool,
+    /// The connection budget reserved for the window's growth.
+    grown: Option<crate::conn::Reservation>,
     eof_in: bool,
     close_in: bool,
     failed: Option<ChannelError>,
@@ -144,6 +155,7 @@ impl ChanShared {
         outgoing: bool,
     ) -> Arc<Self> {
         let max_frame = conn.config.max_frame_len;
+        let window = u64::from(conn.config.channel_window);
         Arc::new_cyclic(|me| Self {
             me: me.clone(),
             conn,
@@ -162,6 +174,10 @@ impl ChanShared {
                 ctrl: control::Parser::new(),
                 recv_credit,
                 unreported: 0,
+                window,
+                moved: 0,
+                starved: false,
+                grown: None,
                 eof_in: false,
                 close_in: false,
                 failed: None,
@@ -659,6 +675,9 @@ impl ChanShared {
             if st.eof_in {
                 return Poll::Ready(Ok(()));
             }
+            if st.moved >= st.window {
+                st.starved = true;
+            }
             st.read_waker = Some(cx.waker().clone());
             return Poll::Pending;
         }
@@ -737,6 +756,9 @@ impl ChanShared {
             if st.eof_in {
                 return Poll::Ready(Ok(None));
             }
+            if st.moved >= st.window {
+                st.starved = true;
+            }
             st.read_waker = Some(cx.waker().clone());
             return Poll::Pending;
         };
@@ -778,6 +800,7 @@ impl ChanShared {
         match self.kind {
             Kind::Duplex => {
                 st.unreported += n as u64;
+                st.moved = st.moved.saturating_add(n as u64);
                 self.maybe_grant(st);
             }
             Kind::Plain => {
@@ -801,13 +824,42 @@ impl ChanShared {
         if self.kind != Kind::Duplex || st.close_in || st.close_out || st.failed.is_some() {
             return;
         }
-        if st.unreported >= self.window() / 4 {
+        if st.unreported >= st.window / 4 {
             let n = st.unreported.min(u64::from(u32::MAX));
             st.unreported -= n;
             st.recv_credit += n;
             st.grant += n;
+            if std::mem::take(&mut st.starved) {
+                self.grow(st);
+            }
             self.schedule(st);
         }
+    }
+
+    /// Doubles the window (up to `Config::max_channel_window`) if the
+    /// connection's budget has room, and grants the difference.
+    fn grow(&self, st: &mut ChanState) {
+        st.moved = 0;
+        let max = u64::from(self.conn.config.get_max_channel_window());
+        let extra = st.window.min(max.saturating_sub(st.window));
+        if extra == 0 || st.reader_gone {
+            return;
+        }
+        let Ok(r) = self.conn.reserve(extra) else {
+            return; // the budget is spoken for: the window stays
+        };
+        match &mut st.grown {
+            Some(held) => held.absorb(r),
+            None => st.grown = Some(r),
+        }
+        st.window += extra;
+        st.recv_credit += extra;
+        st.grant += extra;
+        tracing::trace!(
+            channel = self.id,
+            window = st.window,
+            "receive window grown"
+        );
     }
 
     /// The application dropped its reader: discard what is buffered and
@@ -1063,9 +1115,9 @@ impl ChanShared {
             Some(item) => {
                 if let Out::Data(b) | Out::Ext(EXT_ERROR, b) = &item {
                     st.out_bytes = st.out_bytes.saturating_sub(b.len());
-                    if self.kind == Kind::Plain {
-                        wake(&mut st.write_waker);
-                    }
+                    // A writer may wait for queue room rather than credit
+                    // (the remote granted more than our queue bound).
+                    wake(&mut st.write_waker);
                 }
                 st.inflight = true;
                 Some(item)
