@@ -145,9 +145,10 @@ impl Config {
     /// A channel starts with [`channel_window`](Self::channel_window). When
     /// its sender runs out of credit while the application has read nearly
     /// everything (the window, not the reader, is what limits the channel),
-    /// the window doubles, up to this size, if
-    /// [`max_connection_buffer`](Self::max_connection_buffer) has room for
-    /// the extra reservation. A channel whose application reads slowly
+    /// the window doubles, up to this size, while the connection's
+    /// reservations stay under half of
+    /// [`max_connection_buffer`](Self::max_connection_buffer) (the other
+    /// half is kept for channels yet to open). A channel whose application reads slowly
     /// keeps its window. Set it to `channel_window` (or less) for windows
     /// that never grow. Must be between 32 KiB and 1 GiB.
     ///

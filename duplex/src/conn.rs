@@ -185,7 +185,18 @@ impl ConnShared {
     /// Reserves `bytes` of this connection's receive-buffer budget for a
     /// channel, or says why not.
     pub(crate) fn reserve(&self, bytes: u64) -> Result<Reservation, String> {
-        let max = self.config.max_connection_buffer;
+        self.reserve_under(bytes, self.config.max_connection_buffer)
+    }
+
+    /// Reserves `bytes` for a channel's window to grow, only while the
+    /// connection's reservations stay under half its budget: the other
+    /// half is kept for channels yet to open.
+    pub(crate) fn reserve_growth(&self, bytes: u64) -> Option<Reservation> {
+        self.reserve_under(bytes, self.config.max_connection_buffer / 2)
+            .ok()
+    }
+
+    fn reserve_under(&self, bytes: u64, max: u64) -> Result<Reservation, String> {
         let mut cur = self.reserved.load(Ordering::Acquire);
         loop {
             if cur.saturating_add(bytes) > max {

@@ -299,25 +299,14 @@ async fn credit_beyond_the_send_buffer_does_not_stall_the_connection() {
     }
 }
 
-/// A channel whose application keeps up grows its receive window (up to
-/// `max_channel_window`): once grown, the remote can have more unread bytes
-/// in flight. A channel whose application does not read keeps the window
-/// it started with.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_window_grows_while_the_reader_keeps_up() {
-    const START: u32 = 256 << 10;
-    const MAX: u32 = 1 << 20;
-    let config = Config::default()
-        .channel_window(START)
-        .unwrap()
-        .max_channel_window(MAX)
-        .unwrap();
-    let p = pair_with(duplex_tests::Transport::Tcp, config.clone(), config).await;
+/// Sends on one channel whose reader keeps up with the first 16 MiB and
+/// then stops; returns how much the reader's side holds unread once the
+/// sender is out of credit (at most the window the channel grew to).
+async fn unread_after_keeping_up(p: &duplex_tests::Pair) -> usize {
     let server = p.server.clone();
     let (tx, rx) = tokio::sync::oneshot::channel();
     let reader = tokio::spawn(async move {
         let mut ch = server.accept().await.unwrap().accept().await;
-        // Keep up with the first 16 MiB, then stop reading.
         let mut buf = vec![0u8; 64 << 10];
         let mut got = 0usize;
         while got < 16 << 20 {
@@ -334,13 +323,7 @@ async fn the_window_grows_while_the_reader_keeps_up() {
         .await
         .unwrap();
     let data = random_bytes(64 << 10);
-    let writer = tokio::spawn(async move {
-        loop {
-            if ch.write_all(&data).await.is_err() {
-                break;
-            }
-        }
-    });
+    let writer = tokio::spawn(async move { while ch.write_all(&data).await.is_ok() {} });
     within(60, rx).await.unwrap();
     let ch = within(10, reader).await.unwrap();
     // The writer fills whatever credit it has; wait until it stops.
@@ -356,12 +339,68 @@ async fn the_window_grows_while_the_reader_keeps_up() {
         }
     })
     .await;
-    let held = ch.buffered_len();
+    writer.abort();
+    ch.buffered_len()
+}
+
+/// A channel whose application keeps up grows its receive window (up to
+/// `max_channel_window`): once grown, the remote can have more unread bytes
+/// in flight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_window_grows_while_the_reader_keeps_up() {
+    const START: u32 = 256 << 10;
+    const MAX: u32 = 1 << 20;
+    let config = Config::default()
+        .channel_window(START)
+        .unwrap()
+        .max_channel_window(MAX)
+        .unwrap();
+    let p = pair_with(duplex_tests::Transport::Tcp, config.clone(), config).await;
+    let held = unread_after_keeping_up(&p).await;
     assert!(
         held > START as usize && held <= MAX as usize,
         "{held} bytes buffered: the window should have grown past {START}, up to {MAX}"
     );
-    writer.abort();
-    drop(ch);
+    p.shutdown().await;
+}
+
+/// Growth stops at half the connection's buffer budget, so channels yet
+/// to open still find room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn growth_leaves_half_the_budget_for_new_channels() {
+    const START: u32 = 256 << 10;
+    let config = Config::default()
+        .channel_window(START)
+        .unwrap()
+        .max_channel_window(4 << 20)
+        .unwrap()
+        .max_connection_buffer(1 << 20)
+        .unwrap();
+    let p = pair_with(duplex_tests::Transport::Tcp, config.clone(), config).await;
+    let held = unread_after_keeping_up(&p).await;
+    // 256 KiB grew once, to 512 KiB: half the 1 MiB budget.
+    assert!(
+        held > START as usize && held <= 512 << 10,
+        "{held} bytes buffered: the window should have grown to 512 KiB, no more"
+    );
+    // The other half: two more channels of 256 KiB.
+    let server = p.server.clone();
+    let accepted = tokio::spawn(async move {
+        let mut chans = Vec::new();
+        for _ in 0..2 {
+            chans.push(server.accept().await.unwrap().accept().await);
+        }
+        chans
+    });
+    let mut more = Vec::new();
+    for _ in 0..2 {
+        more.push(
+            p.client
+                .open("server", "more", Headers::new())
+                .await
+                .expect("half the budget is kept for new channels"),
+        );
+    }
+    assert_eq!(within(10, accepted).await.unwrap().len(), 2);
     p.shutdown().await;
 }

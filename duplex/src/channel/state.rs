@@ -845,8 +845,8 @@ impl ChanShared {
         if extra == 0 || st.reader_gone {
             return;
         }
-        let Ok(r) = self.conn.reserve(extra) else {
-            return; // the budget is spoken for: the window stays
+        let Some(r) = self.conn.reserve_growth(extra) else {
+            return; // half the budget is spoken for: the window stays
         };
         match &mut st.grown {
             Some(held) => held.absorb(r),
