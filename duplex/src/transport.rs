@@ -67,23 +67,25 @@ impl Backlog {
     /// Cancel-safe, but bytes admitted and never sent stay counted, so
     /// admit only right before sending.
     pub(crate) async fn admit(&self, n: usize) {
+        // Counted as waiting before looking, so a `wake` that frees room
+        // meanwhile sees us (SeqCst on both sides: each sees the other's
+        // store, or we see its room).
+        let _waiting = Waiting::new(&self.waiting);
         loop {
             let notified = self.room.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             let admitted = self
                 .inside
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |inside| {
-                    let held = self.buffered.load(Ordering::Acquire) + inside;
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |inside| {
+                    let held = self.buffered.load(Ordering::SeqCst) + inside;
                     (held == 0 || held + n <= self.threshold).then_some(inside + n)
                 })
                 .is_ok();
             if admitted {
                 return;
             }
-            self.waiting.fetch_add(1, Ordering::AcqRel);
             notified.await;
-            self.waiting.fetch_sub(1, Ordering::AcqRel);
         }
     }
 
@@ -91,24 +93,41 @@ impl Backlog {
     fn written(&self, n: usize) {
         let _ = self
             .inside
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| {
                 Some(v.saturating_sub(n))
             });
         self.wake();
     }
 
     fn set_buffered(&self, bytes: usize) {
-        self.buffered.store(bytes, Ordering::Release);
+        self.buffered.store(bytes, Ordering::SeqCst);
         self.wake();
     }
 
     fn wake(&self) {
-        if self.waiting.load(Ordering::Acquire) > 0
-            && self.buffered.load(Ordering::Acquire) + self.inside.load(Ordering::Acquire)
+        if self.waiting.load(Ordering::SeqCst) > 0
+            && self.buffered.load(Ordering::SeqCst) + self.inside.load(Ordering::SeqCst)
                 <= self.threshold
         {
             self.room.notify_waiters();
         }
+    }
+}
+
+/// One task in `Backlog::admit`, counted for as long as it is there
+/// (cancelled included).
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        Waiting(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
