@@ -222,7 +222,9 @@ impl ChanShared {
         }
     }
 
-    fn window(&self) -> u64 {
+    /// `Config::channel_window`: the window a channel starts with (it may
+    /// grow; the current one is `ChanState::window`).
+    fn initial_window(&self) -> u64 {
         u64::from(self.conn.config.channel_window)
     }
 
@@ -916,7 +918,7 @@ impl ChanShared {
             // us queue without bound.
             Kind::Duplex => st
                 .send_credit
-                .min((2 * self.window()).saturating_sub(st.out_bytes as u64)),
+                .min((2 * self.initial_window()).saturating_sub(st.out_bytes as u64)),
             Kind::Plain => self
                 .conn
                 .config
@@ -1057,7 +1059,7 @@ impl ChanShared {
         if st.close_in || st.failed.is_some() {
             return;
         }
-        let w = self.window();
+        let w = self.initial_window();
         st.recv_credit += w;
         st.established = true;
         st.out.push_back(Out::Ext(
