@@ -18,6 +18,8 @@ const REJECT: u8 = 3;
 const HELLO: u8 = 4;
 const TRAILERS: u8 = 5;
 const PARENT_CLOSED: u8 = 6;
+const EOF: u8 = 7;
+const PROTOCOL_ERROR: u8 = 8;
 
 /// One control record.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,6 +41,13 @@ pub(crate) enum Control {
     /// The sender is closing this nested channel because an ancestor closed
     /// or failed; the channel's close follows.
     ParentClosed { reason: String },
+    /// Version 2: the sender finished writing the channel's byte stream
+    /// and error stream (half-close; SSH EOF comes later, when the sender
+    /// has nothing more at all to send).
+    Eof,
+    /// Version 2: the sender is closing the channel because the receiver
+    /// broke the protocol; the close follows.
+    ProtocolError { reason: String },
 }
 
 /// Why a control record was refused.
@@ -78,6 +87,11 @@ impl Control {
                 body.put_u8(PARENT_CLOSED);
                 body.put_slice(truncate(reason, MAX_REASON).as_bytes());
             }
+            Control::Eof => body.put_u8(EOF),
+            Control::ProtocolError { reason } => {
+                body.put_u8(PROTOCOL_ERROR);
+                body.put_slice(truncate(reason, MAX_REASON).as_bytes());
+            }
             Control::Hello { headers } => {
                 body.put_u8(HELLO);
                 body.put_slice(truncate(headers, MAX_RECORD - 1).as_bytes());
@@ -113,16 +127,18 @@ impl Control {
             WINDOW => Ok(Control::Window {
                 increment: u32_body()?,
             }),
-            REJECT | PARENT_CLOSED => {
+            EOF if body.is_empty() => Ok(Control::Eof),
+            EOF => Err(ControlError::Malformed(ty)),
+            REJECT | PARENT_CLOSED | PROTOCOL_ERROR => {
                 let reason = std::str::from_utf8(body).map_err(|_| ControlError::Malformed(ty))?;
                 // Held to the same bound as the reasons we send, whatever
                 // the remote sent (found by fuzzing: a longer reason did
                 // not survive re-encoding).
                 let reason = truncate(reason, MAX_REASON).to_owned();
-                Ok(if ty == REJECT {
-                    Control::Reject { reason }
-                } else {
-                    Control::ParentClosed { reason }
+                Ok(match ty {
+                    REJECT => Control::Reject { reason },
+                    PARENT_CLOSED => Control::ParentClosed { reason },
+                    _ => Control::ProtocolError { reason },
                 })
             }
             HELLO | TRAILERS => {
@@ -182,11 +198,14 @@ mod tests {
     /// the remote is cut to it on decoding, like the reasons we send.
     #[test]
     fn long_remote_reasons_are_cut_like_ours() {
-        for ty in [REJECT, PARENT_CLOSED] {
+        for ty in [REJECT, PARENT_CLOSED, PROTOCOL_ERROR] {
             let mut body = vec![ty];
             body.extend("é".repeat(MAX_REASON).as_bytes());
             let rec = Control::decode(&body).unwrap();
-            let (Control::Reject { reason } | Control::ParentClosed { reason }) = &rec else {
+            let (Control::Reject { reason }
+            | Control::ParentClosed { reason }
+            | Control::ProtocolError { reason }) = &rec
+            else {
                 unreachable!()
             };
             assert!(reason.len() <= MAX_REASON && reason.chars().all(|c| c == 'é'));
@@ -217,6 +236,14 @@ mod tests {
             .encode()[..],
             b"\0\0\0\x03\x03no"
         );
+        assert_eq!(&Control::Eof.encode()[..], b"\0\0\0\x01\x07");
+        assert_eq!(
+            &Control::ProtocolError {
+                reason: "x".into()
+            }
+            .encode()[..],
+            b"\0\0\0\x02\x08x"
+        );
     }
 
     #[test]
@@ -224,6 +251,7 @@ mod tests {
         assert_eq!(Control::decode(&[9]), Err(ControlError::UnknownType(9)));
         assert_eq!(Control::decode(&[6, 0xc3]), Err(ControlError::Malformed(6)));
         assert_eq!(Control::decode(&[2, 0]), Err(ControlError::Malformed(2)));
+        assert_eq!(Control::decode(&[7, 0]), Err(ControlError::Malformed(7)));
         assert_eq!(
             Control::decode(&[1, 0, 0, 0, 1]),
             Err(ControlError::Malformed(1))
@@ -255,6 +283,8 @@ mod tests {
                 Control::Reject { reason: reason.clone() },
                 Control::Hello { headers: reason.clone() },
                 Control::ParentClosed { reason: reason.clone() },
+                Control::ProtocolError { reason: reason.clone() },
+                Control::Eof,
                 Control::Trailers { headers: reason },
             ];
             let mut wire = Vec::new();

@@ -184,14 +184,22 @@ pub(crate) fn split_window(block: &str) -> Result<(Option<u32>, &str), HeaderErr
         return Ok((None, block));
     };
     let (digits, headers) = match rest.split_once('&') {
-        Some((_, "")) => return Err(HeaderError::Malformed),
+        Some((_, "")) => return Err(HeaderError::BadWindow("an '&' with nothing after it")),
         Some((d, h)) => (d, h),
         None => (rest, ""),
     };
-    if digits.is_empty() || digits.len() > 10 || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(HeaderError::Malformed);
+    if digits.is_empty() {
+        return Err(HeaderError::BadWindow("no digits"));
     }
-    let window = digits.parse().map_err(|_| HeaderError::Malformed)?;
+    if !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(HeaderError::BadWindow("not decimal digits"));
+    }
+    if digits.len() > 10 {
+        return Err(HeaderError::BadWindow("more than 10 digits"));
+    }
+    let window = digits
+        .parse()
+        .map_err(|_| HeaderError::BadWindow("over 4294967295"))?;
     Ok((Some(window), headers))
 }
 
@@ -221,6 +229,9 @@ pub enum HeaderError {
     /// A pair without `=`, or a bad `%XX` escape.
     #[error("malformed header block (expected key=value pairs joined by '&', %XX escapes)")]
     Malformed,
+    /// The opener's `@window` pair (PROTOCOL.md section 3) is malformed.
+    #[error("malformed @window pair: {0}")]
+    BadWindow(&'static str),
     /// An escape decodes to bytes that are not UTF-8.
     #[error("header is not valid UTF-8 after unescaping")]
     NotUtf8,
@@ -304,17 +315,17 @@ mod tests {
             (None, "a=b&%40window=1")
         );
         assert_eq!(split_window("").unwrap(), (None, ""));
-        for bad in [
-            "%40window=",
-            "%40window=&a=b",
-            "%40window=4294967296",
-            "%40window=99999999999",
-            "%40window=-1",
-            "%40window=1x",
-            "%40window=1&",
-            "%40window= 1",
+        for (bad, why) in [
+            ("%40window=", "no digits"),
+            ("%40window=&a=b", "no digits"),
+            ("%40window=4294967296", "over 4294967295"),
+            ("%40window=99999999999", "more than 10 digits"),
+            ("%40window=-1", "not decimal digits"),
+            ("%40window=1x", "not decimal digits"),
+            ("%40window=1&", "an '&' with nothing after it"),
+            ("%40window= 1", "not decimal digits"),
         ] {
-            assert_eq!(split_window(bad), Err(HeaderError::Malformed), "{bad}");
+            assert_eq!(split_window(bad), Err(HeaderError::BadWindow(why)), "{bad}");
         }
     }
 

@@ -5,11 +5,9 @@
 pub(crate) mod control;
 pub(crate) mod frame;
 pub(crate) mod headers;
+pub(crate) mod hello;
 pub(crate) mod nest;
 pub(crate) mod service;
-
-/// Protocol version carried in the `@hello` exchange.
-pub(crate) const PROTOCOL_VERSION: u32 = 1;
 
 /// Extended-data type code of error frames (SSH's "stderr").
 pub(crate) const EXT_ERROR: u32 = 1;
