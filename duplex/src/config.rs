@@ -30,6 +30,8 @@ pub struct Config {
     pub(crate) max_nesting_depth: u32,
     pub(crate) accept_backlog: usize,
     pub(crate) open_timeout: Duration,
+    pub(crate) accept_timeout: Duration,
+    pub(crate) accept_channels: bool,
     pub(crate) handshake_timeout: Duration,
     pub(crate) keepalive_interval: Option<Duration>,
     pub(crate) keepalive_max: usize,
@@ -57,6 +59,8 @@ impl Default for Config {
             max_nesting_depth: 8,
             accept_backlog: 1024,
             open_timeout: Duration::from_secs(30),
+            accept_timeout: Duration::from_secs(10),
+            accept_channels: true,
             handshake_timeout: Duration::from_secs(10),
             keepalive_interval: Some(Duration::from_secs(15)),
             keepalive_max: 3,
@@ -238,7 +242,10 @@ impl Config {
     /// How deep channels may nest: a channel opened with
     /// [`Channel::open`](crate::Channel::open) inside a top-level channel
     /// is at depth 1, one inside that at depth 2, and so on. Default 8; 0
-    /// turns nesting off.
+    /// turns nesting off: an application that never takes nested channels
+    /// sets 0, so that a remote's nested open is rejected at once
+    /// ("NAME takes no nested channels") rather than after
+    /// [`accept_timeout`](Self::accept_timeout).
     ///
     /// Checked on both sides: opening deeper than our own limit fails with
     /// [`OpenError::DepthLimit`](crate::OpenError::DepthLimit) before
@@ -330,6 +337,51 @@ impl Config {
         })?;
         self.max_connection_buffer = bytes;
         Ok(self)
+    }
+
+    /// How long an incoming channel (top-level or nested, from a Duplex
+    /// peer or a plain SSH client) may wait for the application to accept
+    /// or reject it. Default 10 s, well under the opener's
+    /// [`open_timeout`](Self::open_timeout) (30 s by default), so the
+    /// opener learns why rather than timing out.
+    ///
+    /// A channel still waiting then is rejected with a reason naming the
+    /// service, this peer and this setting (a `REJECT` record, or for a
+    /// plain SSH client an open failure), and leaves the accept queue
+    /// unseen: [`Peer::accept`](crate::Peer::accept) and
+    /// [`Children::accept`](crate::Children::accept) skip it. DOS
+    /// mitigation: a pending channel holds one of the connection's
+    /// [`max_pending_channels`](Self::max_pending_channels) slots and its
+    /// receive window; nobody can hold them longer than this. Must be
+    /// between 1 ms and 1 hour.
+    pub fn accept_timeout(mut self, timeout: Duration) -> Result<Self, ConfigError> {
+        check(
+            "accept_timeout",
+            (Duration::from_millis(1)..=Duration::from_secs(3600)).contains(&timeout),
+            || format!("{timeout:?} is not between 1 ms and 1 hour"),
+        )?;
+        self.accept_timeout = timeout;
+        Ok(self)
+    }
+
+    /// The configured [`accept_timeout`](Self::accept_timeout).
+    pub fn get_accept_timeout(&self) -> Duration {
+        self.accept_timeout
+    }
+
+    /// Whether this peer's application accepts top-level channels from
+    /// its remotes (with [`Peer::accept`](crate::Peer::accept), or an RPC
+    /// server). Default true.
+    ///
+    /// A peer that only opens channels (a command-line client, a caller
+    /// that serves no callbacks) turns this off: every top-level channel a
+    /// remote opens to it is then rejected at once with
+    /// "NAME accepts no channels", instead of waiting out
+    /// [`accept_timeout`](Self::accept_timeout). Nested channels are
+    /// governed by [`max_nesting_depth`](Self::max_nesting_depth).
+    pub fn accept_channels(mut self, on: bool) -> Self {
+        self.accept_channels = on;
+        self
     }
 
     /// How long [`Peer::open`](crate::Peer::open) waits for the remote

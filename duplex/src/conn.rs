@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -24,7 +24,8 @@ use crate::proto::control::Control;
 use crate::proto::headers::{Headers, split_window, with_window};
 use crate::proto::nest::{ParentRef, TOP_LEVEL};
 use crate::proto::service::ServiceName;
-use crate::proto::{EXT_CONTROL, EXT_ERROR, HELLO_SERVICE, PROTOCOL_VERSION};
+use crate::proto::hello::{self, Version};
+use crate::proto::{EXT_CONTROL, EXT_ERROR, HELLO_SERVICE};
 use crate::ssh::keys::{Fingerprint, PublicKey};
 use crate::ssh::{
     IncomingOpen, OPEN_PROHIBITED, OPEN_RESOURCE_SHORTAGE, OpenFailed, SessionHandle, WriteHalf,
@@ -53,6 +54,14 @@ pub(crate) struct ConnShared {
     /// The remote completed the Duplex hello (always true once a dialled
     /// connection is registered).
     duplex: AtomicBool,
+    /// The protocol version agreed in the hello (1 until then).
+    version: AtomicU32,
+    /// A channel other than `@hello` was opened by the remote: a later
+    /// hello is refused (the first open decides, PROTOCOL.md section 2).
+    opened_any: AtomicBool,
+    /// When the connection started: a hello is taken only within the
+    /// handshake time limit of it.
+    started: tokio::time::Instant,
     pub(crate) handle: OnceLock<SessionHandle>,
     channels: Mutex<HashMap<u32, Arc<ChanShared>>>,
     /// Channels we opened that only one of {handler, opening task} has seen
@@ -121,6 +130,9 @@ impl ConnShared {
             remote: OnceLock::new(),
             meta_names: OnceLock::new(),
             duplex: AtomicBool::new(false),
+            version: AtomicU32::new(hello::MIN_VERSION),
+            opened_any: AtomicBool::new(false),
+            started: tokio::time::Instant::now(),
             handle: OnceLock::new(),
             channels: Mutex::new(HashMap::new()),
             unclaimed: Mutex::new(HashMap::new()),
@@ -162,6 +174,12 @@ impl ConnShared {
             endpoint: self.endpoint.clone(),
             direction: self.direction,
         })
+    }
+
+    /// The protocol version of this connection (1 until the hello agreed
+    /// on another).
+    pub(crate) fn version(&self) -> Version {
+        Version(self.version.load(Ordering::Acquire))
     }
 
     // ---- handshake bookkeeping (called by the handlers) ----
@@ -256,6 +274,21 @@ impl ConnShared {
         Some(r)
     }
 
+    /// Whether this is a dialled connection still waiting for the
+    /// listener's `HELLO` (the only time one may arrive).
+    pub(crate) fn awaiting_hello(&self) -> bool {
+        self.direction == Direction::Outbound && self.remote.get().is_none()
+    }
+
+    /// The listener's `HELLO` arrived (in the session loop, so channels it
+    /// opens right after it already see the version and the name).
+    pub(crate) fn on_listener_hello(&self, answer: &Headers) -> Result<(), String> {
+        let (name, version) = hello::dialler_check(answer)?;
+        self.version.store(version.0, Ordering::Release);
+        self.set_remote(name);
+        Ok(())
+    }
+
     // ---- channel events (called by the handlers) ----
 
     fn get(&self, id: u32) -> Option<Arc<ChanShared>> {
@@ -346,8 +379,11 @@ impl ConnShared {
         // Everything a listener opens to us is Duplex; a dialler is Duplex
         // once it said hello.
         let duplex = self.direction == Direction::Outbound || self.duplex.load(Ordering::Acquire);
-        if !duplex && self.direction == Direction::Inbound && service.as_str() == HELLO_SERVICE {
-            return self.on_hello(open).await;
+        if !duplex && self.direction == Direction::Inbound {
+            if service.as_str() == HELLO_SERVICE {
+                return self.on_hello(open).await;
+            }
+            self.opened_any.store(true, Ordering::Release);
         }
         if service.is_reserved() {
             let why = format!("service {service} is reserved");
@@ -401,6 +437,17 @@ impl ConnShared {
                 }
             }
         }
+        if !self.config.accept_channels {
+            let why = format!(
+                "{} accepts no channels from its peers (it only opens them; Config::accept_channels is off)",
+                self.core.name
+            );
+            return if duplex {
+                self.refuse(open, why).await
+            } else {
+                open.reply.reject(OPEN_PROHIBITED, &why).await
+            };
+        }
         let Ok(permit) = self.core.incoming_tx.try_reserve() else {
             let why = "the accept queue is full";
             return open.reply.reject(OPEN_RESOURCE_SHORTAGE, why).await;
@@ -428,17 +475,19 @@ impl ConnShared {
         if !duplex {
             self.pending_plain.fetch_add(1, Ordering::AcqRel);
         }
-        let reply = if duplex {
+        if duplex {
             self.channels().insert(id, chan.clone());
             open.reply.accept().await;
-            None
         } else {
             // A plain client learns the application's answer from the SSH
             // open reply itself, so it waits for `accept`/`reject`.
-            Some(open.reply)
-        };
+            chan.set_plain_reply(open.reply);
+        }
         tracing::debug!(channel = id, peer = %self.remote_name(), "incoming channel");
-        permit.send(IncomingChannel::new(chan, reply));
+        self.core
+            .pending
+            .watch(&chan, &self.core.tracker, &self.core.cancel);
+        permit.send(IncomingChannel::new(chan));
     }
 
     /// The remote opened a channel inside one of this connection's
@@ -453,20 +502,43 @@ impl ConnShared {
         window: Option<u32>,
         parent: ParentRef,
     ) {
+        let me = &self.core.name;
         let parent = match parent {
             // A channel the remote opened: our own number for it.
-            ParentRef::Yours(n) => self.get(n).filter(|c| !c.outgoing),
+            ParentRef::Yours(n) => match self.get(n) {
+                Some(c) if !c.outgoing => Ok(c),
+                Some(_) => Err(format!(
+                    "channel {n} on {me} was opened by {me}: name it with reference kind 2 and your own number for it"
+                )),
+                None => Err(format!(
+                    "no channel numbered {n} on {me} was opened by you (reference kind 1 names a channel you opened, by {me}'s number from its ACCEPT)"
+                )),
+            },
             // A channel we opened: the number the remote gave in ACCEPT.
             ParentRef::Mine(n) => self
                 .channels()
                 .values()
                 .find(|c| c.outgoing && c.remote_id.get() == Some(&n))
-                .cloned(),
+                .cloned()
+                .ok_or_else(|| {
+                    format!(
+                        "no channel that {me} opened has your number {n} (reference kind 2 names a channel you accepted, by your own number for it)"
+                    )
+                }),
         };
-        let Some(parent) = parent.filter(|p| p.kind == Kind::Duplex && p.is_established()) else {
-            return self
-                .refuse(open, "the parent channel is not open on this side".into())
-                .await;
+        let parent = match parent {
+            Ok(p) if p.kind != Kind::Duplex => {
+                return self
+                    .refuse(open, "the parent is a plain SSH channel, which cannot hold nested channels".into())
+                    .await;
+            }
+            Ok(p) if !p.is_established() => {
+                return self
+                    .refuse(open, "the parent channel is not accepted on both sides yet".into())
+                    .await;
+            }
+            Ok(p) => p,
+            Err(why) => return self.refuse(open, why).await,
         };
         if let Some(why) = parent.closed_reason() {
             return self.refuse(open, why.to_string()).await;
@@ -474,6 +546,13 @@ impl ConnShared {
         let parent_meta = parent.meta.get().cloned();
         let depth = parent_meta.as_ref().map_or(0, |m| m.depth()) + 1;
         let limit = self.config.max_nesting_depth;
+        if limit == 0 {
+            let why = format!(
+                "{} takes no nested channels (Config::max_nesting_depth is 0)",
+                self.core.name
+            );
+            return self.refuse(open, why).await;
+        }
         if depth > limit {
             let why = format!(
                 "nesting depth {depth} is over {}'s limit of {limit} (Config::max_nesting_depth)",
@@ -507,7 +586,10 @@ impl ConnShared {
         }
         self.pending.fetch_add(1, Ordering::AcqRel);
         tracing::debug!(channel = id, parent = parent.id, "incoming nested channel");
-        if let Some(child) = parent.offer_child(IncomingChannel::new(chan, None)) {
+        self.core
+            .pending
+            .watch(&chan, &self.core.tracker, &self.core.cancel);
+        if let Some(child) = parent.offer_child(IncomingChannel::new(chan)) {
             child.reject("the parent channel closed").await;
         }
     }
@@ -559,9 +641,25 @@ impl ConnShared {
         )
     }
 
-    /// The listener's side of the hello: check the dialler's version, answer
-    /// with our name, and register the peer.
+    /// The listener's side of the hello: check the dialler's name and
+    /// versions, answer with our name and the connection's version, and
+    /// register the peer. A hello is taken only as the connection's first
+    /// open and within the handshake time limit; otherwise the connection
+    /// stays plain.
     async fn on_hello(self: &Arc<Self>, open: IncomingOpen) {
+        if self.opened_any.load(Ordering::Acquire) {
+            let why = "a hello must be the connection's first channel open; channels were opened before it, so this connection stays plain";
+            return open.reply.reject(OPEN_PROHIBITED, why).await;
+        }
+        let limit = self.config.handshake_timeout;
+        let after = self.started.elapsed();
+        if after > limit {
+            let why = format!(
+                "the hello came {:.1}s after the connection started, past the handshake time limit of {limit:?} (Config::handshake_timeout); this connection stays plain",
+                after.as_secs_f64()
+            );
+            return open.reply.reject(OPEN_PROHIBITED, &why).await;
+        }
         let hello = match Headers::decode(&open.originator, &self.config.limits) {
             Ok(h) => h,
             Err(e) => {
@@ -569,34 +667,31 @@ impl ConnShared {
                 return open.reply.reject(OPEN_PROHIBITED, &why).await;
             }
         };
-        let version = hello.get("version").unwrap_or("");
-        if version != PROTOCOL_VERSION.to_string() {
-            let why = format!(
-                "Duplex protocol version mismatch: the dialler speaks {version:?}, this peer speaks {PROTOCOL_VERSION}"
-            );
-            return open.reply.reject(OPEN_PROHIBITED, &why).await;
-        }
         let (Some(user), Some(fp)) = (self.remote_user.get(), self.remote_key.get()) else {
             return open
                 .reply
                 .reject(OPEN_PROHIBITED, "not authenticated")
                 .await;
         };
+        let version = match hello::listener_choose(&hello, user) {
+            Ok(v) => v,
+            Err(why) => return open.reply.reject(OPEN_PROHIBITED, &why).await,
+        };
         let remote = Remote {
             name: user.clone(),
             fingerprint: fp.clone(),
         };
-        let _ = self.remote.set(remote);
-        self.duplex.store(true, Ordering::Release);
-
+        // Created before the version is set: the hello channel itself ends
+        // the same way in every version (HELLO, then SSH EOF and close).
         let id = open.write.id();
         let chan = ChanShared::new(self.clone(), id, Kind::Duplex, 0, false);
         let _ = chan.writer.set(open.write);
+        self.version.store(version.0, Ordering::Release);
+        let _ = self.remote.set(remote);
+        self.duplex.store(true, Ordering::Release);
         self.channels().insert(id, chan.clone());
         open.reply.accept().await;
-        let ours = Headers::new()
-            .with("name", self.core.name.to_string())
-            .with("version", PROTOCOL_VERSION.to_string());
+        let ours = hello::listener_hello(&self.core.name, version);
         let encoded = ours.encode(&self.config.limits).unwrap_or_default();
         // Send the answer before the application can learn of the peer (and
         // open channels to it): our opens share the session queue with this
@@ -810,12 +905,10 @@ impl ConnShared {
         }
     }
 
-    /// Dialler side of the hello: open `@hello`, return the listener's name.
+    /// Dialler side of the hello: open `@hello`, return the listener's name
+    /// (and remember the connection's version).
     pub(crate) async fn hello(self: &Arc<Self>) -> Result<String, String> {
-        let ours = Headers::new()
-            .with("name", self.core.name.to_string())
-            .with("version", PROTOCOL_VERSION.to_string());
-        let encoded = ours
+        let encoded = hello::dialler_hello(&self.core.name)
             .encode(&self.config.limits)
             .map_err(|e| e.to_string())?;
         let Some(handle) = self.handle.get() else {
@@ -839,16 +932,9 @@ impl ConnShared {
             match phase {
                 OpenPhase::Hello(h) => {
                     drop(guard);
-                    let version = h.get("version").unwrap_or("");
-                    if version != PROTOCOL_VERSION.to_string() {
-                        return Err(format!(
-                            "protocol version mismatch: the remote speaks {version:?}, we speak {PROTOCOL_VERSION}"
-                        ));
-                    }
-                    return h
-                        .get("name")
-                        .map(str::to_owned)
-                        .ok_or_else(|| "the remote's hello has no name".to_owned());
+                    // The version was taken in the session loop (see
+                    // `on_listener_hello`); this only reads the name.
+                    return hello::dialler_check(&h).map(|(name, _)| name);
                 }
                 OpenPhase::Rejected(r) => return Err(r),
                 OpenPhase::Accepted => return Err("unexpected answer to hello".into()),

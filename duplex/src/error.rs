@@ -282,6 +282,11 @@ pub enum ChannelError {
     /// failed: a nested channel never outlives its parent.
     #[error("parent channel closed: {0}")]
     ParentClosed(Arc<str>),
+    /// The remote closed the channel because it saw this side break the
+    /// protocol (a `PROTOCOL_ERROR` record, protocol version 2): a bug on
+    /// this side, or a remote with other limits.
+    #[error("the remote peer closed the channel, reporting a protocol violation by this side: {0}")]
+    ViolationReported(Arc<str>),
 }
 
 impl From<ChannelError> for io::Error {
@@ -294,7 +299,9 @@ impl From<ChannelError> for io::Error {
             ChannelError::Trailers(_) | ChannelError::TrailersUnsupported => {
                 io::ErrorKind::InvalidInput
             }
-            ChannelError::Protocol(_) | ChannelError::Frame(_) => io::ErrorKind::InvalidData,
+            ChannelError::Protocol(_)
+            | ChannelError::ViolationReported(_)
+            | ChannelError::Frame(_) => io::ErrorKind::InvalidData,
         };
         io::Error::new(kind, e)
     }

@@ -54,6 +54,7 @@ pub mod fault;
 #[allow(clippy::panic, clippy::indexing_slicing)] // fuzz assertions
 pub mod fuzzing;
 pub mod peer;
+mod pending;
 pub mod plugin;
 mod proto;
 mod ssh;

@@ -120,6 +120,8 @@ pub(crate) struct PeerCore {
     handshaking: Mutex<std::collections::VecDeque<(u64, CancellationToken)>>,
     pub(crate) cancel: CancellationToken,
     pub(crate) tracker: TaskTracker,
+    /// Rejects incoming channels left waiting (`Config::accept_timeout`).
+    pub(crate) pending: Arc<crate::pending::Pending>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -301,6 +303,7 @@ impl PeerBuilder {
         let identity = self.identity.unwrap_or_else(Identity::generate);
         let (tx, rx) = mpsc::channel(self.config.accept_backlog);
         let cancel = CancellationToken::new();
+        let pending = crate::pending::Pending::new(self.config.accept_timeout);
         let core = Arc::new(PeerCore {
             name: name.into(),
             ssh: SshConfigs::new(&self.config, &identity),
@@ -325,6 +328,7 @@ impl PeerBuilder {
             conn_ids: AtomicU64::new(1),
             cancel: cancel.clone(),
             tracker: TaskTracker::new(),
+            pending,
         });
         Ok(Peer {
             core,
@@ -623,9 +627,15 @@ impl Peer {
     /// call loses no channel.
     pub async fn accept(&self) -> Option<IncomingChannel> {
         let mut rx = self.core.incoming_rx.lock().await;
-        tokio::select! {
-            ch = rx.recv() => ch,
-            _ = self.core.cancel.cancelled() => None,
+        loop {
+            let ch = tokio::select! {
+                ch = rx.recv() => ch?,
+                _ = self.core.cancel.cancelled() => return None,
+            };
+            // One the accept timeout rejected while it waited is skipped.
+            if !ch.is_expired() {
+                return Some(ch);
+            }
         }
     }
 

@@ -20,7 +20,6 @@ use crate::proto::control::Control;
 use crate::proto::frame::{self, FrameError};
 use crate::proto::headers::Headers;
 use crate::proto::service::ServiceName;
-use crate::ssh::OpenReply;
 use crate::ssh::keys::Fingerprint;
 use state::{ChanShared, Kind};
 
@@ -875,11 +874,11 @@ impl Children {
 }
 
 /// A channel the remote opened, waiting for the application to accept or
-/// reject it. Dropping it rejects the channel.
+/// reject it. Dropping it rejects the channel. One left waiting longer than
+/// [`Config::accept_timeout`](crate::Config::accept_timeout) is rejected
+/// for the application (and never handed out by `accept`).
 pub struct IncomingChannel {
     shared: Option<Arc<ChanShared>>,
-    /// Set for plain SSH clients, whose SSH open waits for our answer.
-    reply: Option<OpenReply>,
 }
 
 impl fmt::Debug for IncomingChannel {
@@ -892,11 +891,17 @@ impl fmt::Debug for IncomingChannel {
 }
 
 impl IncomingChannel {
-    pub(crate) fn new(shared: Arc<ChanShared>, reply: Option<OpenReply>) -> Self {
+    /// `shared` is pending: a plain SSH client's open waits in it (see
+    /// `ChanShared::set_plain_reply`) for our answer.
+    pub(crate) fn new(shared: Arc<ChanShared>) -> Self {
         Self {
             shared: Some(shared),
-            reply,
         }
+    }
+
+    /// The accept timeout rejected it while it waited in a queue.
+    pub(crate) fn is_expired(&self) -> bool {
+        self.shared.as_ref().is_none_or(|s| s.is_answered())
     }
 
     /// Service, headers and peers.
@@ -920,13 +925,17 @@ impl IncomingChannel {
     /// Accepts the channel: the opener's `open` returns and data flows.
     ///
     /// Cancel-safe in that a cancelled accept leaves the channel to be
-    /// closed when it is dropped.
+    /// closed when it is dropped. If the accept timeout rejected the
+    /// channel a moment before, the channel returned is closed already.
     pub async fn accept(mut self) -> Channel {
         let Some(shared) = self.shared.take() else {
             unreachable_incoming()
         };
+        if !shared.take_answer() {
+            return Channel::new(shared); // rejected by the accept timeout
+        }
         shared.conn.pending_done(shared.kind);
-        match self.reply.take() {
+        match shared.take_plain_reply() {
             Some(reply) => {
                 shared.conn.insert(shared.clone());
                 let channel = Channel::new(shared);
@@ -944,9 +953,11 @@ impl IncomingChannel {
     /// [`OpenError::Rejected`] carrying `reason`
     /// (at most 1 KiB is sent).
     pub async fn reject(mut self, reason: &str) {
-        if let Some(shared) = self.shared.take() {
+        if let Some(shared) = self.shared.take()
+            && shared.take_answer()
+        {
             shared.conn.pending_done(shared.kind);
-            match self.reply.take() {
+            match shared.take_plain_reply() {
                 Some(reply) => reply.reject(crate::ssh::OPEN_PROHIBITED, reason).await,
                 None => {
                     shared.send_control(&Control::Reject {
@@ -961,11 +972,13 @@ impl IncomingChannel {
 
 impl Drop for IncomingChannel {
     fn drop(&mut self) {
-        if let Some(shared) = self.shared.take() {
+        if let Some(shared) = self.shared.take()
+            && shared.take_answer()
+        {
             shared.conn.pending_done(shared.kind);
             // A plain client's deferred open is refused by russh when the
             // reply handle drops.
-            if self.reply.take().is_none() && shared.kind == Kind::Duplex {
+            if shared.take_plain_reply().is_none() && shared.kind == Kind::Duplex {
                 shared.send_control(&Control::Reject {
                     reason: "the application did not accept the channel".to_owned(),
                 });

@@ -9,6 +9,7 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::ops::{Deref, DerefMut};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::task::{Context, Poll, Waker};
 
@@ -21,7 +22,7 @@ use crate::proto::control::{self, Control};
 use crate::proto::frame::Assembler;
 use crate::proto::headers::Headers;
 use crate::proto::{EXT_CONTROL, EXT_ERROR};
-use crate::ssh::WriteHalf;
+use crate::ssh::{OPEN_PROHIBITED, OpenReply, WriteHalf};
 
 use super::ChannelEnd;
 use super::{ChannelMeta, IncomingChannel};
@@ -96,7 +97,15 @@ pub(crate) struct ChanState {
     scheduled: bool,
     /// `schedule` asked for a turn; the lock's guard starts it once unlocked.
     start_turn: bool,
+    /// We finished writing (half-close): SSH EOF on a version-1 channel,
+    /// the `EOF` record on a version-2 one.
     eof_out: bool,
+    /// Version 2: SSH EOF is queued, so nothing but the close may follow
+    /// (RFC 4254 section 5.3). Version 1 sets it with `eof_out`.
+    ssh_eof_out: bool,
+    /// The reason of the protocol violation this side saw, for the
+    /// `PROTOCOL_ERROR` record that precedes the close (version 2).
+    violation: Option<String>,
     close_out: bool,
     write_waker: Option<Waker>,
     flush_waker: Option<Waker>,
@@ -118,6 +127,10 @@ pub(crate) struct ChanShared {
     pub(crate) conn: Arc<ConnShared>,
     pub(crate) id: u32,
     pub(crate) kind: Kind,
+    /// Protocol version 2 (see `proto::hello::Version::eof_record`): the
+    /// half-close is an `EOF` record, and SSH EOF comes only when nothing
+    /// but the close follows.
+    v2: bool,
     /// We opened it (rather than the remote).
     pub(crate) outgoing: bool,
     /// The remote's number for the channel, from its `ACCEPT` (channels we
@@ -135,6 +148,11 @@ pub(crate) struct ChanShared {
     /// Signals `accept_child` waiters: a nested channel arrived, or this
     /// channel closed.
     children_ready: Notify,
+    /// An incoming channel got its answer (accepted, rejected, dropped, or
+    /// timed out): whoever sets it first answers.
+    answered: AtomicBool,
+    /// A plain SSH client's open, answered when the application decides.
+    plain_reply: Mutex<Option<OpenReply>>,
 }
 
 /// What the session handler must do after delivering data.
@@ -156,11 +174,13 @@ impl ChanShared {
     ) -> Arc<Self> {
         let max_frame = conn.config.max_frame_len;
         let window = u64::from(conn.config.channel_window);
+        let v2 = kind == Kind::Duplex && conn.version().eof_record();
         Arc::new_cyclic(|me| Self {
             me: me.clone(),
             conn,
             id,
             kind,
+            v2,
             outgoing,
             remote_id: OnceLock::new(),
             meta: OnceLock::new(),
@@ -194,6 +214,8 @@ impl ChanShared {
                 scheduled: false,
                 start_turn: false,
                 eof_out: false,
+                ssh_eof_out: false,
+                violation: None,
                 close_out: false,
                 write_waker: None,
                 flush_waker: None,
@@ -205,7 +227,69 @@ impl ChanShared {
             opened: Notify::new(),
             space: Notify::new(),
             children_ready: Notify::new(),
+            answered: AtomicBool::new(false),
+            plain_reply: Mutex::new(None),
         })
+    }
+
+    /// Keeps a plain SSH client's open until the application answers.
+    pub(crate) fn set_plain_reply(&self, reply: OpenReply) {
+        *self.plain_reply.lock().unwrap_or_else(|p| p.into_inner()) = Some(reply);
+    }
+
+    /// Takes the plain SSH client's open, to answer it.
+    pub(crate) fn take_plain_reply(&self) -> Option<OpenReply> {
+        self.plain_reply
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+    }
+
+    /// Claims the right to answer an incoming channel: true exactly once
+    /// (accept, reject, drop and the accept timeout race for it).
+    pub(crate) fn take_answer(&self) -> bool {
+        !self.answered.swap(true, Ordering::AcqRel)
+    }
+
+    /// Whether an incoming channel was answered already (the accept
+    /// timeout rejected it while it sat in a queue).
+    pub(crate) fn is_answered(&self) -> bool {
+        self.answered.load(Ordering::Acquire)
+    }
+
+    /// The accept timeout passed with the channel still pending: reject
+    /// it, saying which service, which peer and which setting.
+    pub(crate) fn expire(self: &Arc<Self>, after: std::time::Duration) {
+        if !self.take_answer() {
+            return;
+        }
+        self.conn.pending_done(self.kind);
+        let me = self.local_peer();
+        let reason = match self.meta.get().and_then(|m| m.parent()) {
+            Some(parent) => format!(
+                "{:?} was not accepted within {after:?}: the application on {me} did not take the nested channels of {:?} (Config::accept_timeout)",
+                self.service(),
+                parent.service()
+            ),
+            None => format!(
+                "{:?} was not accepted within {after:?}: the application on {me} did not take it (Config::accept_timeout)",
+                self.service()
+            ),
+        };
+        tracing::info!(channel = self.id, "{reason}");
+        match self.take_plain_reply() {
+            Some(reply) => {
+                // The reply goes through the session's queue: not awaited in
+                // the timer's task.
+                self.conn.core.tracker.spawn(async move {
+                    reply.reject(OPEN_PROHIBITED, &reason).await;
+                });
+            }
+            None => {
+                self.send_control(&Control::Reject { reason });
+                self.send_close();
+            }
+        }
     }
 
     /// Keeps `r` until the channel is dropped.
@@ -237,6 +321,16 @@ impl ChanShared {
             return Delivery::Ok;
         }
         let n = data.len() as u64;
+        if self.v2 && st.eof_in {
+            drop(st);
+            self.fail_protocol("sent data after its EOF");
+            return Delivery::Violation;
+        }
+        if self.unanswered(&st) {
+            drop(st);
+            self.fail_protocol("sent data before answering the open with ACCEPT");
+            return Delivery::Violation;
+        }
         if !self.charge(&mut st, n) {
             drop(st);
             self.fail_protocol("sent more data than its flow-control window allows");
@@ -258,6 +352,13 @@ impl ChanShared {
         } else {
             Delivery::Ok
         }
+    }
+
+    /// A channel we opened that the remote has not answered yet: only
+    /// ACCEPT, REJECT (HELLO on the hello channel), PARENT_CLOSED and
+    /// PROTOCOL_ERROR may arrive on it.
+    fn unanswered(&self, st: &ChanState) -> bool {
+        self.outgoing && self.kind == Kind::Duplex && matches!(st.open, OpenPhase::Waiting)
     }
 
     /// Counts `n` received bytes against the credit we granted; false when
@@ -303,6 +404,16 @@ impl ChanShared {
             return Delivery::Ok;
         }
         let n = data.len() as u64;
+        if self.v2 && st.eof_in {
+            drop(st);
+            self.fail_protocol("sent error-stream data after its EOF");
+            return Delivery::Violation;
+        }
+        if self.unanswered(&st) {
+            drop(st);
+            self.fail_protocol("sent error-stream data before answering the open with ACCEPT");
+            return Delivery::Violation;
+        }
         if !self.charge(&mut st, n) {
             drop(st);
             self.fail_protocol("sent more error data than its flow-control window allows");
@@ -356,16 +467,42 @@ impl ChanShared {
         };
         let mut opened = false;
         let mut parent_closed = None;
+        let mut eof = false;
         for rec in records {
+            // Every record is checked against the channel's state: nothing
+            // out of place is ignored (PROTOCOL.md section 5).
+            let misplaced = match &rec {
+                Control::Accept { .. } | Control::Reject { .. } if !self.outgoing => {
+                    Some("sent ACCEPT or REJECT on a channel it opened itself")
+                }
+                Control::Accept { .. } | Control::Reject { .. }
+                    if !matches!(st.open, OpenPhase::Waiting) =>
+                {
+                    Some("answered the open twice (a second ACCEPT or REJECT)")
+                }
+                Control::Eof | Control::ProtocolError { .. } if !self.v2 => {
+                    Some("sent a version-2 record (EOF or PROTOCOL_ERROR) on a version-1 connection")
+                }
+                Control::Eof if st.eof_in => Some("sent EOF twice"),
+                Control::Window { .. } | Control::Trailers { .. } | Control::Eof
+                    if self.unanswered(&st) =>
+                {
+                    Some("sent WINDOW, TRAILERS or EOF before answering the open with ACCEPT")
+                }
+                _ => None,
+            };
+            if let Some(why) = misplaced {
+                drop(st);
+                self.fail_protocol(why);
+                return Delivery::Violation;
+            }
             match rec {
                 Control::Accept { window, id } => {
                     st.send_credit = st.send_credit.saturating_add(u64::from(window));
-                    if self.outgoing && matches!(st.open, OpenPhase::Waiting) {
-                        let _ = self.remote_id.set(id);
-                        st.open = OpenPhase::Accepted;
-                        st.established = true;
-                        opened = true;
-                    }
+                    let _ = self.remote_id.set(id);
+                    st.open = OpenPhase::Accepted;
+                    st.established = true;
+                    opened = true;
                 }
                 Control::Window { increment } => {
                     st.send_credit = st.send_credit.saturating_add(u64::from(increment))
@@ -375,6 +512,16 @@ impl ChanShared {
                     opened = true;
                 }
                 Control::ParentClosed { reason } => parent_closed = Some(reason),
+                Control::Eof => {
+                    st.eof_in = true;
+                    eof = true;
+                }
+                Control::ProtocolError { reason } => {
+                    drop(st);
+                    tracing::warn!(channel = self.id, "the remote closed the channel, reporting a protocol violation by this side: {reason}");
+                    self.fail(ChannelError::ViolationReported(reason.into()));
+                    return Delivery::Ok; // its close follows
+                }
                 Control::Trailers { headers } => {
                     match Headers::decode(&headers, &self.conn.config.limits) {
                         Ok(h) if st.trailers.is_none() && !st.eof_in => st.trailers = Some(h),
@@ -391,24 +538,31 @@ impl ChanShared {
                     }
                 }
                 Control::Hello { headers } => {
-                    match Headers::decode(&headers, &self.conn.config.limits) {
-                        Ok(h) => {
-                            // Learn the listener's name now, in the session
-                            // loop, so channels it opens right after its hello
-                            // already carry it.
-                            if let Some(name) = h.get("name") {
-                                self.conn.set_remote(name.to_owned());
-                            }
-                            st.open = OpenPhase::Hello(h);
-                        }
-                        Err(e) => st.open = OpenPhase::Rejected(format!("bad hello: {e}")),
+                    if !(self.outgoing && self.conn.awaiting_hello()) {
+                        drop(st);
+                        self.fail_protocol("sent HELLO on a channel other than the @hello channel");
+                        return Delivery::Violation;
                     }
+                    st.open = match Headers::decode(&headers, &self.conn.config.limits) {
+                        // Learn the version and the listener's name now, in
+                        // the session loop, so channels it opens right after
+                        // its hello already carry them.
+                        Ok(h) => match self.conn.on_listener_hello(&h) {
+                            Ok(()) => OpenPhase::Hello(h),
+                            Err(why) => OpenPhase::Rejected(why),
+                        },
+                        Err(e) => OpenPhase::Rejected(format!("bad hello: {e}")),
+                    };
                     opened = true;
                 }
             }
         }
         if st.send_credit > 0 {
             wake(&mut st.write_waker);
+        }
+        if eof {
+            self.wake_readers(&mut st);
+            self.eof_both_ways(&mut st);
         }
         drop(st);
         if opened {
@@ -429,10 +583,45 @@ impl ChanShared {
         Delivery::Ok
     }
 
+    /// SSH EOF arrived. On a version-2 channel it also stands for the
+    /// `EOF` record: the remote sends nothing more.
     pub(crate) fn on_eof(&self) {
         let mut st = self.lock();
         st.eof_in = true;
         self.wake_readers(&mut st);
+        self.eof_both_ways(&mut st);
+    }
+
+    /// Version 2: once both sides finished writing, nothing but the close
+    /// is left to send (no credit is granted to a remote that finished),
+    /// so SSH EOF goes now.
+    fn eof_both_ways(&self, st: &mut ChanState) {
+        if self.v2 && st.eof_in && st.eof_out && !st.ssh_eof_out && !st.close_out && !st.close_in
+        {
+            st.ssh_eof_out = true;
+            st.out.push_back(Out::Eof);
+            self.schedule(st);
+        }
+    }
+
+    /// Queues the end of our writing: SSH EOF (version 1), or the `EOF`
+    /// record and, if the remote finished too, SSH EOF (version 2).
+    fn push_eof(&self, st: &mut ChanState) {
+        st.eof_out = true;
+        if self.v2 {
+            st.out.push_back(Out::Ext(EXT_CONTROL, Control::Eof.encode()));
+            self.eof_both_ways(st);
+        } else {
+            st.ssh_eof_out = true;
+            st.out.push_back(Out::Eof);
+        }
+        self.schedule(st);
+    }
+
+    /// Whether a control record may still be sent: not after our close,
+    /// nor (version 2) after our SSH EOF.
+    fn may_send_record(&self, st: &ChanState) -> bool {
+        !(st.close_out || st.close_in || (self.v2 && st.ssh_eof_out))
     }
 
     /// The remote closed the channel (russh has already answered with its
@@ -511,7 +700,9 @@ impl ChanShared {
         st.out.clear();
         st.out_bytes = 0;
         if ending.close && !st.close_out && !st.close_in {
-            if let Some(reason) = &ending.remote {
+            if let Some(reason) = &ending.remote
+                && self.may_send_record(&st)
+            {
                 let rec = Control::ParentClosed {
                     reason: reason.to_string(),
                 };
@@ -519,6 +710,7 @@ impl ChanShared {
             }
             st.out.push_back(Out::Close);
             st.eof_out = true;
+            st.ssh_eof_out = true;
             st.close_out = true;
             self.schedule(&mut st);
         }
@@ -617,8 +809,10 @@ impl ChanShared {
             notified.as_mut().enable();
             {
                 let mut st = self.lock();
-                if let Some(c) = st.incoming.pop_front() {
-                    return Some(c);
+                while let Some(c) = st.incoming.pop_front() {
+                    if !c.is_expired() {
+                        return Some(c);
+                    }
                 }
                 if closed_reason(&st).is_some() {
                     return None;
@@ -646,6 +840,14 @@ impl ChanShared {
 
     fn fail_protocol(self: &ChanShared, why: &str) {
         tracing::warn!(channel = self.id, "closing channel: remote {why}");
+        {
+            let mut st = self.lock();
+            if st.violation.is_none() {
+                // For the `PROTOCOL_ERROR` record: what the remote did, as
+                // this side saw it.
+                st.violation = Some(format!("{why} (seen by {})", self.local_peer()));
+            }
+        }
         self.fail(ChannelError::Protocol(why.into()));
     }
 
@@ -738,9 +940,7 @@ impl ChanShared {
             EXT_CONTROL,
             Control::Trailers { headers: encoded }.encode(),
         ));
-        st.out.push_back(Out::Eof);
-        st.eof_out = true;
-        self.schedule(&mut st);
+        self.push_eof(&mut st);
         Ok(())
     }
 
@@ -823,7 +1023,14 @@ impl ChanShared {
     /// Grants consumed bytes back once they add up to a quarter window, so
     /// the sender never stalls while the reader keeps up.
     fn maybe_grant(&self, st: &mut ChanState) {
-        if self.kind != Kind::Duplex || st.close_in || st.close_out || st.failed.is_some() {
+        if self.kind != Kind::Duplex
+            || st.close_in
+            || st.close_out
+            || st.failed.is_some()
+            // A remote that finished writing needs no credit.
+            || st.eof_in
+            || (self.v2 && st.ssh_eof_out)
+        {
             return;
         }
         if st.unreported >= st.window / 4 {
@@ -992,9 +1199,7 @@ impl ChanShared {
             st.eof_out = true;
             return;
         }
-        st.eof_out = true;
-        st.out.push_back(Out::Eof);
-        self.schedule(&mut st);
+        self.push_eof(&mut st);
     }
 
     /// Queues EOF (if not sent) and close (once). Nested channels end at
@@ -1004,8 +1209,11 @@ impl ChanShared {
         if st.close_out || st.close_in || st.failed.is_some() {
             return;
         }
-        if !st.eof_out {
+        // SSH EOF before the close (version 2: it also stands for the
+        // `EOF` record, so no record is needed).
+        if !st.ssh_eof_out {
             st.eof_out = true;
+            st.ssh_eof_out = true;
             st.out.push_back(Out::Eof);
         }
         st.close_out = true;
@@ -1031,8 +1239,16 @@ impl ChanShared {
         if st.close_out || st.close_in {
             return;
         }
+        if self.v2
+            && !st.ssh_eof_out
+            && let Some(reason) = st.violation.take()
+        {
+            st.out
+                .push_back(Out::Ext(EXT_CONTROL, Control::ProtocolError { reason }.encode()));
+        }
         st.close_out = true;
         st.eof_out = true;
+        st.ssh_eof_out = true;
         st.out.push_back(Out::Close);
         self.schedule(&mut st);
     }
@@ -1040,7 +1256,7 @@ impl ChanShared {
     /// Queues a control record (not subject to credit).
     pub(crate) fn send_control(&self, rec: &Control) {
         let mut st = self.lock();
-        if st.close_out || st.close_in || st.failed.is_some() {
+        if !self.may_send_record(&st) || st.failed.is_some() {
             return;
         }
         st.out.push_back(Out::Ext(EXT_CONTROL, rec.encode()));
@@ -1100,7 +1316,7 @@ impl ChanShared {
     pub(crate) fn next_out(&self) -> Option<Out> {
         let mut st = self.lock();
         st.inflight = false;
-        if st.grant > 0 && !st.close_out && !st.close_in {
+        if st.grant > 0 && self.may_send_record(&st) {
             let n = st.grant.min(u64::from(u32::MAX));
             st.grant -= n;
             st.inflight = true;

@@ -1,0 +1,85 @@
+//! The bound on how long an incoming channel waits for its application
+//! (`Config::accept_timeout`): one task per peer, woken at the oldest
+//! deadline, rejects the channels nobody accepted or rejected in time.
+//!
+//! Every channel waits the same time, so deadlines arrive in the order
+//! channels are queued and a FIFO is the timer wheel.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::channel::state::ChanShared;
+
+/// The channels waiting for their application, oldest first.
+pub(crate) struct Pending {
+    timeout: Duration,
+    /// Bounded by the connections' `max_pending_channels`: an entry is
+    /// pushed for each pending channel and the task pops it by its
+    /// deadline (a channel answered early leaves a dead entry until then).
+    queue: Mutex<VecDeque<(Instant, Weak<ChanShared>)>>,
+    wake: Notify,
+    started: AtomicBool,
+}
+
+impl Pending {
+    pub(crate) fn new(timeout: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            timeout,
+            queue: Mutex::new(VecDeque::new()),
+            wake: Notify::new(),
+            started: AtomicBool::new(false),
+        })
+    }
+
+    /// Starts the clock for a channel that waits for its application.
+    /// The task is started with the first one.
+    pub(crate) fn watch(
+        self: &Arc<Self>,
+        chan: &Arc<ChanShared>,
+        tracker: &TaskTracker,
+        cancel: &CancellationToken,
+    ) {
+        let was_empty = {
+            let mut q = lock(&self.queue);
+            q.push_back((Instant::now() + self.timeout, Arc::downgrade(chan)));
+            q.len() == 1
+        };
+        if !self.started.swap(true, Ordering::AcqRel) {
+            tracker.spawn(self.clone().run(cancel.clone()));
+        } else if was_empty {
+            self.wake.notify_one();
+        }
+    }
+
+    async fn run(self: Arc<Self>, cancel: CancellationToken) {
+        loop {
+            let wake = self.wake.notified();
+            let next = lock(&self.queue).front().map(|(at, _)| *at);
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = wake, if next.is_none() => continue,
+                _ = tokio::time::sleep_until(next.unwrap_or_else(Instant::now)), if next.is_some() => {}
+            }
+            let now = Instant::now();
+            let due: Vec<_> = {
+                let mut q = lock(&self.queue);
+                let n = q.iter().take_while(|(at, _)| *at <= now).count();
+                q.drain(..n).filter_map(|(_, c)| c.upgrade()).collect()
+            };
+            for chan in due {
+                chan.expire(self.timeout);
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
