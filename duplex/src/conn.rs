@@ -22,9 +22,9 @@ use crate::error::{ChannelError, OpenError};
 use crate::peer::{Direction, PeerCore, PeerInfo};
 use crate::proto::control::Control;
 use crate::proto::headers::{Headers, split_window, with_window};
+use crate::proto::hello::{self, Version};
 use crate::proto::nest::{ParentRef, TOP_LEVEL};
 use crate::proto::service::ServiceName;
-use crate::proto::hello::{self, Version};
 use crate::proto::{EXT_CONTROL, EXT_ERROR, HELLO_SERVICE};
 use crate::ssh::keys::{Fingerprint, PublicKey};
 use crate::ssh::{
@@ -529,12 +529,19 @@ impl ConnShared {
         let parent = match parent {
             Ok(p) if p.kind != Kind::Duplex => {
                 return self
-                    .refuse(open, "the parent is a plain SSH channel, which cannot hold nested channels".into())
+                    .refuse(
+                        open,
+                        "the parent is a plain SSH channel, which cannot hold nested channels"
+                            .into(),
+                    )
                     .await;
             }
             Ok(p) if !p.is_established() => {
                 return self
-                    .refuse(open, "the parent channel is not accepted on both sides yet".into())
+                    .refuse(
+                        open,
+                        "the parent channel is not accepted on both sides yet".into(),
+                    )
                     .await;
             }
             Ok(p) => p,

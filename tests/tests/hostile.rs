@@ -240,8 +240,15 @@ async fn malformed_opens_are_refused() {
         assert_eq!(control.get(4), Some(&3), "a REJECT record: {control:?}");
         let reason = String::from_utf8_lossy(&control[5..]);
         // Each reference kind says which numbering it was resolved in.
-        let want = if port == 1 { "reference kind 1" } else { "reference kind 2" };
-        assert!(reason.contains("no channel") && reason.contains(want), "{reason}");
+        let want = if port == 1 {
+            "reference kind 1"
+        } else {
+            "reference kind 2"
+        };
+        assert!(
+            reason.contains("no channel") && reason.contains(want),
+            "{reason}"
+        );
     }
     // A well-formed open on the same connection still works.
     let ch = h

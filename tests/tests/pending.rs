@@ -151,7 +151,11 @@ async fn a_plain_client_nobody_accepts_gets_an_open_failure() {
     assert!(auth.success());
     // No hello: a plain connection, as `ssh -W nobody-home:1` makes.
     let started = Instant::now();
-    let r = within(10, h.channel_open_direct_tcpip("nobody-home", 1, "127.0.0.1", 5555)).await;
+    let r = within(
+        10,
+        h.channel_open_direct_tcpip("nobody-home", 1, "127.0.0.1", 5555),
+    )
+    .await;
     match r {
         Err(russh::Error::ChannelOpenFailure(f)) => assert_eq!(f.code(), 1),
         other => panic!("expected an open failure, got {:?}", other.map(|_| ())),

@@ -480,9 +480,9 @@ impl ChanShared {
                 {
                     Some("answered the open twice (a second ACCEPT or REJECT)")
                 }
-                Control::Eof | Control::ProtocolError { .. } if !self.v2 => {
-                    Some("sent a version-2 record (EOF or PROTOCOL_ERROR) on a version-1 connection")
-                }
+                Control::Eof | Control::ProtocolError { .. } if !self.v2 => Some(
+                    "sent a version-2 record (EOF or PROTOCOL_ERROR) on a version-1 connection",
+                ),
                 Control::Eof if st.eof_in => Some("sent EOF twice"),
                 Control::Window { .. } | Control::Trailers { .. } | Control::Eof
                     if self.unanswered(&st) =>
@@ -518,7 +518,10 @@ impl ChanShared {
                 }
                 Control::ProtocolError { reason } => {
                     drop(st);
-                    tracing::warn!(channel = self.id, "the remote closed the channel, reporting a protocol violation by this side: {reason}");
+                    tracing::warn!(
+                        channel = self.id,
+                        "the remote closed the channel, reporting a protocol violation by this side: {reason}"
+                    );
                     self.fail(ChannelError::ViolationReported(reason.into()));
                     return Delivery::Ok; // its close follows
                 }
@@ -596,8 +599,7 @@ impl ChanShared {
     /// is left to send (no credit is granted to a remote that finished),
     /// so SSH EOF goes now.
     fn eof_both_ways(&self, st: &mut ChanState) {
-        if self.v2 && st.eof_in && st.eof_out && !st.ssh_eof_out && !st.close_out && !st.close_in
-        {
+        if self.v2 && st.eof_in && st.eof_out && !st.ssh_eof_out && !st.close_out && !st.close_in {
             st.ssh_eof_out = true;
             st.out.push_back(Out::Eof);
             self.schedule(st);
@@ -609,7 +611,8 @@ impl ChanShared {
     fn push_eof(&self, st: &mut ChanState) {
         st.eof_out = true;
         if self.v2 {
-            st.out.push_back(Out::Ext(EXT_CONTROL, Control::Eof.encode()));
+            st.out
+                .push_back(Out::Ext(EXT_CONTROL, Control::Eof.encode()));
             self.eof_both_ways(st);
         } else {
             st.ssh_eof_out = true;
@@ -1243,8 +1246,10 @@ impl ChanShared {
             && !st.ssh_eof_out
             && let Some(reason) = st.violation.take()
         {
-            st.out
-                .push_back(Out::Ext(EXT_CONTROL, Control::ProtocolError { reason }.encode()));
+            st.out.push_back(Out::Ext(
+                EXT_CONTROL,
+                Control::ProtocolError { reason }.encode(),
+            ));
         }
         st.close_out = true;
         st.eof_out = true;

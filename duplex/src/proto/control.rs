@@ -238,10 +238,7 @@ mod tests {
         );
         assert_eq!(&Control::Eof.encode()[..], b"\0\0\0\x01\x07");
         assert_eq!(
-            &Control::ProtocolError {
-                reason: "x".into()
-            }
-            .encode()[..],
+            &Control::ProtocolError { reason: "x".into() }.encode()[..],
             b"\0\0\0\x02\x08x"
         );
     }

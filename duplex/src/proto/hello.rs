@@ -152,8 +152,14 @@ mod tests {
                 h(&[("name", "a"), ("version", "2"), ("max-version", "1")]),
                 "max-version",
             ),
-            (h(&[("name", "a"), ("version", "0"), ("max-version", "0")]), "mismatch"),
-            (h(&[("name", "a"), ("version", "99999999999")]), "not a number"),
+            (
+                h(&[("name", "a"), ("version", "0"), ("max-version", "0")]),
+                "mismatch",
+            ),
+            (
+                h(&[("name", "a"), ("version", "99999999999")]),
+                "not a number",
+            ),
         ];
         for (hello, want) in cases {
             let err = listener_choose(&hello, "a").unwrap_err();
