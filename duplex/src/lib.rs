@@ -23,8 +23,11 @@
 //! - [`channel`]: `Channel`, its halves, `IncomingChannel`, `ChannelMeta`,
 //!   `Children` (nested channels), `join`/`splice`;
 //! - `conn`: one connection's channel table, opens and outbox task;
+//! - `pending`: the accept timeout, which rejects channels the application
+//!   left waiting ([`Config::accept_timeout`]);
 //! - `proto`: the wire formats, without I/O (headers, frames, control
-//!   records, service names, parent references);
+//!   records, the hello and its version negotiation, service names, parent
+//!   references);
 //! - `ssh`: the only module that talks to `russh`: handlers, keys, trust;
 //! - `backoff` ([`Backoff`]): retry timing for `connect` and re-dialling;
 //! - `events` ([`PeerEvent`], [`PeerEvents`]): connections coming and going;
