@@ -78,4 +78,6 @@ pub use proto::frame::FrameError;
 pub use proto::headers::{HeaderError, Headers};
 pub use proto::service::{ServiceName, ServiceNameError};
 pub use ssh::keys::{Fingerprint, Identity, KeyError, PublicKey};
-pub use ssh::trust::{AuthorizedKey, AuthorizedKeys, HostKeyError, KnownHosts, NameBindingError};
+pub use ssh::trust::{
+    AuthorizedKey, AuthorizedKeys, BoundNameError, HostKeyError, KnownHosts, NameBindingError,
+};

@@ -126,8 +126,137 @@ fn option_values(options: &str, option: &str) -> Vec<String> {
     out
 }
 
-/// The `authorized_keys` option that binds a peer name to a key.
+/// The `authorized_keys` option that binds a peer name to a key; followed
+/// by `=`, also the comment token that does so in `known_hosts` lines and
+/// `.pub` files.
 pub(crate) const NAME_OPTION: &str = "duplex-name";
+
+/// Why `name` breaks the peer-name rules (those of
+/// [`PeerBuilder::build`](crate::PeerBuilder::build)), if it does.
+fn peer_name_problem(name: &str) -> Option<&'static str> {
+    if name.is_empty() {
+        Some("it is empty")
+    } else if name.len() > 255 {
+        Some("it is longer than 255 bytes")
+    } else if name.chars().any(char::is_control) {
+        Some("it holds a control character")
+    } else {
+        None
+    }
+}
+
+/// A `duplex-name=` token in a key's comment that binds no valid name (see
+/// [`PublicKey::bound_names`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{token}: {reason}")]
+#[non_exhaustive]
+pub struct BoundNameError {
+    /// The token, as far as it could be read.
+    pub token: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+/// The peer names bound by `duplex-name=NAME` (or `duplex-name="NAME"`)
+/// tokens in a key's comment field; other tokens are ignored. A token whose
+/// name breaks the peer-name rules, or an unclosed quote, is an error: a
+/// binding is never silently dropped.
+fn comment_names(comment: &str) -> Result<Vec<String>, BoundNameError> {
+    const NAME_TOKEN: &str = "duplex-name=";
+    let mut out: Vec<String> = Vec::new();
+    let mut rest = comment.trim_start();
+    while !rest.is_empty() {
+        let is_token = rest
+            .get(..NAME_TOKEN.len())
+            .is_some_and(|t| t.eq_ignore_ascii_case(NAME_TOKEN));
+        let Some(value) = rest.get(NAME_TOKEN.len()..).filter(|_| is_token) else {
+            // Some other token: skip it.
+            let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
+            rest = rest.get(end..).unwrap_or_default().trim_start();
+            continue;
+        };
+        let (name, tail) = if let Some(quoted) = value.strip_prefix('"') {
+            let mut escaped = false;
+            let mut close = None;
+            for (i, c) in quoted.char_indices() {
+                match c {
+                    _ if escaped => escaped = false,
+                    '\\' => escaped = true,
+                    '"' => {
+                        close = Some(i);
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+            let Some(close) = close else {
+                return Err(BoundNameError {
+                    token: format!("{NAME_TOKEN}\"{quoted}"),
+                    reason: "the quote is not closed".into(),
+                });
+            };
+            let tail = quoted.get(close + 1..).unwrap_or_default();
+            if tail.starts_with(|c: char| !c.is_whitespace()) {
+                let token = quoted.split(char::is_whitespace).next().unwrap_or_default();
+                return Err(BoundNameError {
+                    token: format!("{NAME_TOKEN}\"{token}"),
+                    reason: "text after the closing quote".into(),
+                });
+            }
+            let name = quoted
+                .get(..close)
+                .unwrap_or_default()
+                .replace("\\\"", "\"");
+            (name, tail)
+        } else {
+            let end = value.find(char::is_whitespace).unwrap_or(value.len());
+            let (name, tail) = value.split_at(end);
+            (name.to_owned(), tail)
+        };
+        if let Some(why) = peer_name_problem(&name) {
+            return Err(BoundNameError {
+                token: format!("{NAME_TOKEN}{name:?}"),
+                reason: format!(
+                    "not a peer name ({why}; use 1 to 255 bytes with no control characters)"
+                ),
+            });
+        }
+        if !out.contains(&name) {
+            out.push(name);
+        }
+        rest = tail.trim_start();
+    }
+    Ok(out)
+}
+
+impl PublicKey {
+    /// The peer names the key's comment binds to it: each
+    /// `duplex-name=NAME` token (repeatable; `duplex-name="NAME"` for a
+    /// name with spaces) in the text after the key, as in a `.pub` file:
+    ///
+    /// ```text
+    /// ssh-ed25519 AAAA... billing@host duplex-name=billing
+    /// ```
+    ///
+    /// OpenSSH ignores the comment, so the file stays usable by `ssh`.
+    /// Pass the names to [`KnownHosts::pin_named`] (or
+    /// [`AuthorizedKeys::add_named`]). A token whose name breaks the
+    /// peer-name rules (1 to 255 bytes, no control characters), or whose
+    /// quote is not closed, is an error.
+    ///
+    /// ```
+    /// let id = duplex::Identity::generate();
+    /// let line = format!(
+    ///     "{} me@host duplex-name=billing duplex-name=\"two words\"",
+    ///     id.public_key().to_openssh()
+    /// );
+    /// let key = duplex::PublicKey::parse(&line).unwrap();
+    /// assert_eq!(key.bound_names().unwrap(), ["billing", "two words"]);
+    /// ```
+    pub fn bound_names(&self) -> Result<Vec<String>, BoundNameError> {
+        comment_names(self.0.comment().as_str_lossy())
+    }
+}
 
 /// The keys allowed to connect to us, in the format of OpenSSH's
 /// `authorized_keys` (options, key, comment; `#` comments).
@@ -138,6 +267,9 @@ pub(crate) const NAME_OPTION: &str = "duplex-name";
 /// `duplex-name="alice" ssh-ed25519 AAAA...`. A key with bound names may
 /// connect only under one of them, and a bound name may be used only by its
 /// key; keys without bound names may use any name not bound to another key.
+/// The names bound to one key on several lines combine: the key may use
+/// any of them (a line of that key with no `duplex-name` adds no name and
+/// lifts no restriction).
 ///
 /// ```
 /// let alice = duplex::Identity::generate();
@@ -312,12 +444,40 @@ struct KnownHost {
 /// `[HOST]:PORT`, as OpenSSH does; for `unix:///PATH` it is `PATH`; for a
 /// stream it is the label given to `connect_stream`.
 ///
+/// # Names bound to host keys
+///
+/// A listener announces its peer name in its hello, and any trusted key
+/// could announce any name. To stop one trusted listener from posing as
+/// another, bind names to keys with a `duplex-name=NAME` token in the
+/// comment field of a line (the text after the key; repeatable, and
+/// `duplex-name="NAME"` for a name with spaces):
+///
+/// ```text
+/// [10.0.0.5]:7000 ssh-ed25519 AAAA... billing host duplex-name=billing
+/// ```
+///
+/// OpenSSH ignores the comment, so the file stays usable by `ssh`. Names
+/// follow the peer-name rules (1 to 255 bytes, no control characters); a
+/// token that breaks them is a parse error naming the line. The names bound
+/// to one key combine over all its lines (and with
+/// [`pin_named`](Self::pin_named)), whatever host each line is for. A
+/// listener whose key has bound names must announce one of them, and a
+/// bound name may be announced only by its key; otherwise the dialler
+/// closes the connection (`ConnectError::NameRefused`). Tokens on
+/// `@revoked` lines bind nothing.
+///
 /// ```
 /// let server = duplex::Identity::generate();
 /// let line = format!("[127.0.0.1]:7000 {}", server.public_key().to_openssh());
 /// let kh = duplex::KnownHosts::parse(&line).unwrap();
 /// assert!(kh.check("127.0.0.1", 7000, &server.public_key()).is_ok());
 /// assert!(kh.check("127.0.0.1", 7001, &server.public_key()).is_err());
+///
+/// let named = format!("{line} duplex-name=billing");
+/// let kh = duplex::KnownHosts::parse(&named).unwrap();
+/// let fp = server.public_key().fingerprint();
+/// assert!(kh.check_peer_name(&fp, "billing").is_ok());
+/// assert!(kh.check_peer_name(&fp, "payroll").is_err());
 /// ```
 #[derive(Debug, Clone, Default)]
 pub struct KnownHosts {
@@ -375,10 +535,12 @@ impl KnownHosts {
         Self::default()
     }
 
-    /// Parses `known_hosts` text. `@cert-authority` lines are skipped
-    /// (certificates are not supported).
+    /// Parses `known_hosts` text, with the names bound by `duplex-name=`
+    /// comment tokens (see [`KnownHosts`]). `@cert-authority` lines are
+    /// skipped (certificates are not supported).
     pub fn parse(text: &str) -> Result<Self, KeyError> {
         let mut entries = Vec::new();
+        let mut names: Vec<(Fingerprint, String)> = Vec::new();
         for (n, line) in text.lines().enumerate() {
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
@@ -392,16 +554,28 @@ impl KnownHosts {
             if entry.marker() == Some(&Marker::CertAuthority) {
                 continue;
             }
+            let key = PublicKey(entry.public_key().clone());
+            let revoked = entry.marker() == Some(&Marker::Revoked);
+            let bound = key.bound_names().map_err(|e| KeyError::Parse {
+                path: None,
+                why: format!("known_hosts line {}: {e}", n + 1),
+            })?;
+            if !revoked {
+                let fp = key.fingerprint();
+                for name in bound {
+                    add_binding(&mut names, &fp, name);
+                }
+            }
             entries.push(KnownHost {
                 patterns: entry.host_patterns().clone(),
-                key: PublicKey(entry.public_key().clone()),
-                revoked: entry.marker() == Some(&Marker::Revoked),
+                key,
+                revoked,
             });
         }
         Ok(Self {
             entries,
             pinned: Vec::new(),
-            names: Vec::new(),
+            names,
             accept_any: false,
         })
     }
@@ -429,17 +603,22 @@ impl KnownHosts {
     /// listener with this key must announce itself as `name`, and no other
     /// listener may (so one trusted peer cannot take another's calls).
     /// Call again to bind more names to the key.
+    ///
+    /// To take the names from the key's own comment (a `.pub` file's
+    /// `duplex-name=` tokens), pass each of
+    /// [`PublicKey::bound_names`] here.
     pub fn pin_named(&mut self, key: PublicKey, name: &str) -> &mut Self {
         let fp = key.fingerprint();
         if !self.pinned.contains(&key) {
             self.pinned.push(key);
         }
-        self.names.push((fp, name.to_owned()));
+        add_binding(&mut self.names, &fp, name.to_owned());
         self
     }
 
     /// Whether the listener with this host key may call itself `claimed`,
-    /// given the names bound with [`pin_named`](Self::pin_named).
+    /// given the names bound with [`pin_named`](Self::pin_named) and by
+    /// `duplex-name=` tokens in `known_hosts` lines.
     pub fn check_peer_name(
         &self,
         key: &Fingerprint,
@@ -508,6 +687,13 @@ impl KnownHosts {
                 actual,
             })
         }
+    }
+}
+
+/// Binds `name` to `fp`, once.
+fn add_binding(names: &mut Vec<(Fingerprint, String)>, fp: &Fingerprint, name: String) {
+    if !names.iter().any(|(f, n)| f == fp && *n == name) {
+        names.push((fp.clone(), name));
     }
 }
 
@@ -642,6 +828,132 @@ mod tests {
         assert_eq!(ak.entries()[1].comment, "with spaces");
         assert!(ak.authorizes(&k));
         assert!(AuthorizedKeys::parse("garbage here").is_err());
+    }
+
+    #[test]
+    fn comment_name_tokens() {
+        let ok = |c: &str| comment_names(c).unwrap();
+        assert!(ok("").is_empty());
+        assert!(ok("alice@laptop").is_empty());
+        assert_eq!(ok("duplex-name=billing"), ["billing"]);
+        assert_eq!(
+            ok("  me@host\tduplex-name=a  DUPLEX-NAME=b duplex-name=a "),
+            ["a", "b"]
+        );
+        assert_eq!(
+            ok(r#"duplex-name="two words" duplex-name="q\"uote" x"#),
+            ["two words", "q\"uote"]
+        );
+        // Only whole tokens count.
+        assert!(ok("xduplex-name=a duplex-name duplex-names=b").is_empty());
+        for (bad, why) in [
+            ("duplex-name=", "it is empty"),
+            ("a duplex-name=\"\" b", "it is empty"),
+            ("duplex-name=\"open", "not closed"),
+            ("duplex-name=\"a\"b", "after the closing quote"),
+            ("duplex-name=\"bell\u{7}\"", "control character"),
+        ] {
+            let err = comment_names(bad).unwrap_err().to_string();
+            assert!(err.contains(why), "{bad:?}: {err}");
+        }
+        let long = format!("duplex-name={}", "n".repeat(256));
+        let err = comment_names(&long).unwrap_err();
+        assert!(err.reason.contains("longer than 255 bytes"), "{err}");
+        assert_eq!(ok(&format!("duplex-name={}", "n".repeat(255))).len(), 1);
+    }
+
+    #[test]
+    fn known_hosts_lines_bind_names() {
+        let real = Identity::generate().public_key();
+        let other = Identity::generate().public_key();
+        let gone = Identity::generate().public_key();
+        let text = format!(
+            "[127.0.0.1]:7000 {} ops duplex-name=billing\n\
+             other.lan {} duplex-name=\"pay roll\" duplex-name=billing-2\n\
+             [127.0.0.1]:7001 {} duplex-name=other\n\
+             @revoked * {} duplex-name=ghost\n",
+            real.to_openssh(),
+            real.to_openssh(),
+            other.to_openssh(),
+            gone.to_openssh(),
+        );
+        let kh = KnownHosts::parse(&text).unwrap();
+        let (rfp, ofp) = (real.fingerprint(), other.fingerprint());
+        // The key's names combine over its lines, whatever the host.
+        for name in ["billing", "pay roll", "billing-2"] {
+            assert!(kh.check_peer_name(&rfp, name).is_ok(), "{name}");
+        }
+        // A wrong name is refused, naming both.
+        let err = kh.check_peer_name(&rfp, "other").unwrap_err();
+        assert!(matches!(err, NameBindingError::NotItsName { .. }));
+        let msg = err.to_string();
+        assert!(
+            msg.contains("\"other\"") && msg.contains("billing"),
+            "{msg}"
+        );
+        assert!(kh.check_peer_name(&ofp, "other").is_ok());
+        assert!(kh.check_peer_name(&ofp, "billing").is_err());
+        // A bound name is its key's alone, even for a key with no names.
+        let stranger = Identity::generate().public_key().fingerprint();
+        assert!(matches!(
+            kh.check_peer_name(&stranger, "billing"),
+            Err(NameBindingError::TakenByAnother { .. })
+        ));
+        // Revoked lines bind nothing; unbound keys may use free names.
+        assert!(kh.check_peer_name(&stranger, "ghost").is_ok());
+        // The key check is unchanged by the comment.
+        assert!(kh.check("127.0.0.1", 7000, &real).is_ok());
+        assert!(kh.check("127.0.0.1", 7001, &real).is_err());
+
+        // A token that breaks the peer-name rules: an error naming the line.
+        let bad = format!("# c\nh {} duplex-name=\n", real.to_openssh());
+        let msg = KnownHosts::parse(&bad).unwrap_err().to_string();
+        assert!(
+            msg.contains("known_hosts line 2") && msg.contains("it is empty"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn pub_file_comment_binds_names_when_pinned() {
+        let real = Identity::generate().public_key();
+        let line = format!("{} srv@host duplex-name=real", real.to_openssh());
+        let key = PublicKey::parse(&line).unwrap();
+        assert_eq!(key.bound_names().unwrap(), ["real"]);
+        assert!(real.bound_names().unwrap().is_empty());
+        let mut kh = KnownHosts::new();
+        for n in key.bound_names().unwrap() {
+            kh.pin_named(key.clone(), &n);
+        }
+        assert!(kh.check("h", 1, &real).is_ok());
+        let fp = real.fingerprint();
+        assert!(kh.check_peer_name(&fp, "real").is_ok());
+        let msg = kh.check_peer_name(&fp, "other").unwrap_err().to_string();
+        assert!(msg.contains("\"other\"") && msg.contains("real"), "{msg}");
+        let bad = format!("{} duplex-name=\"x", real.to_openssh());
+        let err = PublicKey::parse(&bad).unwrap().bound_names().unwrap_err();
+        assert!(err.to_string().contains("not closed"), "{err}");
+    }
+
+    #[test]
+    fn authorized_keys_names_of_one_key_combine() {
+        let k = Identity::generate().public_key();
+        let line = k.to_openssh();
+        let text = format!(
+            "duplex-name=\"a\" {line}\nno-pty,duplex-name=b {line} again\n{line} unnamed\n"
+        );
+        let ak = AuthorizedKeys::parse(&text).unwrap();
+        let fp = k.fingerprint();
+        assert!(ak.check_name(&fp, "a").is_ok());
+        assert!(ak.check_name(&fp, "b").is_ok());
+        let err = ak.check_name(&fp, "c").unwrap_err();
+        assert!(matches!(err, NameBindingError::NotItsName { .. }), "{err}");
+        assert!(err.to_string().contains("a, b"), "{err}");
+        // Another key may use neither name.
+        let other = Identity::generate().public_key().fingerprint();
+        assert!(ak.check_name(&other, "a").is_err());
+        assert!(ak.check_name(&other, "b").is_err());
+        assert!(ak.check_name(&other, "c").is_ok());
     }
 
     #[test]
