@@ -36,6 +36,17 @@ $XDG_CONFIG_HOME/duplex, else ~/.config/duplex): id_ed25519, authorized_keys
 (peers that may connect to `serve`) and known_hosts (listeners we dial).
 --trust-key FILE.pub trusts a key both ways.
 
+Names bound to keys: a `duplex-name=NAME` token (repeatable) in the comment
+of a known_hosts line or of a --trust-key FILE.pub binds NAME to that key
+(OpenSSH ignores it):
+  [server]:7000 ssh-ed25519 AAAA... duplex-name=billing
+A listener with that key must then announce one of its names, and no other
+listener may use them: `open`, `call` and `peers` refuse a wrong one (exit
+3). --expect-name NAME binds NAME to every --trust-key key of the command:
+  duplex call tcp://server:7000 Calc.Add '[1, 2]' --trust-key server.pub --expect-name billing
+On `serve`, the names in a --trust-key file's comment bind the dialler's
+key as duplex-name=\"NAME\" does in authorized_keys.
+
 Exit codes: 0 ok, 1 error, 2 usage, 3 cannot connect (unreachable, host key,
 authentication), 4 the remote refused or failed the request.";
 
@@ -112,6 +123,8 @@ enum Cmd {
         /// One frame per line, both ways (error frames go to stderr)
         #[arg(long)]
         frames: bool,
+        #[command(flatten)]
+        expect: Expect,
     },
     /// Make an RPC call with the JSON codec and print the JSON response
     Call {
@@ -130,12 +143,40 @@ enum Cmd {
         /// Give up after this long (250ms, 5s, 1m)
         #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
         timeout: Option<Duration>,
+        #[command(flatten)]
+        expect: Expect,
     },
     /// Connect and show the remote peer's name and key fingerprint
     Peers {
         /// tcp://HOST:PORT or unix:///PATH
         endpoint: String,
+        #[command(flatten)]
+        expect: Expect,
     },
+}
+
+/// The names the listener we dial may announce.
+#[derive(Args)]
+struct Expect {
+    /// The listener must announce NAME: bind it to every --trust-key key
+    /// (repeatable; a key then may use only the names bound to it)
+    #[arg(
+        long = "expect-name",
+        value_name = "NAME",
+        value_parser = parse_peer_name,
+        requires = "trust_keys"
+    )]
+    names: Vec<String>,
+}
+
+/// The peer-name rules (those of the library's `PeerBuilder::build`).
+fn parse_peer_name(s: &str) -> Result<String, String> {
+    if s.is_empty() || s.len() > 255 || s.chars().any(char::is_control) {
+        return Err(format!(
+            "{s:?} is not a peer name: use 1 to 255 bytes with no control characters"
+        ));
+    }
+    Ok(s.to_owned())
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -183,10 +224,28 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(code) => ExitCode::from(code),
         Err(f) => {
-            eprintln!("duplex: {:#}", f.error);
+            eprintln!("duplex: {}", one_line(&f.error));
             ExitCode::from(f.code)
         }
     }
+}
+
+/// The error and its causes on one line, each said once: a cause whose
+/// text is already in the line (many errors print their source) is left
+/// out.
+fn one_line(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
 
 async fn run(cli: Cli) -> Result<u8, Failure> {
@@ -204,7 +263,11 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             service,
             headers,
             frames,
-        } => open(t, &endpoint, &service, parse_headers(&headers)?, frames).await,
+            expect,
+        } => {
+            let headers = parse_headers(&headers)?;
+            open(t, &expect, &endpoint, &service, headers, frames).await
+        }
         Cmd::Call {
             endpoint,
             method,
@@ -212,12 +275,18 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             stream,
             headers,
             timeout,
+            expect,
         } => {
             let req: serde_json::Value = serde_json::from_str(&json)
                 .with_context(|| format!("the request is not valid JSON: {json}"))?;
-            call(t, &endpoint, &method, req, stream, &headers, timeout).await
+            let how = CallHow {
+                stream,
+                headers: &headers,
+                timeout,
+            };
+            call(t, &expect, &endpoint, &method, req, how).await
         }
-        Cmd::Peers { endpoint } => peers(t, &endpoint).await,
+        Cmd::Peers { endpoint, expect } => peers(t, &expect, &endpoint).await,
     }
 }
 
@@ -310,10 +379,18 @@ fn identity(t: &TrustFlags) -> anyhow::Result<Identity> {
     Ok(Identity::load(&path)?)
 }
 
-fn trusted_keys(t: &TrustFlags) -> anyhow::Result<Vec<PublicKey>> {
+/// The --trust-key keys, each with the names its comment binds to it
+/// (`duplex-name=NAME` tokens).
+fn trusted_keys(t: &TrustFlags) -> anyhow::Result<Vec<(PublicKey, Vec<String>)>> {
     t.trust_keys
         .iter()
-        .map(|p| PublicKey::load(p).map_err(Into::into))
+        .map(|p| {
+            let key = PublicKey::load(p)?;
+            let names = key
+                .bound_names()
+                .with_context(|| format!("{}: in the key's comment", p.display()))?;
+            Ok((key, names))
+        })
         .collect()
 }
 
@@ -333,8 +410,14 @@ fn listening_peer(t: &TrustFlags) -> anyhow::Result<Peer> {
             default.display()
         );
     }
-    for k in extra {
-        authorized.add(k);
+    for (k, names) in extra {
+        if names.is_empty() {
+            authorized.add(k);
+        } else {
+            for n in names {
+                authorized.add_named(k.clone(), &n);
+            }
+        }
     }
     Ok(Peer::builder()
         .name(peer_name(t))
@@ -344,16 +427,28 @@ fn listening_peer(t: &TrustFlags) -> anyhow::Result<Peer> {
 }
 
 /// A peer that dials `endpoint` and returns once connected; it trusts
-/// `known_hosts` (flag or default file) and every --trust-key.
-async fn dialling_peer(t: &TrustFlags, endpoint: &str) -> Result<(Peer, String), Failure> {
+/// `known_hosts` (flag or default file) and every --trust-key, with the
+/// names bound to them (in their comments, and by --expect-name).
+async fn dialling_peer(
+    t: &TrustFlags,
+    expect: &Expect,
+    endpoint: &str,
+) -> Result<(Peer, String), Failure> {
     let default = config_dir().join("known_hosts");
     let mut known = match &t.known_hosts {
         Some(p) => KnownHosts::from_file(p)?,
         None if default.exists() => KnownHosts::from_file(&default)?,
         None => KnownHosts::new(),
     };
-    for k in trusted_keys(t)? {
-        known.pin(k);
+    for (k, mut names) in trusted_keys(t)? {
+        names.extend(expect.names.iter().cloned());
+        if names.is_empty() {
+            known.pin(k);
+        } else {
+            for n in names {
+                known.pin_named(k.clone(), &n);
+            }
+        }
     }
     // One attempt, like ssh: a script decides whether to retry.
     let config = duplex::Config::default()
@@ -478,12 +573,13 @@ async fn run_exec(ch: Channel, cmd: &str) -> anyhow::Result<()> {
 
 async fn open(
     t: &TrustFlags,
+    expect: &Expect,
     endpoint: &str,
     service: &str,
     headers: Headers,
     frames: bool,
 ) -> Result<u8, Failure> {
-    let (peer, remote) = dialling_peer(t, endpoint).await?;
+    let (peer, remote) = dialling_peer(t, expect, endpoint).await?;
     let ch = peer.open(&remote, service, headers).await?;
     let (mut r, mut w) = ch.split();
     let upload = async {
@@ -562,16 +658,27 @@ async fn open(
     })
 }
 
+/// How `call` makes its call.
+struct CallHow<'a> {
+    stream: bool,
+    headers: &'a [String],
+    timeout: Option<Duration>,
+}
+
 async fn call(
     t: &TrustFlags,
+    expect: &Expect,
     endpoint: &str,
     method: &str,
     req: serde_json::Value,
-    stream: bool,
-    headers: &[String],
-    timeout: Option<Duration>,
+    how: CallHow<'_>,
 ) -> Result<u8, Failure> {
-    let (peer, remote) = dialling_peer(t, endpoint).await?;
+    let CallHow {
+        stream,
+        headers,
+        timeout,
+    } = how;
+    let (peer, remote) = dialling_peer(t, expect, endpoint).await?;
     let mut client = Client::new(peer.clone()).to(&remote).with_codec(Json);
     for p in headers {
         let Some((k, v)) = p.split_once('=') else {
@@ -597,8 +704,8 @@ async fn call(
     Ok(0)
 }
 
-async fn peers(t: &TrustFlags, endpoint: &str) -> Result<u8, Failure> {
-    let (peer, _) = dialling_peer(t, endpoint).await?;
+async fn peers(t: &TrustFlags, expect: &Expect, endpoint: &str) -> Result<u8, Failure> {
+    let (peer, _) = dialling_peer(t, expect, endpoint).await?;
     for p in peer.peers() {
         println!("{} {} {}", p.name, p.fingerprint, p.endpoint);
     }

@@ -62,16 +62,26 @@ fn text(b: &[u8]) -> String {
 /// `duplex serve ENDPOINT ARGS` as the server key, trusting the client;
 /// returns it with the endpoint it printed.
 async fn serve(dir: &TempDir, k: &Keys, args: &[&str]) -> (Child, String) {
+    serve_as(dir, k, "srv", &pubkey(&k.client), args).await
+}
+
+/// `duplex serve` named `name`, trusting the key in `trust`.
+async fn serve_as(
+    dir: &TempDir,
+    k: &Keys,
+    name: &str,
+    trust: &str,
+    args: &[&str],
+) -> (Child, String) {
     let mut all = vec![
         "serve",
         "tcp://127.0.0.1:0",
         "--key",
         k.server.to_str().unwrap(),
         "--name",
-        "srv",
+        name,
     ];
-    let trust = pubkey(&k.client);
-    all.extend(["--trust-key", trust.as_str()]);
+    all.extend(["--trust-key", trust]);
     all.extend(args);
     let mut child = duplex(dir, &all).stdout(Stdio::piped()).spawn().unwrap();
     let endpoint = duplex_tests::listening_endpoint(&mut child).await;
@@ -354,5 +364,192 @@ async fn errors_and_exit_codes() {
         "{}",
         text(&out.stdout)
     );
+    server.kill().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_bound_to_pinned_host_keys() {
+    let dir = TempDir::new("cli-names");
+    let k = keys(&dir);
+    let (mut server, ep) = serve_as(&dir, &k, "real", &pubkey(&k.client), &["--echo"]).await;
+    let cf = client_flags(&k);
+    let refused = |out: &Output| {
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{err}");
+        let why = "may only be used under the name(s) other, not \"real\"";
+        assert!(err.contains(why), "{err}");
+        assert_eq!(err.matches(why).count(), 1, "said once: {err}");
+    };
+
+    // --expect-name binds the name to the --trust-key key: a listener
+    // announcing another name is refused (exit 3, naming both).
+    let out = run(
+        &dir,
+        &with(&["peers", &ep, "--expect-name", "other"], &cf),
+        b"",
+    )
+    .await;
+    refused(&out);
+    let out = run(
+        &dir,
+        &with(&["peers", &ep, "--expect-name", "real"], &cf),
+        b"",
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).starts_with("real "),
+        "{}",
+        text(&out.stdout)
+    );
+    // Any one of several names will do; `open` and `call` take it too.
+    let out = run(
+        &dir,
+        &with(
+            &[
+                "open",
+                &ep,
+                "echo",
+                "--expect-name",
+                "x",
+                "--expect-name",
+                "real",
+            ],
+            &cf,
+        ),
+        b"through\n",
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "through\n");
+    let out = run(
+        &dir,
+        &with(&["call", &ep, "A.B", "1", "--expect-name", "other"], &cf),
+        b"",
+    )
+    .await;
+    refused(&out);
+
+    // A `duplex-name=` token in the .pub file's comment does the same.
+    let server_pub = std::fs::read_to_string(pubkey(&k.server)).unwrap();
+    let named_pub = |name: &str| {
+        let p = dir.0.join(format!("server-{name}.pub"));
+        std::fs::write(&p, format!("{} duplex-name={name}\n", server_pub.trim())).unwrap();
+        p.display().to_string()
+    };
+    let key = k.client.to_str().unwrap();
+    for (name, ok) in [("other", false), ("real", true)] {
+        let args = ["peers", &ep, "--key", key, "--trust-key", &named_pub(name)];
+        let out = run(&dir, &args, b"").await;
+        if ok {
+            assert!(out.status.success(), "{}", text(&out.stderr));
+        } else {
+            refused(&out);
+        }
+    }
+
+    // And in a known_hosts line, which OpenSSH still reads.
+    let port = ep.rsplit(':').next().unwrap();
+    for (name, ok) in [("other", false), ("real", true)] {
+        let known = dir.0.join(format!("known_hosts-{name}"));
+        std::fs::write(
+            &known,
+            format!(
+                "[127.0.0.1]:{port} {} srv duplex-name={name}\n",
+                server_pub.trim()
+            ),
+        )
+        .unwrap();
+        let kh = known.to_str().unwrap();
+        let out = run(
+            &dir,
+            &["peers", &ep, "--key", key, "--known-hosts", kh],
+            b"",
+        )
+        .await;
+        if ok {
+            assert!(out.status.success(), "{}", text(&out.stderr));
+            let ssh = Command::new("ssh-keygen")
+                .args(["-F", &format!("[127.0.0.1]:{port}"), "-f", kh])
+                .output()
+                .await
+                .unwrap();
+            assert!(ssh.status.success(), "{}", text(&ssh.stderr));
+        } else {
+            refused(&out);
+        }
+    }
+
+    // Usage errors (exit 2): --expect-name needs a --trust-key key, a name
+    // must be a peer name, and `serve` does not take it.
+    let out = run(
+        &dir,
+        &["peers", &ep, "--key", key, "--expect-name", "real"],
+        b"",
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("--trust-key"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = run(&dir, &with(&["peers", &ep, "--expect-name", ""], &cf), b"").await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("not a peer name"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = run(
+        &dir,
+        &["serve", "tcp://127.0.0.1:0", "--echo", "--expect-name", "x"],
+        b"",
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    // A token that binds no valid name is an error, not ignored.
+    let bad = dir.0.join("bad.pub");
+    std::fs::write(&bad, format!("{} duplex-name=\"open\n", server_pub.trim())).unwrap();
+    let args = [
+        "peers",
+        &ep,
+        "--key",
+        key,
+        "--trust-key",
+        bad.to_str().unwrap(),
+    ];
+    let out = run(&dir, &args, b"").await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr)
+            .contains("bad.pub: in the key's comment: duplex-name=\"open: the quote is not closed"),
+        "{}",
+        text(&out.stderr)
+    );
+    server.kill().await.unwrap();
+
+    // On `serve`, the names in a --trust-key file's comment bind the
+    // dialler's key, as `duplex-name="..."` does in authorized_keys.
+    let client_pub = dir.0.join("client-alice.pub");
+    std::fs::write(
+        &client_pub,
+        format!(
+            "{} duplex-name=alice\n",
+            std::fs::read_to_string(pubkey(&k.client)).unwrap().trim()
+        ),
+    )
+    .unwrap();
+    let (mut server, ep) =
+        serve_as(&dir, &k, "real", client_pub.to_str().unwrap(), &["--echo"]).await;
+    let out = run(&dir, &with(&["peers", &ep, "--name", "bob"], &cf), b"").await;
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("\"bob\""),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = run(&dir, &with(&["peers", &ep, "--name", "alice"], &cf), b"").await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
     server.kill().await.unwrap();
 }

@@ -16,12 +16,12 @@
 //! The server's calling code (`call_agent`) and the agent's serving code
 //! (`agent_router`) are the same in both modes: only who binds and who
 //! connects changes. Key and trust flags as in the echo example; without
-//! them both sides use the demo key under `./.duplex-demo/`.
+//! them both sides use the demo key under `./.duplex-demo/`. `--help`
+//! prints the usage (exit 0); a usage error exits 2.
 
-use std::process::Stdio;
+use std::process::{ExitCode, Stdio};
 use std::time::Duration;
 
-use anyhow::{Context as _, bail};
 use duplex::Peer;
 use duplex_rpc::{Client, Context, Receiver, Router, Server, Status};
 
@@ -29,8 +29,11 @@ use duplex_rpc::{Client, Context, Receiver, Router, Server, Status};
 mod child;
 #[path = "../common/flags.rs"]
 mod flags;
+#[path = "../common/usage.rs"]
+mod usage;
 use child::spawn_listening;
 use flags::{Flags, build_peer};
+use usage::{help, is_help, no_args, usage_error};
 
 const USAGE: &str = "usage:
   calculator agent --listen ENDPOINT | --poll ENDPOINT [flags]
@@ -95,18 +98,21 @@ fn parse_args(args: impl Iterator<Item = String>) -> anyhow::Result<Flags> {
     let mut rest = Vec::new();
     let mut args = args.peekable();
     while let Some(a) = args.next() {
+        if is_help(&a) {
+            return Err(help());
+        }
         if matches!(a.as_str(), "--listen" | "--poll" | "--agent") {
             let value = args
                 .next()
-                .with_context(|| format!("{a} needs an endpoint"))?;
+                .ok_or_else(|| usage_error(format!("{a} needs an endpoint")))?;
             modes.extend([a, value]);
         } else {
             rest.push(a);
         }
     }
-    let mut f = flags::parse_flags(rest.into_iter(), USAGE)?;
+    let mut f = flags::parse_flags(rest.into_iter())?;
     if modes.len() != 2 {
-        bail!("give one of --listen, --poll, --agent\n{USAGE}");
+        return Err(usage_error("give one of --listen, --poll, --agent"));
     }
     modes.append(&mut f.positional);
     f.positional = modes;
@@ -115,12 +121,15 @@ fn parse_args(args: impl Iterator<Item = String>) -> anyhow::Result<Flags> {
 
 /// The mode flag, its endpoint, and the numbers to add.
 fn mode(f: &Flags) -> anyhow::Result<(&str, &str, (i64, i64))> {
-    let mut pos = f.positional.iter();
-    let flag = pos.next().context(USAGE)?;
-    let endpoint = pos.next().context(USAGE)?;
-    let a = pos.next().map(|s| s.parse()).transpose()?.unwrap_or(2);
-    let b = pos.next().map(|s| s.parse()).transpose()?.unwrap_or(3);
-    Ok((flag.as_str(), endpoint.as_str(), (a, b)))
+    let number = |s: &String| {
+        s.parse::<i64>()
+            .map_err(|e| usage_error(format!("{s:?} is not a number to add: {e}")))
+    };
+    match f.positional.as_slice() {
+        [flag, endpoint] => Ok((flag, endpoint, (2, 3))),
+        [flag, endpoint, a, b] => Ok((flag, endpoint, (number(a)?, number(b)?))),
+        _ => Err(usage_error("give two numbers to add, A and B, or none")),
+    }
 }
 
 async fn announce(peer: &Peer, endpoint: &str) -> anyhow::Result<()> {
@@ -131,15 +140,18 @@ async fn announce(peer: &Peer, endpoint: &str) -> anyhow::Result<()> {
 
 async fn agent(f: Flags) -> anyhow::Result<()> {
     let (flag, endpoint, _) = mode(&f)?;
+    if !matches!(flag, "--listen" | "--poll") || f.positional.len() != 2 {
+        return Err(usage_error(
+            "agent takes --listen ENDPOINT or --poll ENDPOINT",
+        ));
+    }
     let peer = build_peer(&f, "agent")?;
     let _server = Server::new(agent_router()).serve(&peer)?;
-    match flag {
-        "--listen" => announce(&peer, endpoint).await?,
-        "--poll" => {
-            let remote = peer.connect(endpoint).await?;
-            println!("polling {} ({})", remote.name, remote.fingerprint);
-        }
-        other => bail!("agent: unknown mode {other}\n{USAGE}"),
+    if flag == "--listen" {
+        announce(&peer, endpoint).await?;
+    } else {
+        let remote = peer.connect(endpoint).await?;
+        println!("polling {} ({})", remote.name, remote.fingerprint);
     }
     tokio::signal::ctrl_c().await?;
     peer.shutdown().await;
@@ -148,18 +160,19 @@ async fn agent(f: Flags) -> anyhow::Result<()> {
 
 async fn server(f: Flags) -> anyhow::Result<()> {
     let (flag, endpoint, (a, b)) = mode(&f)?;
+    if !matches!(flag, "--agent" | "--listen") {
+        return Err(usage_error(
+            "server takes --agent ENDPOINT or --listen ENDPOINT",
+        ));
+    }
     let peer = build_peer(&f, "calc-server")?;
     let _server = Server::new(server_router()).serve(&peer)?;
-    match flag {
-        "--agent" => {
-            let remote = peer.connect(endpoint).await?;
-            println!("listening mode: dialled agent {}", remote.name);
-        }
-        "--listen" => {
-            announce(&peer, endpoint).await?;
-            println!("polling mode: waiting for an agent to dial in");
-        }
-        other => bail!("server: unknown mode {other}\n{USAGE}"),
+    if flag == "--agent" {
+        let remote = peer.connect(endpoint).await?;
+        println!("listening mode: dialled agent {}", remote.name);
+    } else {
+        announce(&peer, endpoint).await?;
+        println!("polling mode: waiting for an agent to dial in");
     }
     // Waits (up to the peer-wait timeout) for an agent when none is
     // connected yet.
@@ -192,20 +205,29 @@ async fn demo() -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn run() -> anyhow::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let cmd = args.next().unwrap_or_default();
+    match cmd.as_str() {
+        "agent" => agent(parse_args(args)?).await,
+        "server" => server(parse_args(args)?).await,
+        "demo" => {
+            no_args("demo", args)?;
+            demo().await
+        }
+        c if is_help(c) => Err(help()),
+        "" => Err(usage_error("give a command: agent, server or demo")),
+        other => Err(usage_error(format!("unknown command {other:?}"))),
+    }
+}
+
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
-    let mut args = std::env::args().skip(1);
-    let cmd = args.next().unwrap_or_default();
-    match cmd.as_str() {
-        "agent" => agent(parse_args(args)?).await,
-        "server" => server(parse_args(args)?).await,
-        "demo" => demo().await,
-        _ => bail!("{USAGE}"),
-    }
+    usage::exit(run().await, USAGE)
 }

@@ -1,10 +1,13 @@
 //! Flags and peer setup shared by the examples: key, trust and name, with a
 //! demo key pair under `./.duplex-demo/` when no key or trust flag is given.
+//! A binary that includes it includes `usage.rs` too.
 
 use std::path::PathBuf;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use duplex::{AuthorizedKeys, Identity, KnownHosts, Peer, PublicKey};
+
+use crate::usage::{help, is_help, usage_error};
 
 /// Flags shared by the examples.
 #[derive(Default)]
@@ -19,15 +22,17 @@ pub(crate) struct Flags {
     pub(crate) positional: Vec<String>,
 }
 
-/// Parses the flags common to the examples; `usage` is printed on `--help`.
-pub(crate) fn parse_flags(
-    args: impl Iterator<Item = String>,
-    usage: &str,
-) -> anyhow::Result<Flags> {
+/// Parses the flags common to the examples (and collects the positional
+/// arguments). `--help` and a bad flag come back as the errors of
+/// `usage.rs`.
+pub(crate) fn parse_flags(args: impl Iterator<Item = String>) -> anyhow::Result<Flags> {
     let mut f = Flags::default();
     let mut args = args.peekable();
     while let Some(a) = args.next() {
-        let mut value = |flag: &str| args.next().with_context(|| format!("{flag} needs a value"));
+        let mut value = |flag: &str| {
+            args.next()
+                .ok_or_else(|| usage_error(format!("{flag} needs a value")))
+        };
         match a.as_str() {
             "--key" => f.key = Some(value("--key")?.into()),
             "--authorized-keys" => f.authorized_keys = Some(value("--authorized-keys")?.into()),
@@ -35,11 +40,9 @@ pub(crate) fn parse_flags(
             "--trust-key" => f.trust_keys.push(value("--trust-key")?.into()),
             "--name" => f.name = Some(value("--name")?),
             "--backend" => f.backends.push(value("--backend")?),
-            "-h" | "--help" => {
-                println!("{usage}");
-                std::process::exit(0);
-            }
-            s if s.starts_with("--") => bail!("unknown flag {s}\n{usage}"),
+            s if is_help(s) => return Err(help()),
+            // Only `--` starts a flag (and `-h`): a number may be negative.
+            s if s.starts_with("--") => return Err(usage_error(format!("unknown flag {s}"))),
             _ => f.positional.push(a),
         }
     }
@@ -70,8 +73,20 @@ pub(crate) fn build_peer(f: &Flags, default_name: &str) -> anyhow::Result<Peer> 
     };
     for p in &f.trust_keys {
         let k = PublicKey::load(p)?;
-        authorized.add(k.clone());
-        known.pin(k);
+        // `duplex-name=NAME` tokens in the file's comment bind names to
+        // the key, both ways.
+        let names = k
+            .bound_names()
+            .with_context(|| format!("{}: in the key's comment", p.display()))?;
+        if names.is_empty() {
+            authorized.add(k.clone());
+            known.pin(k);
+        } else {
+            for n in &names {
+                authorized.add_named(k.clone(), n);
+                known.pin_named(k.clone(), n);
+            }
+        }
     }
     if f.authorized_keys.is_none() && f.known_hosts.is_none() && f.trust_keys.is_empty() {
         // Demo mode: trust only our own key.

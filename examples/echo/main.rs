@@ -16,10 +16,12 @@
 //! `.duplex-demo/` under the current directory, and trust only that key, so
 //! `serve` and `send` started from the same directory trust each other.
 //! `serve` prints `listening on ENDPOINT` once bound (handy with port 0).
+//! `--help` prints the usage (exit 0); a usage error exits 2.
 
 use std::io::Write as _;
+use std::process::ExitCode;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use duplex::{Headers, ReadEvent};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -34,15 +36,17 @@ ENDPOINT: tcp://HOST:PORT or unix:///PATH";
 mod child;
 #[path = "../common/flags.rs"]
 mod flags;
+#[path = "../common/usage.rs"]
+mod usage;
 use child::spawn_listening;
-use flags::{Flags, build_peer};
-
-fn parse_flags(args: impl Iterator<Item = String>) -> anyhow::Result<Flags> {
-    flags::parse_flags(args, USAGE)
-}
+use flags::{Flags, build_peer, parse_flags};
+use usage::{help, is_help, no_args, usage_error};
 
 async fn serve(f: Flags) -> anyhow::Result<()> {
-    let endpoint = f.positional.first().context(USAGE)?.clone();
+    let [endpoint] = f.positional.as_slice() else {
+        return Err(usage_error("serve takes one ENDPOINT"));
+    };
+    let endpoint = endpoint.clone();
     let peer = build_peer(&f, "echo-server")?;
     let bound = peer.bind(endpoint.as_str()).await?;
     // Whoever started us may stop reading stdout once it has the endpoint:
@@ -95,7 +99,10 @@ async fn echo(ch: duplex::Channel) -> anyhow::Result<()> {
 
 async fn send(f: Flags) -> anyhow::Result<()> {
     let mut pos = f.positional.iter();
-    let endpoint = pos.next().context(USAGE)?.clone();
+    let endpoint = pos
+        .next()
+        .ok_or_else(|| usage_error("send needs an ENDPOINT"))?
+        .clone();
     let mut service = "echo".to_owned();
     let mut headers = Headers::new();
     for a in pos {
@@ -162,21 +169,29 @@ async fn demo() -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn run() -> anyhow::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let cmd = args.next().unwrap_or_default();
+    match cmd.as_str() {
+        "serve" => serve(parse_flags(args)?).await,
+        "send" => send(parse_flags(args)?).await,
+        "demo" => {
+            no_args("demo", args)?;
+            demo().await
+        }
+        c if is_help(c) => Err(help()),
+        "" => Err(usage_error("give a command: serve, send or demo")),
+        other => Err(usage_error(format!("unknown command {other:?}"))),
+    }
+}
+
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
-    let mut args = std::env::args().skip(1);
-    let cmd = args.next().unwrap_or_default();
-    let flags = parse_flags(args)?;
-    match cmd.as_str() {
-        "serve" => serve(flags).await,
-        "send" => send(flags).await,
-        "demo" => demo().await,
-        _ => bail!("{USAGE}"),
-    }
+    usage::exit(run().await, USAGE)
 }

@@ -12,16 +12,19 @@
 //! take turns. Flags as in the echo example (`--key`, `--authorized-keys`,
 //! `--known-hosts`, `--trust-key`, `--name`); with none, the demo key pair in
 //! `./.duplex-demo/`. Prints `listening on ENDPOINT` once bound, and one line
-//! per forwarded channel on stderr.
+//! per forwarded channel on stderr. `--help` prints the usage (exit 0); a
+//! usage error exits 2.
 
 #[path = "../common/flags.rs"]
 mod flags;
+#[path = "../common/usage.rs"]
+mod usage;
 
 use std::io::Write as _;
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use anyhow::Context;
 use duplex::{IncomingChannel, Peer};
 
 const USAGE: &str = "usage: gateway ENDPOINT [--backend ENDPOINT]... [--key FILE] [--authorized-keys FILE] [--known-hosts FILE] [--trust-key FILE.pub] [--name NAME]";
@@ -73,9 +76,16 @@ async fn forward(peer: Peer, incoming: IncomingChannel, turn: Arc<AtomicUsize>) 
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let f = flags::parse_flags(std::env::args().skip(1), USAGE)?;
-    let endpoint = f.positional.first().context(USAGE)?.clone();
+async fn main() -> ExitCode {
+    usage::exit(run().await, USAGE)
+}
+
+async fn run() -> anyhow::Result<()> {
+    let f = flags::parse_flags(std::env::args().skip(1))?;
+    let [endpoint] = f.positional.as_slice() else {
+        return Err(usage::usage_error("give one ENDPOINT to listen on"));
+    };
+    let endpoint = endpoint.clone();
     let peer = flags::build_peer(&f, "gateway")?;
     for b in &f.backends {
         let info = peer.connect(b.as_str()).await?;

@@ -8,15 +8,27 @@
 //! ```
 //!
 //! The plugin binary is the `plugin` executable next to this one, or
-//! `$PLUGIN` if set.
+//! `$PLUGIN` if set. With no command, `demo`. `--help` prints the usage
+//! (exit 0); a usage error exits 2.
+
+#[path = "../common/usage.rs"]
+mod usage;
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{Context as _, bail};
 use duplex::plugin::{Plugin, PluginCommand, PluginEvent, RestartPolicy};
 use duplex_rpc::{Client, Context, Router, Server, Status};
+use usage::{help, is_help, no_args, usage_error};
+
+const USAGE: &str = "usage:
+  plugin-host [demo]   call the plugin (which calls back), crash it, watch it restart, stop it
+  plugin-host wait     start the plugin, print its pid, wait to be killed
+  plugin-host junk     start a plugin that prints to stdout first: a clear error
+The plugin is the `plugin` executable next to this one, or $PLUGIN.";
 
 fn plugin_path() -> anyhow::Result<PathBuf> {
     if let Some(p) = std::env::var_os("PLUGIN") {
@@ -98,8 +110,29 @@ async fn junk() -> anyhow::Result<()> {
     }
 }
 
+async fn run() -> anyhow::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let cmd = args.next();
+    match cmd.as_deref() {
+        Some(c) if is_help(c) => return Err(help()),
+        Some("demo" | "wait" | "junk") | None => {}
+        Some(other) => {
+            return Err(usage_error(format!(
+                "unknown command {other:?}: use demo, wait or junk"
+            )));
+        }
+    }
+    let cmd = cmd.unwrap_or_else(|| "demo".to_owned());
+    no_args(&cmd, args)?;
+    match cmd.as_str() {
+        "wait" => wait().await,
+        "junk" => junk().await,
+        _ => demo().await,
+    }
+}
+
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -107,10 +140,5 @@ async fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    match std::env::args().nth(1).as_deref() {
-        Some("demo") | None => demo().await,
-        Some("wait") => wait().await,
-        Some("junk") => junk().await,
-        Some(other) => bail!("unknown command {other:?}: use demo, wait or junk"),
-    }
+    usage::exit(run().await, USAGE)
 }

@@ -8,12 +8,31 @@
 //! With `PLUGIN_JUNK` set it prints to stdout before the handshake, as a
 //! careless plugin would: the host reports that clearly. With
 //! `PLUGIN_STUBBORN` set it does not exit when its host goes away, so the
-//! host has to kill it.
+//! host has to kill it. `--help` prints the usage (exit 0); any other
+//! argument is a usage error (exit 2).
+
+#[path = "../common/usage.rs"]
+mod usage;
+
+use std::process::ExitCode;
 
 use duplex_rpc::{Context, Router, Server, Status};
 
+const USAGE: &str = "usage: plugin
+A plugin for plugin-host, which starts it: it speaks Duplex on stdin/stdout
+and serves Plugin.Greet, Plugin.Launch, Plugin.Print and Plugin.Crash.
+Try `plugin-host demo`.";
+
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
+    let result = match usage::no_args("plugin", std::env::args().skip(1)) {
+        Ok(()) => run().await,
+        Err(e) => Err(e),
+    };
+    usage::exit(result, USAGE)
+}
+
+async fn run() -> anyhow::Result<()> {
     if std::env::var_os("PLUGIN_JUNK").is_some() {
         println!("hello from a chatty plugin");
     }
