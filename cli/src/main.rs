@@ -419,10 +419,14 @@ fn listening_peer(t: &TrustFlags) -> anyhow::Result<Peer> {
             }
         }
     }
+    // `serve --echo` and `--exec` take no nested channels: a remote's
+    // nested open is refused at once, with the reason.
+    let config = duplex::Config::default().max_nesting_depth(0)?;
     Ok(Peer::builder()
         .name(peer_name(t))
         .identity(identity(t)?)
         .authorized_keys(authorized)
+        .config(config)
         .build()?)
 }
 
@@ -450,8 +454,11 @@ async fn dialling_peer(
             }
         }
     }
-    // One attempt, like ssh: a script decides whether to retry.
+    // One attempt, like ssh: a script decides whether to retry. A client
+    // only: channels the listener opens to us (RPC callbacks included) are
+    // refused at once.
     let config = duplex::Config::default()
+        .accept_channels(false)
         .reconnect(false)
         .connect_backoff(duplex::Backoff::default().max_attempts(Some(1)));
     let peer = Peer::builder()

@@ -553,3 +553,55 @@ async fn names_bound_to_pinned_host_keys() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     server.kill().await.unwrap();
 }
+
+/// Issue 15's bug, with real processes: `serve --echo` takes no nested
+/// channels and says so at once; `duplex call` serves nothing, so a
+/// handler's callback to it is refused at once and the call fails with
+/// UNAVAILABLE naming the reason, long before any timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opens_nothing_can_accept_are_refused_at_once() {
+    let dir = TempDir::new("cli-refuse");
+    let k = keys(&dir);
+    let sid = Identity::load(&k.server).unwrap();
+    let cid = Identity::load(&k.client).unwrap();
+
+    // A nested open inside a `serve --echo` channel.
+    let (mut server, ep) = serve(&dir, &k, &["--echo"]).await;
+    let client = peer_trusting("client", &cid, &[&sid], duplex::Config::default());
+    let remote = client.connect(ep.as_str()).await.unwrap();
+    let parent = client
+        .open(&remote.name, "echo", duplex::Headers::new())
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    match within(10, parent.open("child", duplex::Headers::new())).await {
+        Err(duplex::OpenError::Rejected { reason, .. }) => {
+            assert!(reason.contains("srv takes no nested channels"), "{reason}")
+        }
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    drop(parent);
+    client.shutdown().await;
+    server.kill().await.unwrap();
+
+    // A callback into `duplex call`.
+    let server = peer_trusting("calc", &sid, &[&cid], duplex::Config::default());
+    let router = Router::new().unary("Calc.Log", |ctx: Context, (): ()| async move {
+        let logged: Result<(), _> = ctx.caller().call("Server.Log", "hello").await;
+        logged.map_err(|e| Status::unavailable(e.to_string()))
+    });
+    let _serving = Server::new(router).serve(&server).unwrap();
+    let ep = server.bind("tcp://127.0.0.1:0").await.unwrap().to_string();
+    let cf = client_flags(&k);
+    let started = std::time::Instant::now();
+    let out = run(&dir, &with(&["call", &ep, "Calc.Log", "null"], &cf), b"").await;
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("UNAVAILABLE") && err.contains("accepts no channels"),
+        "{err}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(8));
+    server.shutdown().await;
+}

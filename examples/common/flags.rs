@@ -51,6 +51,15 @@ pub(crate) fn parse_flags(args: impl Iterator<Item = String>) -> anyhow::Result<
 
 /// Builds the peer from the flags: identity, trust in both directions.
 pub(crate) fn build_peer(f: &Flags, default_name: &str) -> anyhow::Result<Peer> {
+    build_peer_with(f, default_name, duplex::Config::default())
+}
+
+/// [`build_peer`] with a configuration.
+pub(crate) fn build_peer_with(
+    f: &Flags,
+    default_name: &str,
+    config: duplex::Config,
+) -> anyhow::Result<Peer> {
     let key_path = f
         .key
         .clone()
@@ -98,5 +107,6 @@ pub(crate) fn build_peer(f: &Flags, default_name: &str) -> anyhow::Result<Peer> 
         .identity(identity)
         .authorized_keys(authorized)
         .known_hosts(known)
+        .config(config)
         .build()?)
 }

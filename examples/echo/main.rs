@@ -35,11 +35,12 @@ ENDPOINT: tcp://HOST:PORT or unix:///PATH";
 #[path = "../common/child.rs"]
 mod child;
 #[path = "../common/flags.rs"]
+#[allow(dead_code)] // shared by the examples; echo builds its peers with a Config
 mod flags;
 #[path = "../common/usage.rs"]
 mod usage;
 use child::spawn_listening;
-use flags::{Flags, build_peer, parse_flags};
+use flags::{Flags, build_peer_with, parse_flags};
 use usage::{help, is_help, no_args, usage_error};
 
 async fn serve(f: Flags) -> anyhow::Result<()> {
@@ -47,7 +48,10 @@ async fn serve(f: Flags) -> anyhow::Result<()> {
         return Err(usage_error("serve takes one ENDPOINT"));
     };
     let endpoint = endpoint.clone();
-    let peer = build_peer(&f, "echo-server")?;
+    // Echo takes no nested channels: refuse them at once, with a reason,
+    // rather than let them wait for the accept timeout.
+    let config = duplex::Config::default().max_nesting_depth(0)?;
+    let peer = build_peer_with(&f, "echo-server", config)?;
     let bound = peer.bind(endpoint.as_str()).await?;
     // Whoever started us may stop reading stdout once it has the endpoint:
     // a failed write must not take the server down.
@@ -113,7 +117,9 @@ async fn send(f: Flags) -> anyhow::Result<()> {
             None => service = a.clone(),
         }
     }
-    let peer = build_peer(&f, "echo-client")?;
+    // A client only: channels the server opens to us are refused at once.
+    let config = duplex::Config::default().accept_channels(false);
+    let peer = build_peer_with(&f, "echo-client", config)?;
     let remote = peer.connect(endpoint.as_str()).await?;
     eprintln!("connected to {} ({})", remote.name, remote.fingerprint);
     let ch = peer.open(&remote.name, &service, headers).await?;
@@ -145,7 +151,8 @@ async fn demo() -> anyhow::Result<()> {
         child.id().unwrap_or(0)
     );
 
-    let peer = build_peer(&Flags::default(), "echo-client")?;
+    let config = duplex::Config::default().accept_channels(false);
+    let peer = build_peer_with(&Flags::default(), "echo-client", config)?;
     let remote = peer.connect(endpoint.as_str()).await?;
     println!("connected to {} ({})", remote.name, remote.fingerprint);
     let headers = Headers::new().with("greeting", "hello");
