@@ -8,6 +8,7 @@ use crate::proto::Limits;
 use crate::proto::control::{self, Control, Parser};
 use crate::proto::frame::Assembler;
 use crate::proto::headers::{Headers, split_window, with_window};
+use crate::proto::hello;
 use crate::proto::nest::ParentRef;
 use crate::proto::service::ServiceName;
 
@@ -117,6 +118,14 @@ pub fn open_meta(data: &[u8]) {
                 .unwrap_or_else(|e| panic!("decoded headers do not encode: {e}"));
             let back = Headers::decode(&again, &limits).unwrap_or_else(|e| panic!("{e}"));
             assert_eq!(back, h, "headers do not round-trip");
+            // The same block as a hello, both ways (section 2): the chosen
+            // version is always one both sides speak.
+            if let Ok(v) = hello::listener_choose(&h, "fuzz") {
+                assert!((hello::MIN_VERSION..=hello::MAX_VERSION).contains(&v.0));
+            }
+            if let Ok((_, v)) = hello::dialler_check(&h) {
+                assert!((hello::MIN_VERSION..=hello::MAX_VERSION).contains(&v.0));
+            }
             if let Some(w) = window {
                 let block = with_window(w, &again);
                 assert_eq!(split_window(&block), Ok((Some(w), again.as_str())));
