@@ -7,6 +7,8 @@ use std::time::Duration;
 use duplex::{AuthorizedKeys, Config, Headers, Identity, KnownHosts, Peer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+pub mod wire;
+
 /// Installs a tracing subscriber once (RUST_LOG controls it).
 pub fn init_tracing() {
     let _ = tracing_subscriber::fmt()
