@@ -6,7 +6,7 @@
 //! channels are queued and a FIFO is the timer wheel.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -20,10 +20,14 @@ use crate::channel::state::ChanShared;
 /// The channels waiting for their application, oldest first.
 pub(crate) struct Pending {
     timeout: Duration,
-    /// Bounded by the connections' `max_pending_channels`: an entry is
-    /// pushed for each pending channel and the task pops it by its
-    /// deadline (a channel answered early leaves a dead entry until then).
+    /// An entry per pending channel, popped at its deadline. A channel
+    /// answered early leaves a dead entry; when dead entries outnumber the
+    /// live ones, `watch` sweeps them out, so the queue stays within about
+    /// twice the channels really pending (each connection's are bounded by
+    /// `max_pending_channels`), whatever the open rate.
     queue: Mutex<VecDeque<(Instant, Weak<ChanShared>)>>,
+    /// Channels watched and not answered yet.
+    live: AtomicUsize,
     wake: Notify,
     started: AtomicBool,
 }
@@ -33,6 +37,7 @@ impl Pending {
         Arc::new(Self {
             timeout,
             queue: Mutex::new(VecDeque::new()),
+            live: AtomicUsize::new(0),
             wake: Notify::new(),
             started: AtomicBool::new(false),
         })
@@ -46,8 +51,12 @@ impl Pending {
         tracker: &TaskTracker,
         cancel: &CancellationToken,
     ) {
+        let live = self.live.fetch_add(1, Ordering::AcqRel) + 1;
         let was_empty = {
             let mut q = lock(&self.queue);
+            if q.len() > 2 * live + 64 {
+                q.retain(|(_, c)| c.upgrade().is_some_and(|c| !c.is_answered()));
+            }
             q.push_back((Instant::now() + self.timeout, Arc::downgrade(chan)));
             q.len() == 1
         };
@@ -56,6 +65,13 @@ impl Pending {
         } else if was_empty {
             self.wake.notify_one();
         }
+    }
+
+    /// A watched channel got its answer (see `ChanShared::take_answer`).
+    pub(crate) fn answered(&self) {
+        let _ = self
+            .live
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
     }
 
     async fn run(self: Arc<Self>, cancel: CancellationToken) {

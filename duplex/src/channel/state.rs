@@ -248,7 +248,11 @@ impl ChanShared {
     /// Claims the right to answer an incoming channel: true exactly once
     /// (accept, reject, drop and the accept timeout race for it).
     pub(crate) fn take_answer(&self) -> bool {
-        !self.answered.swap(true, Ordering::AcqRel)
+        let won = !self.answered.swap(true, Ordering::AcqRel);
+        if won {
+            self.conn.core.pending.answered();
+        }
+        won
     }
 
     /// Whether an incoming channel was answered already (the accept
