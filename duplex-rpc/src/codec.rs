@@ -95,7 +95,9 @@ impl Codec for MsgPack {
     ) -> Result<S::Value, BoxError> {
         let mut rest = bytes;
         let mut de = rmp_serde::Deserializer::new(&mut rest);
-        de.set_max_depth(MSGPACK_MAX_DEPTH);
+        // rmp-serde refuses when its counter reaches zero: one more than
+        // the depth we accept.
+        de.set_max_depth(MSGPACK_MAX_DEPTH + 1);
         let value = seed.deserialize(&mut de)?;
         drop(de);
         if !rest.is_empty() {
@@ -329,6 +331,17 @@ mod tests {
         // Deeply nested arrays stop at the depth limit, not the stack.
         let deep = vec![0x91u8; 100_000];
         assert!(decode::<serde_json::Value>(&MsgPack, &deep).is_err());
+    }
+
+    #[test]
+    fn msgpack_nesting_limit_is_exactly_128() {
+        let nested = |levels: usize| {
+            let mut v = vec![0x91u8; levels];
+            v.push(0x00);
+            v
+        };
+        assert!(decode::<serde_json::Value>(&MsgPack, &nested(MSGPACK_MAX_DEPTH)).is_ok());
+        assert!(decode::<serde_json::Value>(&MsgPack, &nested(MSGPACK_MAX_DEPTH + 1)).is_err());
     }
 
     proptest::proptest! {
