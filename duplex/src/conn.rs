@@ -502,13 +502,20 @@ impl ConnShared {
         window: Option<u32>,
         parent: ParentRef,
     ) {
+        if self.config.max_nesting_depth == 0 {
+            let why = format!(
+                "{} takes no nested channels (Config::max_nesting_depth is 0)",
+                self.core.name
+            );
+            return self.refuse(open, why).await;
+        }
         let me = &self.core.name;
         let parent = match parent {
             // A channel the remote opened: our own number for it.
             ParentRef::Yours(n) => match self.get(n) {
                 Some(c) if !c.outgoing => Ok(c),
                 Some(_) => Err(format!(
-                    "channel {n} on {me} was opened by {me}: name it with reference kind 2 and your own number for it"
+                    "channel {n} on {me} was opened by {me}: name it with reference kind 2 and your own number"
                 )),
                 None => Err(format!(
                     "no channel numbered {n} on {me} was opened by you (reference kind 1 names a channel you opened, by {me}'s number from its ACCEPT)"
@@ -522,7 +529,7 @@ impl ConnShared {
                 .cloned()
                 .ok_or_else(|| {
                     format!(
-                        "no channel that {me} opened has your number {n} (reference kind 2 names a channel you accepted, by your own number for it)"
+                        "no channel that {me} opened has your number {n} (reference kind 2 names a channel you accepted, by your own number)"
                     )
                 }),
         };
@@ -553,13 +560,6 @@ impl ConnShared {
         let parent_meta = parent.meta.get().cloned();
         let depth = parent_meta.as_ref().map_or(0, |m| m.depth()) + 1;
         let limit = self.config.max_nesting_depth;
-        if limit == 0 {
-            let why = format!(
-                "{} takes no nested channels (Config::max_nesting_depth is 0)",
-                self.core.name
-            );
-            return self.refuse(open, why).await;
-        }
         if depth > limit {
             let why = format!(
                 "nesting depth {depth} is over {}'s limit of {limit} (Config::max_nesting_depth)",
@@ -654,7 +654,9 @@ impl ConnShared {
     /// open and within the handshake time limit; otherwise the connection
     /// stays plain.
     async fn on_hello(self: &Arc<Self>, open: IncomingOpen) {
-        if self.opened_any.load(Ordering::Acquire) {
+        // Whatever the answer, this was the connection's first open: a
+        // refused hello leaves it plain for good.
+        if self.opened_any.swap(true, Ordering::AcqRel) {
             let why = "a hello must be the connection's first channel open; channels were opened before it, so this connection stays plain";
             return open.reply.reject(OPEN_PROHIBITED, why).await;
         }

@@ -287,14 +287,19 @@ pub enum ChannelError {
     /// this side, or a remote with other limits.
     #[error("the remote peer closed the channel, reporting a protocol violation by this side: {0}")]
     ViolationReported(Arc<str>),
+    /// The channel waited longer than
+    /// [`Config::accept_timeout`](crate::Config::accept_timeout) for this
+    /// side's application and was rejected.
+    #[error("the channel was rejected before it was accepted: {0}")]
+    NotAccepted(Arc<str>),
 }
 
 impl From<ChannelError> for io::Error {
     fn from(e: ChannelError) -> Self {
         let kind = match &e {
-            ChannelError::ConnectionLost(_) | ChannelError::ParentClosed(_) => {
-                io::ErrorKind::ConnectionAborted
-            }
+            ChannelError::ConnectionLost(_)
+            | ChannelError::ParentClosed(_)
+            | ChannelError::NotAccepted(_) => io::ErrorKind::ConnectionAborted,
             ChannelError::ClosedByRemote | ChannelError::WriteClosed => io::ErrorKind::BrokenPipe,
             ChannelError::Trailers(_) | ChannelError::TrailersUnsupported => {
                 io::ErrorKind::InvalidInput

@@ -244,6 +244,24 @@ async fn s2_hello_version_refused() {
     f.shutdown().await;
 }
 
+/// r2-5: a refused hello was the first open too; a second hello is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s2_hello_after_a_refused_hello_refused() {
+    let f = Fixture::new(Config::default()).await;
+    let c = WireConn::dial(&f.ep, "raw", &f.cid).await;
+    let first = c.hello("name=raw&version=3").await.unwrap_err();
+    assert_eq!(first.code, 1, "{first:?}");
+    let second = c
+        .hello("name=raw&version=1&max-version=2")
+        .await
+        .unwrap_err();
+    assert_eq!(second.code, 1, "{second:?}");
+    let d = second.description.unwrap();
+    assert!(d.contains("first channel open"), "{d}");
+    assert!(f.server.peers().is_empty());
+    f.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s2_hello_name_must_equal_user() {
     let f = Fixture::new(Config::default()).await;

@@ -163,3 +163,45 @@ async fn a_plain_client_nobody_accepts_gets_an_open_failure() {
     assert!(started.elapsed() >= WAIT);
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_accept_that_lost_the_race_fails_at_once() {
+    let server_config = Config::default().accept_timeout(WAIT).unwrap();
+    let p = pair_with(Transport::Tcp, server_config, Config::default()).await;
+    let client = p.client.clone();
+    let opening = tokio::spawn(async move { client.open("server", "slow", Headers::new()).await });
+    // The application takes the channel in time but decides too late.
+    let incoming = within(10, p.server.accept()).await.unwrap();
+    let reason = rejected(within(10, opening).await.unwrap());
+    assert!(reason.contains("was not accepted within"), "{reason}");
+    let mut ch = incoming.accept().await;
+    match within(5, ch.read_frame()).await {
+        Err(duplex::ChannelError::NotAccepted(why)) => {
+            assert!(why.contains("Config::accept_timeout"), "{why}")
+        }
+        other => panic!("expected NotAccepted, got {other:?}"),
+    }
+    p.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_channels_give_their_buffer_back() {
+    // Room for two 1 MiB windows: the parent's and one child's. Each child
+    // nobody accepts must give its share back when it expires, or the next
+    // one is refused for a full buffer instead.
+    let server_config = Config::default()
+        .accept_timeout(WAIT)
+        .unwrap()
+        .max_connection_buffer(2 << 20)
+        .unwrap();
+    let p = pair_with(Transport::Tcp, server_config, Config::default()).await;
+    let (parent, _server_side) = open_pair(&p.client, &p.server, "server", "echo").await;
+    for round in 0..4 {
+        let reason = rejected(within(10, parent.open("child", Headers::new())).await);
+        assert!(
+            reason.contains("was not accepted within"),
+            "round {round}: {reason}"
+        );
+    }
+    p.shutdown().await;
+}

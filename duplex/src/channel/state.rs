@@ -139,7 +139,7 @@ pub(crate) struct ChanShared {
     pub(crate) meta: OnceLock<Arc<ChannelMeta>>,
     pub(crate) writer: OnceLock<WriteHalf>,
     /// Its share of the connection's receive-buffer budget.
-    reservation: OnceLock<crate::conn::Reservation>,
+    reservation: Mutex<Option<crate::conn::Reservation>>,
     st: Mutex<ChanState>,
     /// Signals the opener (open handshake) and the session loop (plain
     /// channel buffer space). Each has a single waiter.
@@ -185,7 +185,7 @@ impl ChanShared {
             remote_id: OnceLock::new(),
             meta: OnceLock::new(),
             writer: OnceLock::new(),
-            reservation: OnceLock::new(),
+            reservation: Mutex::new(None),
             st: Mutex::new(ChanState {
                 data: VecDeque::new(),
                 data_len: 0,
@@ -268,6 +268,14 @@ impl ChanShared {
             return;
         }
         self.conn.pending_done(self.kind);
+        // Its share of the connection's buffer goes back now, not when the
+        // entry is finally dropped from a queue nobody reads.
+        drop(
+            self.reservation
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take(),
+        );
         let me = self.local_peer();
         let reason = match self.meta.get().and_then(|m| m.parent()) {
             Some(parent) => format!(
@@ -281,6 +289,14 @@ impl ChanShared {
             ),
         };
         tracing::info!(channel = self.id, "{reason}");
+        {
+            // Should the application take it after all (it lost the race),
+            // its reads and writes fail with the reason rather than wait.
+            let mut st = self.lock();
+            if st.failed.is_none() {
+                st.failed = Some(ChannelError::NotAccepted(reason.clone().into()));
+            }
+        }
         match self.take_plain_reply() {
             Some(reply) => {
                 // The reply goes through the session's queue: not awaited in
@@ -290,15 +306,14 @@ impl ChanShared {
                 });
             }
             None => {
-                self.send_control(&Control::Reject { reason });
-                self.send_close();
+                self.force_reject(reason);
             }
         }
     }
 
     /// Keeps `r` until the channel is dropped.
     pub(crate) fn hold(&self, r: crate::conn::Reservation) {
-        let _ = self.reservation.set(r);
+        *self.reservation.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
     }
 
     fn lock(&self) -> Locked<'_> {
@@ -461,6 +476,9 @@ impl ChanShared {
 
     fn on_control(&self, data: &[u8]) -> Delivery {
         let mut st = self.lock();
+        if st.close_in || st.failed.is_some() {
+            return Delivery::Ok; // ended: nothing more is acted on
+        }
         let records = match st.ctrl.push(data) {
             Ok(r) => r,
             Err(e) => {
@@ -801,8 +819,21 @@ impl ChanShared {
         if closed_reason(&st).is_some() {
             return Some(child);
         }
+        // Children the accept timeout rejected while nobody accepted here
+        // leave the queue now (dropped after the lock: they send nothing).
+        let mut expired = Vec::new();
+        if st.incoming.iter().any(IncomingChannel::is_expired) {
+            for c in std::mem::take(&mut st.incoming) {
+                if c.is_expired() {
+                    expired.push(c);
+                } else {
+                    st.incoming.push_back(c);
+                }
+            }
+        }
         st.incoming.push_back(child);
         drop(st);
+        drop(expired);
         self.children_ready.notify_waiters();
         None
     }
@@ -1272,6 +1303,25 @@ impl ChanShared {
         self.schedule(&mut st);
     }
 
+    /// Sends `REJECT` and the close on a channel failed on this side (the
+    /// accept timeout): `send_control` and `send_close` skip failed ones.
+    fn force_reject(&self, reason: String) {
+        let mut st = self.lock();
+        if !self.may_send_record(&st) {
+            return;
+        }
+        st.out
+            .push_back(Out::Ext(EXT_CONTROL, Control::Reject { reason }.encode()));
+        if !st.ssh_eof_out {
+            st.eof_out = true;
+            st.ssh_eof_out = true;
+            st.out.push_back(Out::Eof);
+        }
+        st.close_out = true;
+        st.out.push_back(Out::Close);
+        self.schedule(&mut st);
+    }
+
     /// The opener's initial window, from its open: credit to send with.
     pub(crate) fn credit(&self, window: u32) {
         let mut st = self.lock();
@@ -1325,7 +1375,7 @@ impl ChanShared {
     pub(crate) fn next_out(&self) -> Option<Out> {
         let mut st = self.lock();
         st.inflight = false;
-        if st.grant > 0 && self.may_send_record(&st) {
+        if st.grant > 0 && self.may_send_record(&st) && !st.eof_in {
             let n = st.grant.min(u64::from(u32::MAX));
             st.grant -= n;
             st.inflight = true;
