@@ -927,7 +927,7 @@ impl IncomingChannel {
     /// Cancel-safe in that a cancelled accept leaves the channel to be
     /// closed when it is dropped. If the accept timeout rejected the
     /// channel a moment before, the channel returned has failed: its reads
-    /// and writes return [`ChannelError::NotAccepted`](crate::ChannelError::NotAccepted).
+    /// and writes return [`ChannelError::NotAccepted`].
     pub async fn accept(mut self) -> Channel {
         let Some(shared) = self.shared.take() else {
             unreachable_incoming()
