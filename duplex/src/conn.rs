@@ -486,7 +486,7 @@ impl ConnShared {
         tracing::debug!(channel = id, peer = %self.remote_name(), "incoming channel");
         self.core
             .pending
-            .watch(&chan, &self.core.tracker, &self.core.cancel);
+            .watch(watched(&chan), &self.core.tracker, &self.core.cancel);
         permit.send(IncomingChannel::new(chan));
     }
 
@@ -595,7 +595,7 @@ impl ConnShared {
         tracing::debug!(channel = id, parent = parent.id, "incoming nested channel");
         self.core
             .pending
-            .watch(&chan, &self.core.tracker, &self.core.cancel);
+            .watch(watched(&chan), &self.core.tracker, &self.core.cancel);
         if let Some(child) = parent.offer_child(IncomingChannel::new(chan)) {
             child.reject("the parent channel closed").await;
         }
@@ -1236,6 +1236,12 @@ fn parent_service(parent: Option<&ChanShared>) -> String {
         .and_then(|p| p.meta.get())
         .map(|m| m.service().to_owned())
         .unwrap_or_default()
+}
+
+/// The accept timeout's handle on a pending channel.
+fn watched(chan: &Arc<ChanShared>) -> std::sync::Weak<dyn crate::pending::Waiting> {
+    let weak: std::sync::Weak<ChanShared> = Arc::downgrade(chan);
+    weak
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

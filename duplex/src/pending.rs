@@ -15,7 +15,15 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::channel::state::ChanShared;
+/// A channel that can wait for its application: what the timer needs of
+/// it (implemented by the channel state; kept as a trait so this module
+/// depends on nothing of the connection's).
+pub(crate) trait Waiting: Send + Sync {
+    /// Whether it got its answer already.
+    fn is_answered(&self) -> bool;
+    /// The accept timeout passed: reject it (if still unanswered).
+    fn expire(&self, after: Duration);
+}
 
 /// The channels waiting for their application, oldest first.
 pub(crate) struct Pending {
@@ -25,7 +33,7 @@ pub(crate) struct Pending {
     /// live ones, `watch` sweeps them out, so the queue stays within about
     /// twice the channels really pending (each connection's are bounded by
     /// `max_pending_channels`), whatever the open rate.
-    queue: Mutex<VecDeque<(Instant, Weak<ChanShared>)>>,
+    queue: Mutex<VecDeque<(Instant, Weak<dyn Waiting>)>>,
     /// Channels watched and not answered yet.
     live: AtomicUsize,
     wake: Notify,
@@ -47,7 +55,7 @@ impl Pending {
     /// The task is started with the first one.
     pub(crate) fn watch(
         self: &Arc<Self>,
-        chan: &Arc<ChanShared>,
+        chan: Weak<dyn Waiting>,
         tracker: &TaskTracker,
         cancel: &CancellationToken,
     ) {
@@ -57,7 +65,7 @@ impl Pending {
             if q.len() > 2 * live + 64 {
                 q.retain(|(_, c)| c.upgrade().is_some_and(|c| !c.is_answered()));
             }
-            q.push_back((Instant::now() + self.timeout, Arc::downgrade(chan)));
+            q.push_back((Instant::now() + self.timeout, chan));
             q.len() == 1
         };
         if !self.started.swap(true, Ordering::AcqRel) {

@@ -263,7 +263,7 @@ impl ChanShared {
 
     /// The accept timeout passed with the channel still pending: reject
     /// it, saying which service, which peer and which setting.
-    pub(crate) fn expire(self: &Arc<Self>, after: std::time::Duration) {
+    fn expire_now(&self, after: std::time::Duration) {
         if !self.take_answer() {
             return;
         }
@@ -1405,6 +1405,16 @@ impl ChanShared {
                 None
             }
         }
+    }
+}
+
+impl crate::pending::Waiting for ChanShared {
+    fn is_answered(&self) -> bool {
+        ChanShared::is_answered(self)
+    }
+
+    fn expire(&self, after: std::time::Duration) {
+        self.expire_now(after);
     }
 }
 
