@@ -340,19 +340,9 @@ impl ChanShared {
             return Delivery::Ok;
         }
         let n = data.len() as u64;
-        if self.v2 && st.eof_in {
+        if let Err(why) = self.admit(&mut st, n, &DATA) {
             drop(st);
-            self.fail_protocol("sent data after its EOF");
-            return Delivery::Violation;
-        }
-        if self.unanswered(&st) {
-            drop(st);
-            self.fail_protocol("sent data before answering the open with ACCEPT");
-            return Delivery::Violation;
-        }
-        if !self.charge(&mut st, n) {
-            drop(st);
-            self.fail_protocol("sent more data than its flow-control window allows");
+            self.fail_protocol(why);
             return Delivery::Violation;
         }
         if st.reader_gone {
@@ -378,6 +368,22 @@ impl ChanShared {
     /// PROTOCOL_ERROR may arrive on it.
     fn unanswered(&self, st: &ChanState) -> bool {
         self.outgoing && self.kind == Kind::Duplex && matches!(st.open, OpenPhase::Waiting)
+    }
+
+    /// The checks on `n` bytes of data or error stream that arrived: not
+    /// after the remote's EOF (version 2), not before its ACCEPT, and
+    /// within the credit we granted (which they use up).
+    fn admit(&self, st: &mut ChanState, n: u64, texts: &Refusals) -> Result<(), &'static str> {
+        if self.v2 && st.eof_in {
+            return Err(texts.after_eof);
+        }
+        if self.unanswered(st) {
+            return Err(texts.before_accept);
+        }
+        if !self.charge(st, n) {
+            return Err(texts.over_credit);
+        }
+        Ok(())
     }
 
     /// Counts `n` received bytes against the credit we granted; false when
@@ -423,19 +429,9 @@ impl ChanShared {
             return Delivery::Ok;
         }
         let n = data.len() as u64;
-        if self.v2 && st.eof_in {
+        if let Err(why) = self.admit(&mut st, n, &ERROR_STREAM) {
             drop(st);
-            self.fail_protocol("sent error-stream data after its EOF");
-            return Delivery::Violation;
-        }
-        if self.unanswered(&st) {
-            drop(st);
-            self.fail_protocol("sent error-stream data before answering the open with ACCEPT");
-            return Delivery::Violation;
-        }
-        if !self.charge(&mut st, n) {
-            drop(st);
-            self.fail_protocol("sent more error data than its flow-control window allows");
+            self.fail_protocol(why);
             return Delivery::Violation;
         }
         let before = st.err_asm.partial_len() as u64;
@@ -1417,6 +1413,25 @@ impl crate::pending::Waiting for ChanShared {
         self.expire_now(after);
     }
 }
+
+/// What a remote is told it did wrong with one of its streams.
+struct Refusals {
+    after_eof: &'static str,
+    before_accept: &'static str,
+    over_credit: &'static str,
+}
+
+const DATA: Refusals = Refusals {
+    after_eof: "sent data after its EOF",
+    before_accept: "sent data before answering the open with ACCEPT",
+    over_credit: "sent more data than its flow-control window allows",
+};
+
+const ERROR_STREAM: Refusals = Refusals {
+    after_eof: "sent error-stream data after its EOF",
+    before_accept: "sent error-stream data before answering the open with ACCEPT",
+    over_credit: "sent more error data than its flow-control window allows",
+};
 
 /// A channel's send turn (see `ChanShared::start_turn`).
 pub(crate) type Turn = Pin<Box<dyn Future<Output = ()> + Send>>;
