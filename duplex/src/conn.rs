@@ -95,6 +95,8 @@ pub(crate) struct ConnShared {
     /// Stops the transport's writer task (after its grace period); fired
     /// once the connection is over.
     pub(crate) transport_stop: CancellationToken,
+    /// When the transport last read anything.
+    pub(crate) activity: Arc<crate::transport::Activity>,
     end_reason: OnceLock<String>,
     /// Closed by our application (disconnect, drop_peer, shutdown): not to
     /// be re-dialled.
@@ -113,6 +115,7 @@ impl ConnShared {
             self.backlog.clone(),
             &self.core.tracker,
             self.transport_stop.clone(),
+            self.activity.clone(),
         )
     }
 
@@ -146,6 +149,7 @@ impl ConnShared {
             authenticated: Notify::new(),
             ended: CancellationToken::new(),
             transport_stop: CancellationToken::new(),
+            activity: Arc::default(),
             finished: CancellationToken::new(),
             end_reason: OnceLock::new(),
             on_purpose: AtomicBool::new(false),

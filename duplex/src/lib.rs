@@ -56,6 +56,7 @@ pub mod fault;
 #[doc(hidden)]
 #[allow(clippy::panic, clippy::indexing_slicing)] // fuzz assertions
 pub mod fuzzing;
+mod lograte;
 pub mod peer;
 mod pending;
 pub mod plugin;

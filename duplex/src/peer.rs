@@ -117,11 +117,13 @@ pub(crate) struct PeerCore {
     conn_ids: AtomicU64,
     /// Inbound connections still in their handshake, oldest first, with
     /// the token that drops each (see `Config::max_unauthenticated`).
-    handshaking: Mutex<std::collections::VecDeque<(u64, CancellationToken)>>,
+    handshaking: Mutex<Vec<Unfinished>>,
     pub(crate) cancel: CancellationToken,
     pub(crate) tracker: TaskTracker,
     /// Rejects incoming channels left waiting (`Config::accept_timeout`).
     pub(crate) pending: Arc<crate::pending::Pending>,
+    /// Rate limits for logging what remotes can cause at will.
+    pub(crate) refusals: crate::lograte::Refusals,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -324,11 +326,12 @@ impl PeerBuilder {
             incoming_tx: tx,
             incoming_rx: tokio::sync::Mutex::new(rx),
             rr: AtomicUsize::new(0),
-            handshaking: Mutex::new(std::collections::VecDeque::new()),
+            handshaking: Mutex::new(Vec::new()),
             conn_ids: AtomicU64::new(1),
             cancel: cancel.clone(),
             tracker: TaskTracker::new(),
             pending,
+            refusals: Default::default(),
         });
         Ok(Peer {
             core,
@@ -1038,6 +1041,10 @@ where
     drop(handshaking);
     if !ok {
         conn.cancel.cancel();
+        // Nothing more is owed to a remote that did not finish its
+        // handshake: the socket goes now, not when the remote closes it
+        // (the session's reads fail, so russh's task ends).
+        conn.transport_stop.cancel();
         let _ = tokio::time::timeout(CLOSE_GRACE, conn.ended.cancelled()).await;
         conn.on_session_end();
         return;
@@ -1052,25 +1059,51 @@ struct Handshaking {
     id: u64,
 }
 
+/// An unfinished handshake, as the list of them holds it.
+struct Unfinished {
+    id: u64,
+    cancel: CancellationToken,
+    activity: Arc<crate::transport::Activity>,
+}
+
 impl Handshaking {
-    /// Registers `conn`; at the limit, drops the oldest unfinished
-    /// handshake to make room.
+    /// Registers `conn`; at the limit, ends the unfinished handshake that
+    /// read nothing for the longest (the oldest of those, on a tie) to make
+    /// room. A client working through its handshake reads every few
+    /// milliseconds, so a flood of connections that stall ends each other,
+    /// not the clients that make progress.
     fn enter(core: &Arc<PeerCore>, conn: &Arc<ConnShared>) -> Self {
+        conn.activity.touch();
         let evicted = {
             let mut list = lock(&core.handshaking);
-            list.push_back((conn.id, conn.cancel.clone()));
+            list.push(Unfinished {
+                id: conn.id,
+                cancel: conn.cancel.clone(),
+                activity: conn.activity.clone(),
+            });
             if list.len() > core.config.max_unauthenticated {
-                list.pop_front()
+                // The first minimum: the list is in arrival order.
+                let idlest = list
+                    .iter()
+                    .enumerate()
+                    .min_by_key(|(i, u)| (u.activity.last(), *i))
+                    .map(|(i, _)| i);
+                idlest.map(|i| list.remove(i))
             } else {
                 None
             }
         };
-        if let Some((id, cancel)) = evicted {
-            tracing::info!(
-                limit = core.config.max_unauthenticated,
-                "dropping the oldest unfinished handshake (connection {id}) to make room"
-            );
-            cancel.cancel();
+        if let Some(u) = evicted {
+            if let Some(n) = core.refusals.evicted.allow() {
+                tracing::warn!(
+                    limit = core.config.max_unauthenticated,
+                    "more than {} unfinished handshakes: ending the one idle the longest (connection {}) to make room (Config::max_unauthenticated){}",
+                    core.config.max_unauthenticated,
+                    u.id,
+                    crate::lograte::left_out(n)
+                );
+            }
+            u.cancel.cancel();
         }
         Handshaking {
             core: core.clone(),
@@ -1081,7 +1114,7 @@ impl Handshaking {
 
 impl Drop for Handshaking {
     fn drop(&mut self) {
-        lock(&self.core.handshaking).retain(|(id, _)| *id != self.id);
+        lock(&self.core.handshaking).retain(|u| u.id != self.id);
     }
 }
 
@@ -1093,6 +1126,7 @@ async fn accept_tcp(
 ) {
     let _closed = closed.drop_guard();
     let slots = Arc::new(tokio::sync::Semaphore::new(core.config.max_connections));
+    let mut errors = AcceptErrors::new(label.clone());
     loop {
         let accepted = tokio::select! {
             biased;
@@ -1101,19 +1135,26 @@ async fn accept_tcp(
         };
         match accepted {
             Ok((stream, addr)) => {
+                errors.ok();
                 let _ = stream.set_nodelay(true);
-                let Some(slot) = take_slot(&slots, &stream, &label, core.config.max_connections)
-                else {
+                let from = format!(" from {addr}");
+                let Some(slot) = take_slot(
+                    &slots,
+                    &stream,
+                    (&label, &from),
+                    core.config.max_connections,
+                    &core.refusals.connections,
+                ) else {
                     continue;
                 };
-                let endpoint = format!("{label} from {addr}");
+                let endpoint = format!("{label}{from}");
                 let serving = serve(core.clone(), stream, endpoint);
                 core.tracker.spawn(async move {
                     serving.await;
                     drop(slot);
                 });
             }
-            Err(e) => accept_error(&label, e, &stop).await,
+            Err(e) => errors.failed(e, &stop).await,
         }
     }
     drop(listener); // before `_closed` fires
@@ -1128,6 +1169,7 @@ async fn accept_unix(
     let _closed = closed.drop_guard();
     let label = format!("unix://{}", path.display());
     let slots = Arc::new(tokio::sync::Semaphore::new(core.config.max_connections));
+    let mut errors = AcceptErrors::new(label.clone());
     loop {
         let accepted = tokio::select! {
             biased;
@@ -1136,8 +1178,14 @@ async fn accept_unix(
         };
         match accepted {
             Ok((stream, _)) => {
-                let Some(slot) = take_slot(&slots, &stream, &label, core.config.max_connections)
-                else {
+                errors.ok();
+                let Some(slot) = take_slot(
+                    &slots,
+                    &stream,
+                    (&label, ""),
+                    core.config.max_connections,
+                    &core.refusals.connections,
+                ) else {
                     continue;
                 };
                 let serving = serve(core.clone(), stream, label.clone());
@@ -1146,7 +1194,7 @@ async fn accept_unix(
                     drop(slot);
                 });
             }
-            Err(e) => accept_error(&label, e, &stop).await,
+            Err(e) => errors.failed(e, &stop).await,
         }
     }
     drop(listener);
@@ -1160,17 +1208,21 @@ async fn accept_unix(
 fn take_slot<S: TryWriteLine>(
     slots: &Arc<tokio::sync::Semaphore>,
     stream: &S,
-    label: &str,
+    (label, from): (&str, &str),
     limit: usize,
+    log: &crate::lograte::Every,
 ) -> Option<tokio::sync::OwnedSemaphorePermit> {
     match slots.clone().try_acquire_owned() {
         Ok(slot) => Some(slot),
         Err(_) => {
-            tracing::warn!(
-                endpoint = label,
-                limit,
-                "refusing a connection: the listener is full"
-            );
+            if let Some(n) = log.allow() {
+                tracing::warn!(
+                    endpoint = label,
+                    limit,
+                    "refusing a connection{from}: the listener has {limit} connections (Config::max_connections){}",
+                    crate::lograte::left_out(n)
+                );
+            }
             let line = format!(
                 "duplex: too many connections to {label} (limit {limit}, Config::max_connections); try again later\r\n"
             );
@@ -1198,13 +1250,88 @@ impl TryWriteLine for tokio::net::UnixStream {
     }
 }
 
-/// Accept errors (out of file descriptors, mostly) are transient: log and
-/// back off briefly instead of spinning.
-async fn accept_error(label: &str, e: std::io::Error, stop: &CancellationToken) {
-    tracing::warn!(endpoint = label, "accept failed: {e}");
-    tokio::select! {
-        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-        _ = stop.cancelled() => {}
+/// What an accept loop does about failed accepts: out of descriptors
+/// (`EMFILE`, `ENFILE`) or kernel memory, the listener backs off (10 ms,
+/// doubling to 1 s) so the connections that hold the descriptors can end,
+/// and logs once per episode (with a reminder a minute), not per attempt.
+/// Connections the remote gave up on before we took them are skipped.
+struct AcceptErrors {
+    label: String,
+    failures: u64,
+    since: Option<tokio::time::Instant>,
+    logged: Option<tokio::time::Instant>,
+    /// A failure was logged, its end not yet.
+    owed_recovery: bool,
+    delay: Duration,
+}
+
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+const ACCEPT_LOG_EVERY: Duration = Duration::from_secs(60);
+
+impl AcceptErrors {
+    fn new(label: String) -> Self {
+        AcceptErrors {
+            label,
+            failures: 0,
+            since: None,
+            logged: None,
+            owed_recovery: false,
+            delay: ACCEPT_BACKOFF_MIN,
+        }
+    }
+
+    /// A connection was accepted: ends an episode of failures. The end is
+    /// logged only after a logged failure (so a listener that keeps
+    /// running out and recovering logs a pair a minute at most).
+    fn ok(&mut self) {
+        if let Some(since) = self.since.take() {
+            if self.owed_recovery {
+                self.owed_recovery = false;
+                tracing::warn!(
+                    endpoint = %self.label,
+                    failures = self.failures,
+                    "accepting connections again, after {} failed accepts over {:.1?}",
+                    self.failures,
+                    since.elapsed()
+                );
+            }
+            self.failures = 0;
+            self.delay = ACCEPT_BACKOFF_MIN;
+        }
+    }
+
+    async fn failed(&mut self, e: std::io::Error, stop: &CancellationToken) {
+        use std::io::ErrorKind;
+        if matches!(
+            e.kind(),
+            ErrorKind::ConnectionAborted | ErrorKind::ConnectionReset | ErrorKind::Interrupted
+        ) {
+            tracing::debug!(endpoint = %self.label, "a connection went away before it was accepted: {e}");
+            return;
+        }
+        let now = tokio::time::Instant::now();
+        self.failures += 1;
+        let since = *self.since.get_or_insert(now);
+        if self
+            .logged
+            .is_none_or(|at| now.duration_since(at) >= ACCEPT_LOG_EVERY)
+        {
+            self.logged = Some(now);
+            self.owed_recovery = true;
+            tracing::warn!(
+                endpoint = %self.label,
+                failures = self.failures,
+                "accept failed: {e} ({} failures in {:.1?}); backing off up to {ACCEPT_BACKOFF_MAX:?} between attempts (raise the descriptor limit, `ulimit -n`, or lower Config::max_connections); logged again when accepting resumes, or in a minute",
+                self.failures,
+                now.duration_since(since)
+            );
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(self.delay) => {}
+            _ = stop.cancelled() => {}
+        }
+        self.delay = (self.delay * 2).min(ACCEPT_BACKOFF_MAX);
     }
 }
 

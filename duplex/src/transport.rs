@@ -25,7 +25,7 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
@@ -131,6 +131,32 @@ impl Drop for Waiting<'_> {
     }
 }
 
+/// When a connection last read anything, for choosing which unfinished
+/// handshake to end (`Config::max_unauthenticated`): a client working
+/// through its handshake reads every few milliseconds, a connection that
+/// stalls does not.
+#[derive(Debug, Default)]
+pub(crate) struct Activity(AtomicU64);
+
+/// A clock for `Activity`, shared by every connection of the process.
+fn epoch() -> std::time::Instant {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(std::time::Instant::now)
+}
+
+impl Activity {
+    /// Something was read now.
+    pub(crate) fn touch(&self) {
+        let ms = u64::try_from(epoch().elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.0.store(ms, Ordering::Relaxed);
+    }
+
+    /// When something was last read (milliseconds on a process-wide clock).
+    pub(crate) fn last(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
 struct State {
     /// Bytes the stream has not taken yet, in order.
     buf: BytesMut,
@@ -198,6 +224,12 @@ pub(crate) struct Decoupled<S> {
     /// call. Reads of at least its size bypass it (bulk data).
     read: BufReader<ReadHalf<S>>,
     shared: Arc<Shared<S>>,
+    /// Fires when the connection is over for us (`ConnShared::
+    /// transport_stop`): reads fail from then on, so the session russh
+    /// runs ends and lets the socket go even if the remote never closes
+    /// it (a handshake we ended, a session we gave up on).
+    stopped: Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
+    activity: Arc<Activity>,
 }
 
 /// The read buffer's size: a few small packets (control records, short
@@ -206,13 +238,14 @@ const READ_BUFFER: usize = 4 << 10;
 
 /// Splits `stream` and starts the task that drains writes into it. The task
 /// ends once the session shut the stream down (or dropped it) and the buffer
-/// is written, or when `cancel` fires.
+/// is written, or when `cancel` fires. Once `cancel` fires, reads fail too.
 pub(crate) fn decouple<S>(
     stream: S,
     limit: usize,
     backlog: Arc<Backlog>,
     tracker: &TaskTracker,
     cancel: CancellationToken,
+    activity: Arc<Activity>,
 ) -> Decoupled<S>
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
@@ -234,10 +267,13 @@ where
         limit,
         backlog,
     });
+    let stopped = Box::pin(cancel.clone().cancelled_owned());
     tracker.spawn(drain(shared.clone(), cancel));
     Decoupled {
         read: BufReader::with_capacity(READ_BUFFER, read),
         shared,
+        stopped,
+        activity,
     }
 }
 
@@ -353,7 +389,18 @@ impl<S: AsyncRead> AsyncRead for Decoupled<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.read).poll_read(cx, buf)
+        if self.stopped.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "the connection was ended on this side",
+            )));
+        }
+        let before = buf.filled().len();
+        let res = Pin::new(&mut self.read).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.touch();
+        }
+        res
     }
 }
 
@@ -458,6 +505,7 @@ mod tests {
             Backlog::new(64 << 20),
             &tracker,
             cancel.clone(),
+            Arc::default(),
         );
         let reader = tokio::spawn(async move {
             let mut got = Vec::new();
@@ -508,8 +556,22 @@ mod tests {
         let (a, b) = tokio::io::duplex(1024);
         let tracker = TaskTracker::new();
         let cancel = CancellationToken::new();
-        let mut a = decouple(a, 1 << 20, Backlog::new(1 << 20), &tracker, cancel.clone());
-        let mut b = decouple(b, 1 << 20, Backlog::new(1 << 20), &tracker, cancel.clone());
+        let mut a = decouple(
+            a,
+            1 << 20,
+            Backlog::new(1 << 20),
+            &tracker,
+            cancel.clone(),
+            Arc::default(),
+        );
+        let mut b = decouple(
+            b,
+            1 << 20,
+            Backlog::new(1 << 20),
+            &tracker,
+            cancel.clone(),
+            Arc::default(),
+        );
         let data = vec![7u8; 100_000];
         a.write_all(&data).await.unwrap();
         b.write_all(&data).await.unwrap();

@@ -228,7 +228,19 @@ pub fn open_fds() -> usize {
 
 /// Resident memory of this process, in KiB.
 pub fn rss_kib() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+    rss_kib_of("self")
+}
+
+/// Open file descriptors of process `pid` (a number, or "self").
+pub fn fds_of(pid: &str) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+/// Resident memory of process `pid` (a number, or "self"), in KiB.
+pub fn rss_kib_of(pid: &str) -> u64 {
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).unwrap();
     let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
     pages * 4
 }

@@ -281,6 +281,11 @@ where
     let key = PrivateKeyWithHashAlg::new(identity.0.clone(), hash);
     match handle.authenticate_publickey(user, key).await {
         Ok(r) if r.success() => Ok(SessionHandle::Client(handle)),
+        // Not a refusal of our key: the listener ended the session before
+        // answering (one that ends unfinished handshakes under load does).
+        Ok(_) if handle.is_closed() => Err(HandshakeError::Ssh(
+            "the listener closed the connection during authentication, before answering (it may be overloaded with unfinished handshakes); a retry may succeed".to_owned(),
+        )),
         Ok(_) => Err(HandshakeError::AuthRejected),
         Err(e) => Err(HandshakeError::Ssh(describe(&e))),
     }
