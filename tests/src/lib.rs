@@ -292,3 +292,34 @@ pub const SSH_OPTS: [&str; 6] = [
     "-o",
     "IdentitiesOnly=yes",
 ];
+
+/// The Python interpreter for tests that drive a Python SSH library:
+/// `DUPLEX_PYTHON` (`.ci/run` sets it to the venv it makes), else
+/// `python3`. Fails the test, saying how to install it, when that Python
+/// cannot import `module`; `pin` is the pip requirement `.ci/run` installs.
+pub fn python_with(module: &str, pin: &str) -> String {
+    let py = std::env::var("DUPLEX_PYTHON").unwrap_or_else(|_| "python3".to_owned());
+    let how = format!(
+        "install it with `python3 -m venv target/ci-venv && target/ci-venv/bin/pip install {pin}` \
+         and run the tests with DUPLEX_PYTHON=$PWD/target/ci-venv/bin/python (what .ci/run does), \
+         or `pip install {pin}` for the default python3"
+    );
+    let check = format!("import {module}; print({module}.__version__)");
+    match std::process::Command::new(&py)
+        .args(["-c", &check])
+        .output()
+    {
+        Ok(o) if o.status.success() => {
+            eprintln!(
+                "{py} with {module} {}",
+                String::from_utf8_lossy(&o.stdout).trim()
+            );
+            py
+        }
+        Ok(o) => panic!(
+            "this test needs {module}, which {py} cannot import ({}): {how}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        ),
+        Err(e) => panic!("this test needs Python ({py}: {e}) with {module}: {how}"),
+    }
+}

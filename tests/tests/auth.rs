@@ -276,3 +276,60 @@ async fn weak_algorithms_are_not_negotiated() {
     .await;
     server.shutdown().await;
 }
+
+/// paramiko (what Fabric and Ansible use) with an untrusted key first and
+/// the trusted one second: it asks for the `ssh-userauth` service again
+/// before the second attempt, and must be answered (the vendored russh
+/// patch; unpatched, the client waits out its 10 s timeout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paramiko_with_a_second_key_is_served() {
+    let py = duplex_tests::python_with("paramiko", "paramiko==5.1.0");
+    let (sid, trusted, stranger) = (
+        Identity::generate(),
+        Identity::generate(),
+        Identity::generate(),
+    );
+    let (server, ep) = server(&sid, AuthorizedKeys::new().with(trusted.public_key())).await;
+    let dir = TempDir::new("paramiko");
+    stranger.save(dir.0.join("first")).unwrap();
+    trusted.save(dir.0.join("second")).unwrap();
+    let port = port(&ep);
+    std::fs::write(
+        dir.0.join("known_hosts"),
+        format!("[127.0.0.1]:{port} {}\n", sid.public_key().to_openssh()),
+    )
+    .unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/strict/paramiko_client.py");
+    let out = within(
+        30,
+        tokio::process::Command::new(&py)
+            .arg(script)
+            .arg(port.to_string())
+            .arg(dir.0.join("known_hosts"))
+            .args(["paramiko", "echo"])
+            .arg(dir.0.join("first"))
+            .arg(dir.0.join("second"))
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "paramiko failed: {stdout}{stderr}");
+    assert!(
+        stdout.contains("echoed 'hello from paramiko'"),
+        "{stdout}{stderr}"
+    );
+    eprintln!("{}", stdout.trim());
+    let took: f64 = stdout
+        .split("authenticated in ")
+        .nth(1)
+        .and_then(|s| s.split('s').next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    // One refused key costs the server's rejection delay (250 ms).
+    assert!(took < 3.0, "authentication took {took}s");
+    server.shutdown().await;
+}

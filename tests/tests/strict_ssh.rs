@@ -24,30 +24,7 @@ const PEER_PY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/strict/duplex_peer.p
 /// The interpreter, once checked to import asyncssh.
 fn python() -> &'static str {
     static PYTHON: OnceLock<String> = OnceLock::new();
-    PYTHON.get_or_init(|| {
-        let py = std::env::var("DUPLEX_PYTHON").unwrap_or_else(|_| "python3".to_owned());
-        let how = "install it with `python3 -m venv target/ci-venv && \
-                   target/ci-venv/bin/pip install asyncssh==2.24.1` and run the tests with \
-                   DUPLEX_PYTHON=$PWD/target/ci-venv/bin/python (what .ci/run does), \
-                   or `pip install asyncssh` for the default python3";
-        match std::process::Command::new(&py)
-            .args(["-c", "import asyncssh, sys; print(asyncssh.__version__)"])
-            .output()
-        {
-            Ok(o) if o.status.success() => {
-                eprintln!(
-                    "strict_ssh: {py} with asyncssh {}",
-                    String::from_utf8_lossy(&o.stdout).trim()
-                );
-                py
-            }
-            Ok(o) => panic!(
-                "the strict-SSH tests need asyncssh, which {py} cannot import ({}): {how}",
-                String::from_utf8_lossy(&o.stderr).trim()
-            ),
-            Err(e) => panic!("the strict-SSH tests need Python ({py}: {e}) with asyncssh: {how}"),
-        }
-    })
+    PYTHON.get_or_init(|| duplex_tests::python_with("asyncssh", "asyncssh==2.24.1"))
 }
 
 /// Key files: the Duplex peer's and the Python peer's, with the trust
