@@ -1046,12 +1046,7 @@ impl ConnShared {
 
     /// The session ended: fail every channel and leave the peer's tables.
     pub(crate) fn on_session_end(self: &Arc<Self>) {
-        let reason = format!(
-            "connection to {} ({}) lost: {}",
-            self.remote_name(),
-            self.endpoint,
-            self.end_reason()
-        );
+        let reason = self.lost_reason();
         tracing::debug!(%reason, "connection ended");
         let reason: Arc<str> = reason.into();
         lock(&self.unclaimed).clear();
@@ -1067,7 +1062,17 @@ impl ConnShared {
         self.finished.cancel();
     }
 
-    /// Closes the connection (disconnect, drop_peer, shutdown).
+    /// What channels of this connection fail with once it is gone: the
+    /// remote, the endpoint and the cause.
+    pub(crate) fn lost_reason(&self) -> String {
+        format!(
+            "connection to {} ({}) lost: {}",
+            self.remote_name(),
+            self.endpoint,
+            self.end_reason()
+        )
+    }
+
     /// Closes the connection gracefully (disconnect, drop_peer, shutdown):
     /// queued channel data is sent first (up to a grace period), then the
     /// session is disconnected. Returns once the connection is gone.
@@ -1130,10 +1135,20 @@ pub(crate) async fn drain(chan: Arc<ChanShared>) {
             chan.conn.forget(&chan);
         }
         if let Err(e) = sent {
-            let why = crate::ssh::describe(&e);
-            chan.fail(ChannelError::ConnectionLost(
-                format!("the session stopped accepting data: {why}").into(),
-            ));
+            // The session is gone, and its end is being recorded: channels
+            // fail with the remote, the endpoint and the cause (what
+            // `on_session_end` gives them) whichever path sees it first.
+            let conn = &chan.conn;
+            if tokio::time::timeout(CLOSE_GRACE, conn.finished.cancelled())
+                .await
+                .is_err()
+            {
+                let _ = conn.end_reason.set(format!(
+                    "the session stopped taking data ({})",
+                    crate::ssh::describe(&e)
+                ));
+            }
+            chan.fail(ChannelError::ConnectionLost(conn.lost_reason().into()));
             while chan.next_out().is_some() {} // discards; clears `scheduled`
             return;
         }

@@ -129,3 +129,70 @@ async fn an_idle_healthy_connection_stays_up_for_hours() {
     }
     p.shutdown().await;
 }
+
+/// A connection reset mid-transfer, twenty times: every error the channel
+/// gives, on the write side and the read side, names the peer, the
+/// endpoint and the cause, whichever path notices the loss first (the
+/// write path used to fail first, with "the session stopped accepting
+/// data: Channel send error").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_error_of_a_lost_connection_names_peer_endpoint_and_cause() {
+    init_tracing();
+    let (sid, cid) = (Identity::generate(), Identity::generate());
+    let server = peer_trusting("server", &sid, &[&cid], config());
+    let ep = server.bind("tcp://127.0.0.1:0").await.unwrap();
+    echo_server(&server);
+    let upstream = ep.to_string().trim_start_matches("tcp://").parse().unwrap();
+    let proxy = FaultProxy::start(upstream).await.unwrap();
+    let client = peer_trusting("client", &cid, &[&sid], config());
+    let mut events = client.events();
+    client.connect(proxy.endpoint().as_str()).await.unwrap();
+    let named = format!("connection to server ({}) lost: ", proxy.endpoint());
+    for round in 0..20 {
+        let ch = client.open("server", "echo", Headers::new()).await.unwrap();
+        let (mut r, mut w) = ch.split();
+        let writer = tokio::spawn(async move {
+            let chunk = vec![7u8; 32 << 10];
+            loop {
+                if let Err(e) = w.write_all(&chunk).await {
+                    break e.to_string();
+                }
+            }
+        });
+        let mut buf = vec![0u8; 64 << 10];
+        assert!(within(10, r.read(&mut buf)).await.unwrap() > 0);
+        proxy.reset();
+        let read_err = within(10, async {
+            loop {
+                match r.read(&mut buf).await {
+                    Ok(0) => break "clean EOF".to_owned(),
+                    Ok(_) => {}
+                    Err(e) => break e.to_string(),
+                }
+            }
+        })
+        .await;
+        let write_err = within(10, writer).await.unwrap();
+        for (side, err) in [("read", &read_err), ("write", &write_err)] {
+            let cause = err.split(&named).nth(1).unwrap_or_default();
+            assert!(
+                err.starts_with("connection lost: ") && !cause.is_empty(),
+                "round {round}, {side}: {err}"
+            );
+        }
+        if round == 0 {
+            eprintln!("read: {read_err}\nwrite: {write_err}");
+        }
+        proxy.resume();
+        within(20, async {
+            loop {
+                if let Some(PeerEvent::Connected(_)) = events.recv().await {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+    client.shutdown().await;
+    server.shutdown().await;
+}
