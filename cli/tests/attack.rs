@@ -9,7 +9,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use duplex::{Config, Headers, Identity};
-use duplex_tests::{TempDir, fds_of, peer_trusting, rss_kib_of, within};
+use duplex_tests::{SSH_OPTS, TempDir, fds_of, peer_trusting, random_bytes, rss_kib_of, within};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
 
@@ -21,6 +21,7 @@ struct Server {
     endpoint: String,
     server_key: PathBuf,
     client: Identity,
+    client_key: PathBuf,
 }
 
 impl Server {
@@ -69,6 +70,7 @@ async fn serve(dir: &TempDir, nofile: u32, args: &[&str]) -> Server {
         endpoint,
         server_key,
         client,
+        client_key,
     }
 }
 
@@ -167,5 +169,113 @@ async fn banner_then_silence_does_not_exhaust_descriptors() {
     drop(held);
     alice.shutdown().await;
     bob.shutdown().await;
+    drop(server.child);
+}
+
+/// `ssh -W echo:1` to `server` (OpenSSH, checking the host key), with
+/// stdin and stdout piped.
+fn ssh_w(dir: &TempDir, server: &Server) -> Child {
+    let kh = dir.0.join("known_hosts");
+    let sid = Identity::load(&server.server_key).unwrap();
+    let port = server.port().to_string();
+    std::fs::write(
+        &kh,
+        format!("[127.0.0.1]:{port} {}\n", sid.public_key().to_openssh()),
+    )
+    .unwrap();
+    Command::new("ssh")
+        .args(["-p", &port, "-i", server.client_key.to_str().unwrap()])
+        .args(SSH_OPTS)
+        .args(["-o", "StrictHostKeyChecking=yes"])
+        .arg("-o")
+        .arg(format!("UserKnownHostsFile={}", kh.display()))
+        .args(["-W", "echo:1", "tester@127.0.0.1"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the OpenSSH client (ssh) must be installed: apt-get install openssh-client")
+}
+
+/// The bound a plain client's channel keeps the server to: what it
+/// buffers from the client (`Config::plain_channel_buffer`, 1 MiB), what
+/// the echo queued back (the same bound), and a fixed allowance for the
+/// connection (session, buffers, allocator slack).
+const PLAIN_BOUND_KIB: u64 = 2 * 1024 + 6 * 1024;
+
+/// A plain SSH client (`ssh -W`) that sends 64 MiB to the echo service
+/// while reading what comes back at 1 KiB/s, and one that never reads: the
+/// server holds at most its plain-channel bound (the client is held back
+/// by its channel's SSH window), and keeps serving others meanwhile; a
+/// client that reads echoes 16 MiB through the same service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_client_that_does_not_read_is_held_to_the_bound() {
+    let dir = TempDir::new("attack-plain");
+    let server = serve(&dir, 1024, &[]).await;
+    let base = server.rss_kib();
+    for reads_per_second in [1usize, 0] {
+        let mut ssh = ssh_w(&dir, &server);
+        let mut stdin = ssh.stdin.take().unwrap();
+        let mut stdout = ssh.stdout.take().unwrap();
+        let writer = tokio::spawn(async move {
+            let chunk = vec![0x5au8; 64 << 10];
+            for _ in 0..(64 << 20) / chunk.len() {
+                if stdin.write_all(&chunk).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let reader = tokio::spawn(async move {
+            let mut buf = [0u8; 1024];
+            loop {
+                if reads_per_second == 0 {
+                    std::future::pending::<()>().await;
+                }
+                if stdout.read_exact(&mut buf).await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+        // Sampled for 4 s, long enough for 64 MiB to cross loopback many
+        // times over if nothing held it back.
+        let mut peak = 0;
+        for _ in 0..40 {
+            peak = peak.max(server.rss_kib());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // Served meanwhile.
+        let carol = client_of(&server, "carol");
+        within(10, echo(&carol, &server, 256 << 10)).await;
+        carol.shutdown().await;
+        eprintln!(
+            "reading {reads_per_second} KiB/s: server RSS baseline {base} KiB, peak {peak} KiB (+{} KiB)",
+            peak.saturating_sub(base)
+        );
+        assert!(
+            peak <= base + PLAIN_BOUND_KIB,
+            "server RSS reached {peak} KiB from {base} KiB behind a client reading {reads_per_second} KiB/s"
+        );
+        ssh.kill().await.unwrap();
+        writer.abort();
+        reader.abort();
+    }
+    // A client that reads gets its 16 MiB echoed.
+    let mut ssh = ssh_w(&dir, &server);
+    let mut stdin = ssh.stdin.take().unwrap();
+    let data = random_bytes(16 << 20);
+    let input = data.clone();
+    tokio::spawn(async move {
+        stdin.write_all(&input).await.unwrap();
+        drop(stdin);
+    });
+    let out = within(60, ssh.wait_with_output()).await.unwrap();
+    assert!(
+        out.status.success(),
+        "ssh failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.stdout == data, "echo through ssh -W differs");
     drop(server.child);
 }

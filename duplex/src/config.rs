@@ -174,9 +174,11 @@ impl Config {
     /// Buffered bytes per channel opened by a plain SSH client (one that does
     /// not speak Duplex's flow control, such as `ssh -W`). Default 1 MiB.
     ///
-    /// Past this the connection carrying that channel stops reading until
-    /// the application catches up: TCP-like backpressure, which such clients
-    /// expect (they open one channel per connection). Must be between 32 KiB
+    /// This is the SSH window such a channel is offered, and what the
+    /// application reads is granted back: a client that sends faster than
+    /// the application reads is held back by its own channel (TCP-like),
+    /// while the connection keeps reading for its other channels. A client
+    /// that sends past the window loses the channel. Must be between 32 KiB
     /// and 1 GiB.
     pub fn plain_channel_buffer(mut self, bytes: usize) -> Result<Self, ConfigError> {
         check(

@@ -333,21 +333,6 @@ impl ConnShared {
         match chan.on_data(data) {
             Delivery::Ok => {}
             Delivery::Violation => chan.send_close_after_failure(),
-            Delivery::Wait => {
-                // A plain SSH client's channel is over its buffer bound: hold
-                // the session loop (TCP-like backpressure for that client)
-                // until the application reads. See Config::plain_channel_buffer.
-                loop {
-                    let space = chan.space.notified();
-                    if chan.has_space() || self.cancel.is_cancelled() {
-                        break;
-                    }
-                    tokio::select! {
-                        _ = space => {}
-                        _ = self.cancel.cancelled() => break,
-                    }
-                }
-            }
         }
     }
 
@@ -467,7 +452,17 @@ impl ConnShared {
         };
         let id = open.write.id();
         let kind = if duplex { Kind::Duplex } else { Kind::Plain };
-        let chan = ChanShared::new(self.clone(), id, kind, 0, false);
+        // A plain client's credit is the SSH window we offer it (granted
+        // back as the application reads, see `Kind::Plain`).
+        let mut open = open;
+        let credit = if duplex {
+            0
+        } else {
+            let window = u32::try_from(self.config.plain_channel_buffer).unwrap_or(u32::MAX);
+            open.reply.manual_window(window);
+            u64::from(window)
+        };
+        let chan = ChanShared::new(self.clone(), id, kind, credit, false);
         chan.hold(reservation);
         if let Some(w) = window {
             chan.credit(w);

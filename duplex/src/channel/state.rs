@@ -32,8 +32,10 @@ use super::{ChannelMeta, IncomingChannel};
 pub(crate) enum Kind {
     /// Credit-based: the remote sends only what we granted.
     Duplex,
-    /// A plain SSH client (`ssh -W`): the SSH window is all there is, so
-    /// backpressure stops the session loop (see `Config::plain_channel_buffer`).
+    /// A plain SSH client (`ssh -W`): its SSH window is the credit. We
+    /// offer `Config::plain_channel_buffer` and grant back what the
+    /// application reads, so the client is held back by its own channel
+    /// and the session keeps reading for the others.
     Plain,
 }
 
@@ -141,10 +143,8 @@ pub(crate) struct ChanShared {
     /// Its share of the connection's receive-buffer budget.
     reservation: Mutex<Option<crate::conn::Reservation>>,
     st: Mutex<ChanState>,
-    /// Signals the opener (open handshake) and the session loop (plain
-    /// channel buffer space). Each has a single waiter.
+    /// Signals the opener (open handshake); a single waiter.
     pub(crate) opened: Notify,
-    pub(crate) space: Notify,
     /// Signals `accept_child` waiters: a nested channel arrived, or this
     /// channel closed.
     children_ready: Notify,
@@ -158,8 +158,6 @@ pub(crate) struct ChanShared {
 /// What the session handler must do after delivering data.
 pub(crate) enum Delivery {
     Ok,
-    /// Plain channel over its buffer bound: wait for space.
-    Wait,
     /// Protocol violation: the channel was failed; close it.
     Violation,
 }
@@ -225,7 +223,6 @@ impl ChanShared {
                 incoming: VecDeque::new(),
             }),
             opened: Notify::new(),
-            space: Notify::new(),
             children_ready: Notify::new(),
             answered: AtomicBool::new(false),
             plain_reply: Mutex::new(None),
@@ -356,11 +353,7 @@ impl ChanShared {
             st.data_len += data.len();
         }
         wake(&mut st.read_waker);
-        if self.kind == Kind::Plain && st.data_len > self.conn.config.plain_channel_buffer {
-            Delivery::Wait
-        } else {
-            Delivery::Ok
-        }
+        Delivery::Ok
     }
 
     /// A channel we opened that the remote has not answered yet: only
@@ -386,12 +379,10 @@ impl ChanShared {
         Ok(())
     }
 
-    /// Counts `n` received bytes against the credit we granted; false when
-    /// the remote overran it (a protocol violation).
+    /// Counts `n` received bytes against the credit we granted (for a plain
+    /// client, the SSH window we offered); false when the remote overran
+    /// it (a protocol violation).
     fn charge(&self, st: &mut ChanState, n: u64) -> bool {
-        if self.kind == Kind::Plain {
-            return true;
-        }
         match st.recv_credit.checked_sub(n) {
             Some(left) => {
                 st.recv_credit = left;
@@ -399,18 +390,6 @@ impl ChanShared {
             }
             None => false,
         }
-    }
-
-    /// Whether a plain channel has room again (or no longer needs it).
-    pub(crate) fn has_space(&self) -> bool {
-        let st = self.lock();
-        st.data_len <= self.conn.config.plain_channel_buffer
-            // The application is waiting to write (and so not reading):
-            // holding the session loop now would deadlock us both.
-            || st.write_waker.is_some()
-            || st.reader_gone
-            || st.failed.is_some()
-            || st.close_in
     }
 
     /// Extended data arrived.
@@ -748,7 +727,6 @@ impl ChanShared {
         let nested = take_children(&mut st);
         drop(st);
         self.opened.notify_one();
-        self.space.notify_one();
         self.children_ready.notify_waiters();
         nested
     }
@@ -1033,18 +1011,11 @@ impl ChanShared {
 
     fn consumed(&self, st: &mut ChanState, n: usize) {
         st.data_len -= n;
-        match self.kind {
-            Kind::Duplex => {
-                st.unreported += n as u64;
-                st.moved = st.moved.saturating_add(n as u64);
-                self.maybe_grant(st);
-            }
-            Kind::Plain => {
-                if st.data_len <= self.conn.config.plain_channel_buffer {
-                    self.space.notify_one();
-                }
-            }
+        st.unreported += n as u64;
+        if self.kind == Kind::Duplex {
+            st.moved = st.moved.saturating_add(n as u64);
         }
+        self.maybe_grant(st);
     }
 
     fn consumed_err(&self, st: &mut ChanState, owed: u64) {
@@ -1057,14 +1028,26 @@ impl ChanShared {
     /// Grants consumed bytes back once they add up to a quarter window, so
     /// the sender never stalls while the reader keeps up.
     fn maybe_grant(&self, st: &mut ChanState) {
-        if self.kind != Kind::Duplex
-            || st.close_in
+        if st.close_in
             || st.close_out
             || st.failed.is_some()
             // A remote that finished writing needs no credit.
             || st.eof_in
             || (self.v2 && st.ssh_eof_out)
         {
+            return;
+        }
+        if self.kind == Kind::Plain {
+            // SSH window, granted at once (see `Kind::Plain`).
+            let window = self.conn.config.plain_channel_buffer as u64;
+            if st.unreported >= window / 4 {
+                let n = st.unreported.min(u64::from(u32::MAX));
+                if let (Some(w), Some(session)) = (self.writer.get(), self.conn.handle.get()) {
+                    st.unreported -= n;
+                    st.recv_credit += n;
+                    w.grant(session, n as u32);
+                }
+            }
             return;
         }
         if st.unreported >= st.window / 4 {
@@ -1114,12 +1097,8 @@ impl ChanShared {
         st.data.clear();
         st.errs.clear();
         st.data_len = 0;
-        if self.kind == Kind::Duplex {
-            st.unreported += n;
-            self.maybe_grant(&mut st);
-        }
-        drop(st);
-        self.space.notify_one();
+        st.unreported += n;
+        self.maybe_grant(&mut st);
     }
 
     /// Buffered, unread bytes (data and error frames): for tests and stats.
@@ -1168,10 +1147,6 @@ impl ChanShared {
         };
         if room == 0 {
             st.write_waker = Some(cx.waker().clone());
-            if self.kind == Kind::Plain {
-                drop(st);
-                self.space.notify_one();
-            }
             return Poll::Pending;
         }
         let n = want

@@ -135,6 +135,15 @@ impl WriteHalf {
         }
     }
 
+    /// Grants the remote `n` more bytes of this channel's SSH window (a
+    /// plain client's channel, accepted with `OpenReply::manual_window`).
+    /// Does not wait; a session that ended takes nothing.
+    pub(crate) fn grant(&self, session: &SessionHandle, n: u32) {
+        if let (WriteHalf::Server(w), SessionHandle::Server(h)) = (self, session) {
+            let _ = h.window_adjust(w.id(), n);
+        }
+    }
+
     /// Hands one item to the session. Waits for SSH window space (bounded
     /// by the remote's window) and for room in the session's queue.
     pub(crate) async fn send(&self, item: Out) -> Result<(), russh::Error> {
@@ -168,6 +177,14 @@ pub(crate) const OPEN_PROHIBITED: u32 = 1;
 pub(crate) const OPEN_RESOURCE_SHORTAGE: u32 = 4;
 
 impl OpenReply {
+    /// Offers `window` bytes of SSH window and grants more only on
+    /// request (`WriteHalf::grant`), instead of russh's refill on receipt.
+    pub(crate) fn manual_window(&mut self, window: u32) {
+        if let OpenReply::Server(r) = self {
+            r.set_manual_window(window);
+        }
+    }
+
     pub(crate) async fn accept(self) {
         match self {
             OpenReply::Client(r) => r.accept().await,

@@ -155,11 +155,13 @@ impl Handle {
     }
 
     /// Grants the client `amount` more bytes of receive window on a channel
-    /// accepted with [`ChannelOpenHandle::set_manual_window`].
-    pub async fn window_adjust(&self, id: ChannelId, amount: u32) -> Result<(), ()> {
-        self.sender
+    /// accepted with [`ChannelOpenHandle::set_manual_window`]. Does not
+    /// wait: grants go ahead of queued data (a grant is what lets the
+    /// remote make progress), and the caller bounds how many it has in
+    /// flight (at most a few per window consumed).
+    pub fn window_adjust(&self, id: ChannelId, amount: u32) -> Result<(), ()> {
+        self.priority_sender
             .send(Msg::WindowAdjust { id, amount })
-            .await
             .map_err(|_| ())
     }
 
