@@ -17,9 +17,9 @@ use crate::{MSG_SIZE, Params, WRITE_SIZE, stats};
 pub const SERVER: &str = "bench-server";
 
 /// The configuration of every Duplex peer in the bench: the defaults
-/// (channel windows start at 1 MiB and grow to 4 MiB while the reader keeps
-/// up, the best of 256 KiB to 16 MiB for one channel on this loopback;
-/// docs/BENCHMARKS.md).
+/// (channel windows start at 128 KiB and grow to 4 MiB while the reader
+/// keeps up, 4 MiB being the best of 256 KiB to 16 MiB for one channel on
+/// this loopback; docs/BENCHMARKS.md).
 pub fn config() -> Result<Config> {
     Ok(Config::default())
 }

@@ -39,7 +39,9 @@ pub fn roomy_config() -> Result<Config> {
         .max_pending_channels(20_000)?
         .accept_backlog(20_000)?
         .max_connections(4_096)?
-        .max_connection_buffer(1 << 40)?)
+        .max_connection_buffer(1 << 40)?
+        .max_peer_buffer(1 << 40)?
+        .max_total_buffer(1 << 40)?)
 }
 
 // ---- the child ----

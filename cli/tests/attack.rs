@@ -37,11 +37,31 @@ impl Server {
     fn port(&self) -> u16 {
         self.endpoint.rsplit(':').next().unwrap().parse().unwrap()
     }
+
+    /// Stops the server; returns what it logged (when started logged).
+    async fn stop(&mut self) -> String {
+        self.child.start_kill().unwrap();
+        let mut log = String::new();
+        if let Some(mut err) = self.child.stderr.take() {
+            err.read_to_string(&mut log).await.unwrap();
+        }
+        let _ = self.child.wait().await;
+        log
+    }
 }
 
 /// `duplex serve tcp://127.0.0.1:0 --echo ARGS` with at most `nofile`
 /// descriptors (`ulimit -n`), trusting a fresh client key.
 async fn serve(dir: &TempDir, nofile: u32, args: &[&str]) -> Server {
+    start(dir, nofile, args, false).await
+}
+
+/// As `serve`, keeping what the server logs at `info` (see `Server::stop`).
+async fn serve_logged(dir: &TempDir, nofile: u32, args: &[&str]) -> Server {
+    start(dir, nofile, args, true).await
+}
+
+async fn start(dir: &TempDir, nofile: u32, args: &[&str], logged: bool) -> Server {
     let server_key = dir.0.join("server");
     let client_key = dir.0.join("client");
     Identity::generate().save(&server_key).unwrap();
@@ -57,7 +77,15 @@ async fn serve(dir: &TempDir, nofile: u32, args: &[&str]) -> Server {
         .args(["--key", server_key.to_str().unwrap(), "--trust-key", &trust])
         .args(args)
         .env("DUPLEX_HOME", dir.0.join("home"))
-        .env("RUST_LOG", "duplex=warn")
+        .env(
+            "RUST_LOG",
+            if logged { "duplex=info" } else { "duplex=warn" },
+        )
+        .stderr(if logged {
+            Stdio::piped()
+        } else {
+            Stdio::inherit()
+        })
         .stdout(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
@@ -278,4 +306,140 @@ async fn a_plain_client_that_does_not_read_is_held_to_the_bound() {
     );
     assert!(out.stdout == data, "echo through ssh -W differs");
     drop(server.child);
+}
+
+/// Three connections with one trusted key, each opening channels that it
+/// never reads and filling each one's window, until refused: the server
+/// holds at most that key's budget (`Config::max_peer_buffer`, 128 MiB by
+/// default) plus per-channel bookkeeping, refuses with an error naming the
+/// budget (logged on the server with the remote's name, key and address),
+/// and serves a client with another key meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_key_cannot_hold_more_than_its_budget() {
+    const PEER_BUDGET_KIB: u64 = 128 * 1024; // Config::max_peer_buffer
+    const WINDOW: usize = 128 << 10; // Config::channel_window
+    let dir = TempDir::new("attack-budget");
+    let other = Identity::generate();
+    other.save(dir.0.join("other")).unwrap();
+    let trust_other = format!("{}.pub", dir.0.join("other").display());
+    let mut server = serve_logged(&dir, 4096, &["--trust-key", &trust_other]).await;
+    let base = server.rss_kib();
+    let sid = Identity::load(&server.server_key).unwrap();
+    let mut attackers = Vec::new();
+    for i in 0..3 {
+        let config = Config::default().channel_window(32 << 10).unwrap();
+        let p = peer_trusting(&format!("attacker-{i}"), &server.client, &[&sid], config);
+        p.connect(server.endpoint.as_str()).await.unwrap();
+        attackers.push(p);
+    }
+    let opened = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    for p in &attackers {
+        let (p, opened) = (p.clone(), opened.clone());
+        tasks.spawn(async move {
+            let mut held = Vec::new();
+            loop {
+                match p.open("srv", "echo", Headers::new()).await {
+                    Ok(mut ch) => {
+                        opened.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        // Fills the window the server granted; never reads.
+                        let fill = tokio::spawn(async move {
+                            let _ = ch.write_all(&vec![1u8; WINDOW]).await;
+                            ch
+                        });
+                        held.push(fill);
+                    }
+                    Err(e) => break (e.to_string(), held),
+                }
+            }
+        });
+    }
+    let mut peak = base;
+    let mut refusals = Vec::new();
+    let mut held = Vec::new();
+    let sampling = async {
+        loop {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::pin!(sampling);
+    while !tasks.is_empty() {
+        tokio::select! {
+            r = tasks.join_next() => {
+                let (e, h) = r.unwrap().unwrap();
+                refusals.push(e);
+                held.extend(h);
+            }
+            _ = &mut sampling => peak = peak.max(server.rss_kib()),
+        }
+    }
+    // Let every window fill, then look again.
+    let mut chans = Vec::new();
+    for h in held {
+        chans.push(within(60, h).await.unwrap());
+    }
+    for _ in 0..20 {
+        peak = peak.max(server.rss_kib());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Another key is served meanwhile.
+    let bob = peer_trusting("bob", &other, &[&sid], Config::default());
+    within(20, echo(&bob, &server, 256 << 10)).await;
+    let n = opened.load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!(
+        "{n} channels held by one key over 3 connections; server RSS baseline {base} KiB, peak {peak} KiB (+{} KiB); refusals: {refusals:?}",
+        peak - base
+    );
+    for e in &refusals {
+        assert!(e.contains("Config::max_peer_buffer"), "{e}");
+    }
+    // The budget, plus bookkeeping per channel (its state, the echo task
+    // and its copy buffer): 48 MiB for about 1,000 channels.
+    assert!(
+        peak <= base + PEER_BUDGET_KIB + 48 * 1024,
+        "server RSS {peak} KiB from {base} KiB"
+    );
+    assert!(n >= 1000, "only {n} channels before the budget refused");
+    drop(chans);
+    for p in attackers {
+        p.shutdown().await;
+    }
+    bob.shutdown().await;
+    let log = server.stop().await;
+    assert!(
+        log.contains("refused a channel open")
+            && log.contains("Config::max_peer_buffer")
+            && log.contains("attacker-")
+            && log.contains(&server.client.fingerprint().to_string()),
+        "the server's log does not show the refusal:\n{log}"
+    );
+}
+
+/// A key the server does not trust leaves a trace in its log: the claimed
+/// name, the key's fingerprint and the address it came from (sshd logs
+/// these; a scanner is no longer invisible).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_untrusted_key_is_logged_with_name_fingerprint_and_address() {
+    let dir = TempDir::new("attack-key");
+    let mut server = serve_logged(&dir, 1024, &[]).await;
+    let sid = Identity::load(&server.server_key).unwrap();
+    let stranger = Identity::generate();
+    let p = peer_trusting("mallory", &stranger, &[&sid], Config::default());
+    let err = p.connect(server.endpoint.as_str()).await.unwrap_err();
+    assert!(
+        matches!(err, duplex::ConnectError::AuthRejected { .. }),
+        "{err:?}"
+    );
+    p.shutdown().await;
+    let log = server.stop().await;
+    let line = log
+        .lines()
+        .find(|l| l.contains("refused a key at authentication"))
+        .unwrap_or_else(|| panic!("no trace of the refused key in the log:\n{log}"));
+    assert!(
+        line.contains("mallory")
+            && line.contains(&stranger.fingerprint().to_string())
+            && line.contains("from 127.0.0.1:"),
+        "{line}"
+    );
 }

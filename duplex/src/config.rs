@@ -44,6 +44,8 @@ pub struct Config {
     pub(crate) max_unauthenticated: usize,
     pub(crate) max_auth_attempts: usize,
     pub(crate) max_connection_buffer: u64,
+    pub(crate) max_peer_buffer: u64,
+    pub(crate) max_total_buffer: u64,
 }
 
 impl Default for Config {
@@ -51,11 +53,11 @@ impl Default for Config {
         Self {
             limits: Limits::default(),
             max_frame_len: 8 << 20,
-            channel_window: 1 << 20,
+            channel_window: 128 << 10,
             max_channel_window: 4 << 20,
             plain_channel_buffer: 1 << 20,
-            max_channels_per_connection: 4096,
-            max_pending_channels: 256,
+            max_channels_per_connection: 1024,
+            max_pending_channels: 1024,
             max_nesting_depth: 8,
             accept_backlog: 1024,
             open_timeout: Duration::from_secs(30),
@@ -72,7 +74,9 @@ impl Default for Config {
             max_connections: 1024,
             max_unauthenticated: 128,
             max_auth_attempts: 6,
-            max_connection_buffer: 1 << 30,
+            max_connection_buffer: 128 << 20,
+            max_peer_buffer: 128 << 20,
+            max_total_buffer: 512 << 20,
         }
     }
 }
@@ -119,7 +123,7 @@ impl Config {
 
     /// Per-channel initial receive window: how many bytes a remote Duplex
     /// peer may send on one channel before our application reads them.
-    /// Default 1 MiB.
+    /// Default 128 KiB.
     ///
     /// This is the credit of Duplex's own flow control (see
     /// `docs/PROTOCOL.md`): the remote can never have more than the window
@@ -130,9 +134,12 @@ impl Config {
     /// [`max_channel_window`](Self::max_channel_window) (4 MiB keeps one
     /// channel at the speed of the SSH connection on loopback; measured in
     /// `docs/BENCHMARKS.md`). The cost of a window: each channel reserves
-    /// it from [`max_connection_buffer`](Self::max_connection_buffer) (1 GiB
-    /// holds 1024 channels of 1 MiB), and a channel whose application stops
-    /// reading may hold that much memory. Must be between 32 KiB and 1 GiB.
+    /// it from the buffer budgets ([`max_connection_buffer`](Self::max_connection_buffer),
+    /// [`max_peer_buffer`](Self::max_peer_buffer) and
+    /// [`max_total_buffer`](Self::max_total_buffer); 128 MiB holds 1024
+    /// channels of 128 KiB, the defaults), and a channel whose application
+    /// stops reading may hold that much memory. Must be between 32 KiB and
+    /// 1 GiB.
     pub fn channel_window(mut self, bytes: u32) -> Result<Self, ConfigError> {
         check(
             "channel_window",
@@ -177,9 +184,8 @@ impl Config {
     /// This is the SSH window such a channel is offered, and what the
     /// application reads is granted back: a client that sends faster than
     /// the application reads is held back by its own channel (TCP-like),
-    /// while the connection keeps reading for its other channels. A client
-    /// that sends past the window loses the channel. Must be between 32 KiB
-    /// and 1 GiB.
+    /// while the connection keeps reading for its other channels. Must be
+    /// between 32 KiB and 1 GiB.
     pub fn plain_channel_buffer(mut self, bytes: usize) -> Result<Self, ConfigError> {
         check(
             "plain_channel_buffer",
@@ -214,7 +220,9 @@ impl Config {
     }
 
     /// Most channels open at once on one connection, counting both
-    /// directions and channels not yet accepted. Default 4096.
+    /// directions and channels not yet accepted. Default 1024 (as many as
+    /// the default [`max_connection_buffer`](Self::max_connection_buffer)
+    /// holds at the default window).
     ///
     /// DOS mitigation: with [`channel_window`](Self::channel_window) this
     /// bounds the memory a connection can hold.
@@ -229,8 +237,10 @@ impl Config {
     }
 
     /// Most incoming channels of one connection waiting for the application
-    /// to accept them. Default 256. Opens beyond it are refused at once with
-    /// a "resource shortage" open failure.
+    /// to accept them. Default 1024, so that a burst as large as
+    /// [`max_channels_per_connection`](Self::max_channels_per_connection)
+    /// waits for the application instead of failing. Opens beyond it are
+    /// refused at once, with a reason that names this limit.
     pub fn max_pending_channels(mut self, count: usize) -> Result<Self, ConfigError> {
         check(
             "max_pending_channels",
@@ -265,7 +275,8 @@ impl Config {
 
     /// Capacity of the peer-wide queue of incoming channels that
     /// [`Peer::accept`](crate::Peer::accept) reads. Default 1024. Opens
-    /// arriving while it is full are refused at once.
+    /// arriving while it is full are refused at once, with a reason that
+    /// names this limit.
     pub fn accept_backlog(mut self, count: usize) -> Result<Self, ConfigError> {
         check("accept_backlog", (1..=1 << 20).contains(&count), || {
             format!("{count} is not between 1 and 1048576")
@@ -326,18 +337,51 @@ impl Config {
     /// on, counted as each channel's full receive window
     /// ([`channel_window`](Self::channel_window), or
     /// [`plain_channel_buffer`](Self::plain_channel_buffer) for plain SSH
-    /// clients), reserved when the channel is opened and released when it
-    /// ends. Default 1 GiB (1024 channels with the default window).
+    /// clients, plus what a window grew by), reserved when the channel is
+    /// opened and released when it ends. Default 128 MiB (1024 channels
+    /// with the default window). At least 1 MiB.
     ///
     /// DOS mitigation: a peer that opens many channels and sends into each
     /// without reading cannot make us hold more than this for it. An open
     /// beyond it is refused (resource shortage), in either direction, with
-    /// an error naming this limit.
+    /// an error naming this limit. See also
+    /// [`max_peer_buffer`](Self::max_peer_buffer) (one remote over all its
+    /// connections) and [`max_total_buffer`](Self::max_total_buffer) (all
+    /// remotes together).
     pub fn max_connection_buffer(mut self, bytes: u64) -> Result<Self, ConfigError> {
         check("max_connection_buffer", bytes >= 1 << 20, || {
             format!("{bytes} is less than 1 MiB")
         })?;
         self.max_connection_buffer = bytes;
+        Ok(self)
+    }
+
+    /// Most bytes one remote peer (one key) may make us buffer over all its
+    /// connections, counted as [`max_connection_buffer`](Self::max_connection_buffer)
+    /// counts them. Default 128 MiB. At least 1 MiB.
+    ///
+    /// DOS mitigation: a trusted key that connects many times cannot
+    /// multiply its share; other remotes keep theirs.
+    pub fn max_peer_buffer(mut self, bytes: u64) -> Result<Self, ConfigError> {
+        check("max_peer_buffer", bytes >= 1 << 20, || {
+            format!("{bytes} is less than 1 MiB")
+        })?;
+        self.max_peer_buffer = bytes;
+        Ok(self)
+    }
+
+    /// Most bytes all remotes together may make us buffer, counted as
+    /// [`max_connection_buffer`](Self::max_connection_buffer) counts them.
+    /// Default 512 MiB. At least 1 MiB.
+    ///
+    /// DOS mitigation: the most receive buffer this peer can be made to
+    /// hold, whatever the number of connections and keys; with the
+    /// defaults, four remotes at their [`max_peer_buffer`](Self::max_peer_buffer).
+    pub fn max_total_buffer(mut self, bytes: u64) -> Result<Self, ConfigError> {
+        check("max_total_buffer", bytes >= 1 << 20, || {
+            format!("{bytes} is less than 1 MiB")
+        })?;
+        self.max_total_buffer = bytes;
         Ok(self)
     }
 

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -15,6 +15,7 @@ use futures_util::stream::FuturesUnordered;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::budget::{self, Budget, Reservation, Share};
 use crate::channel::state::{ChanShared, Delivery, Kind, OpenPhase, Out, Turn};
 use crate::channel::{Channel, ChannelMeta, IncomingChannel};
 use crate::config::Config;
@@ -75,8 +76,11 @@ pub(crate) struct ConnShared {
     /// they are not in the channel table until accepted.
     pending_plain: AtomicUsize,
     /// Receive buffer reserved by this connection's channels (see
-    /// `Config::max_connection_buffer`).
-    reserved: Arc<AtomicU64>,
+    /// `budget` and `Config::max_connection_buffer`).
+    budget: Arc<Budget>,
+    /// The remote's budget across its connections (`Config::
+    /// max_peer_buffer`), once its key is known.
+    peer_budget: OnceLock<Arc<Budget>>,
     /// Send turns that had to wait, for the outbox task to carry on.
     ready: Mutex<Vec<Turn>>,
     ready_notify: Notify,
@@ -120,6 +124,7 @@ impl ConnShared {
     }
 
     pub(crate) fn new(core: Arc<PeerCore>, endpoint: String, direction: Direction) -> Arc<Self> {
+        let config_buffer = core.config.max_connection_buffer;
         let backlog = Backlog::new(core.config.max_send_buffer);
         Arc::new(Self {
             id: core.next_conn_id(),
@@ -141,7 +146,8 @@ impl ConnShared {
             unclaimed: Mutex::new(HashMap::new()),
             pending: AtomicUsize::new(0),
             pending_plain: AtomicUsize::new(0),
-            reserved: Arc::new(AtomicU64::new(0)),
+            budget: Budget::new(config_buffer),
+            peer_budget: OnceLock::new(),
             ready: Mutex::new(Vec::new()),
             ready_notify: Notify::new(),
             idle: Notify::new(),
@@ -168,6 +174,14 @@ impl ConnShared {
                 .get()
                 .map(|u| u.to_string())
                 .unwrap_or_else(|| self.endpoint.clone()),
+        }
+    }
+
+    /// The remote for messages: its name, key fingerprint and address.
+    pub(crate) fn remote_label(&self) -> String {
+        match self.remote_key.get() {
+            Some(fp) => format!("{} (key {fp}, {})", self.remote_name(), self.endpoint),
+            None => format!("{} ({})", self.remote_name(), self.endpoint),
         }
     }
 
@@ -204,44 +218,47 @@ impl ConnShared {
         self.core.authorized().check_name(key, claimed)
     }
 
-    /// Reserves `bytes` of this connection's receive-buffer budget for a
-    /// channel, or says why not.
+    /// Reserves `bytes` of receive buffer for a channel, from this
+    /// connection's budget, its remote's and the whole peer's (see
+    /// `budget`), or says which is spent and what to raise.
     pub(crate) fn reserve(&self, bytes: u64) -> Result<Reservation, String> {
-        self.reserve_under(bytes, self.config.max_connection_buffer)
+        self.reserve_share(bytes, Share::All)
     }
 
-    /// Reserves `bytes` for a channel's window to grow, only while the
-    /// connection's reservations stay under half its budget: the other
-    /// half is kept for channels yet to open.
+    /// Reserves `bytes` for a channel's window to grow, only while every
+    /// budget stays under half full: the other half is kept for channels
+    /// yet to open.
     pub(crate) fn reserve_growth(&self, bytes: u64) -> Option<Reservation> {
-        self.reserve_under(bytes, self.config.max_connection_buffer / 2)
-            .ok()
+        self.reserve_share(bytes, Share::Half).ok()
     }
 
-    fn reserve_under(&self, bytes: u64, max: u64) -> Result<Reservation, String> {
-        let mut cur = self.reserved.load(Ordering::Acquire);
-        loop {
-            if cur.saturating_add(bytes) > max {
-                return Err(format!(
-                    "{}'s receive buffer for this connection is fully reserved ({cur} of {max} bytes, by channels already open; Config::max_connection_buffer)",
-                    self.core.name
-                ));
-            }
-            match self.reserved.compare_exchange_weak(
-                cur,
-                cur + bytes,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => {
-                    return Ok(Reservation {
-                        counter: self.reserved.clone(),
-                        bytes,
-                    });
-                }
-                Err(now) => cur = now,
-            }
+    fn reserve_share(&self, bytes: u64, share: Share) -> Result<Reservation, String> {
+        let mut levels = vec![self.budget.clone()];
+        if let Some(fp) = self.remote_key.get() {
+            levels.push(
+                self.peer_budget
+                    .get_or_init(|| self.core.budget_for(fp))
+                    .clone(),
+            );
         }
+        levels.push(self.core.total_budget.clone());
+        budget::reserve(&levels, bytes, share).map_err(|r| {
+            let me = &self.core.name;
+            let (used, limit) = (r.used, r.limit);
+            let peer = levels.len() == 3;
+            match r.level {
+                0 => format!(
+                    "{me}'s receive buffer for this connection is fully reserved ({used} of {limit} bytes, by the windows of channels already open; Config::max_connection_buffer)"
+                ),
+                1 if peer => format!(
+                    "{me}'s receive buffer for {} is fully reserved ({used} of {limit} bytes, by the windows of its channels over all its connections; Config::max_peer_buffer)",
+                    self.remote_label()
+                ),
+                _ => format!(
+                    "{me}'s receive buffer is fully reserved ({used} of {limit} bytes, by the windows of channels over all its connections; Config::max_total_buffer)"
+                ),
+            }
+        })
     }
 
     /// The remote's key fingerprint (after key exchange / authentication).
@@ -386,17 +403,17 @@ impl ConnShared {
         let open_count = self.channels().len() + self.pending_plain.load(Ordering::Acquire);
         if open_count >= self.config.max_channels_per_connection {
             let why = format!(
-                "too many channels on this connection (limit {})",
-                self.config.max_channels_per_connection
+                "too many channels on this connection to {} (limit {}, Config::max_channels_per_connection)",
+                self.core.name, self.config.max_channels_per_connection
             );
-            return open.reply.reject(OPEN_RESOURCE_SHORTAGE, &why).await;
+            return self.refuse_limit(open, &service, &why).await;
         }
         if self.pending.load(Ordering::Acquire) >= self.config.max_pending_channels {
             let why = format!(
-                "too many channels waiting to be accepted (limit {})",
-                self.config.max_pending_channels
+                "too many channels waiting for {}'s application to accept them (limit {}, Config::max_pending_channels)",
+                self.core.name, self.config.max_pending_channels
             );
-            return open.reply.reject(OPEN_RESOURCE_SHORTAGE, &why).await;
+            return self.refuse_limit(open, &service, &why).await;
         }
         let (window, headers) = if duplex {
             match split_window(&open.originator)
@@ -438,8 +455,11 @@ impl ConnShared {
             };
         }
         let Ok(permit) = self.core.incoming_tx.try_reserve() else {
-            let why = "the accept queue is full";
-            return open.reply.reject(OPEN_RESOURCE_SHORTAGE, why).await;
+            let why = format!(
+                "{}'s accept queue (channels waiting for Peer::accept) is full (limit {}, Config::accept_backlog)",
+                self.core.name, self.config.accept_backlog
+            );
+            return self.refuse_limit(open, &service, &why).await;
         };
         let buffer = if duplex {
             u64::from(self.config.channel_window)
@@ -448,7 +468,7 @@ impl ConnShared {
         };
         let reservation = match self.reserve(buffer) {
             Ok(r) => r,
-            Err(why) => return open.reply.reject(OPEN_RESOURCE_SHORTAGE, &why).await,
+            Err(why) => return self.refuse_limit(open, &service, &why).await,
         };
         let id = open.write.id();
         let kind = if duplex { Kind::Duplex } else { Kind::Plain };
@@ -601,6 +621,21 @@ impl ConnShared {
     }
 
     /// Accepts the SSH open only to refuse the Duplex channel with a reason.
+    /// Refuses a top-level open on a limit (SSH open failure, code 4, with
+    /// `why` as the description, which names the limit and its knob), and
+    /// logs it, rate-limited, with who asked.
+    async fn refuse_limit(&self, open: IncomingOpen, service: &ServiceName, why: &str) {
+        if let Some(n) = self.core.refusals.opens.allow() {
+            tracing::warn!(
+                remote = %self.remote_label(),
+                %service,
+                "refused a channel open: {why}{}",
+                crate::lograte::left_out(n)
+            );
+        }
+        open.reply.reject(OPEN_RESOURCE_SHORTAGE, why).await;
+    }
+
     async fn refuse(self: &Arc<Self>, open: IncomingOpen, why: String) {
         let chan = ChanShared::new(self.clone(), open.write.id(), Kind::Duplex, 0, false);
         tracing::debug!(channel = chan.id, %why, "refusing a nested channel");
@@ -836,20 +871,27 @@ impl ConnShared {
         };
         let write = match write {
             Ok(w) => w,
-            Err(OpenFailed::Refused(code)) => {
+            Err(OpenFailed::Refused(code, said)) => {
+                let meaning = match code {
+                    OPEN_RESOURCE_SHORTAGE => "resource shortage",
+                    OPEN_PROHIBITED => "prohibited",
+                    _ => "refused",
+                };
+                let why = match said {
+                    Some(text) => format!("{meaning}: {text}"),
+                    None => match code {
+                        OPEN_RESOURCE_SHORTAGE => {
+                            "resource shortage (a channel or accept-queue limit was reached; the remote did not say which)".to_owned()
+                        }
+                        OPEN_PROHIBITED => "prohibited (a reserved or invalid service, or malformed headers; the remote did not say which)".to_owned(),
+                        _ => meaning.to_owned(),
+                    },
+                };
                 return Err(OpenError::Refused {
                     peer: self.remote_name(),
                     service: service.to_string(),
                     code,
-                    why: match code {
-                        OPEN_RESOURCE_SHORTAGE => {
-                            "resource shortage (a channel or accept-queue limit was reached)"
-                        }
-                        OPEN_PROHIBITED => {
-                            "prohibited (a reserved or invalid service, or malformed headers)"
-                        }
-                        _ => "refused",
-                    },
+                    why,
                 });
             }
             Err(OpenFailed::Gone) => return Err(lost(self.end_reason())),
@@ -924,7 +966,7 @@ impl ConnShared {
         };
         let write = match handle.open(HELLO_SERVICE, encoded, TOP_LEVEL).await {
             Ok(w) => w,
-            Err(OpenFailed::Refused(_)) => {
+            Err(OpenFailed::Refused(..)) => {
                 return Err("the remote refused the Duplex hello (it is not a Duplex peer, or speaks another protocol version)".into());
             }
             Err(OpenFailed::Gone) => return Err(self.end_reason()),
@@ -1264,24 +1306,3 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// How long `shutdown` waits for a session to say goodbye.
 pub(crate) const CLOSE_GRACE: Duration = Duration::from_secs(2);
-
-/// Part of a connection's receive-buffer budget, held by a channel and
-/// given back when it is dropped.
-pub(crate) struct Reservation {
-    counter: Arc<AtomicU64>,
-    bytes: u64,
-}
-
-impl Reservation {
-    /// Takes over `other`'s bytes (released together).
-    pub(crate) fn absorb(&mut self, mut other: Reservation) {
-        self.bytes += other.bytes;
-        other.bytes = 0;
-    }
-}
-
-impl Drop for Reservation {
-    fn drop(&mut self) {
-        self.counter.fetch_sub(self.bytes, Ordering::AcqRel);
-    }
-}

@@ -179,8 +179,9 @@ pub enum OpenError {
         service: String,
         /// The SSH reason code.
         code: u32,
-        /// What the code means.
-        why: &'static str,
+        /// The remote's description (which limit, and what to raise), or
+        /// what the code means when it gave none.
+        why: String,
     },
     /// The remote application neither accepted nor rejected in time.
     #[error("{peer} did not accept channel {service:?} within {after:?}")]

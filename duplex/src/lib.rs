@@ -44,6 +44,7 @@
 #![cfg_attr(not(test), deny(clippy::indexing_slicing))]
 
 mod backoff;
+mod budget;
 pub mod channel;
 pub mod config;
 mod conn;

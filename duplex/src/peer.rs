@@ -124,6 +124,11 @@ pub(crate) struct PeerCore {
     pub(crate) pending: Arc<crate::pending::Pending>,
     /// Rate limits for logging what remotes can cause at will.
     pub(crate) refusals: crate::lograte::Refusals,
+    /// Receive buffer reserved over all connections
+    /// (`Config::max_total_buffer`).
+    pub(crate) total_budget: Arc<crate::budget::Budget>,
+    /// Per remote key, over its connections (`Config::max_peer_buffer`).
+    peer_budgets: Mutex<HashMap<crate::Fingerprint, std::sync::Weak<crate::budget::Budget>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -131,6 +136,19 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl PeerCore {
+    /// The receive-buffer budget of the remote with key `fp`, shared by its
+    /// connections while any of them holds it.
+    pub(crate) fn budget_for(&self, fp: &crate::Fingerprint) -> Arc<crate::budget::Budget> {
+        let mut map = lock(&self.peer_budgets);
+        if let Some(b) = map.get(fp).and_then(std::sync::Weak::upgrade) {
+            return b;
+        }
+        map.retain(|_, w| w.strong_count() > 0);
+        let b = crate::budget::Budget::new(self.config.max_peer_buffer);
+        map.insert(fp.clone(), Arc::downgrade(&b));
+        b
+    }
+
     pub(crate) fn next_conn_id(&self) -> u64 {
         self.conn_ids.fetch_add(1, Ordering::Relaxed)
     }
@@ -306,6 +324,7 @@ impl PeerBuilder {
         let (tx, rx) = mpsc::channel(self.config.accept_backlog);
         let cancel = CancellationToken::new();
         let pending = crate::pending::Pending::new(self.config.accept_timeout);
+        let total_budget = crate::budget::Budget::new(self.config.max_total_buffer);
         let core = Arc::new(PeerCore {
             name: name.into(),
             ssh: SshConfigs::new(&self.config, &identity),
@@ -332,6 +351,8 @@ impl PeerBuilder {
             tracker: TaskTracker::new(),
             pending,
             refusals: Default::default(),
+            total_budget,
+            peer_budgets: Mutex::new(HashMap::new()),
         });
         Ok(Peer {
             core,

@@ -2216,8 +2216,14 @@ fn conformance_table_is_complete() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let protocol = std::fs::read_to_string(root.join("../docs/PROTOCOL.md")).unwrap();
     let table = std::fs::read_to_string(root.join("CONFORMANCE.md")).unwrap();
+    // Tests of this crate, or of the CLI's (`attack`: a `duplex serve`
+    // process attacked from outside).
     let source = |file: &str| {
-        std::fs::read_to_string(root.join("tests").join(format!("{file}.rs"))).unwrap_or_default()
+        std::fs::read_to_string(root.join("tests").join(format!("{file}.rs")))
+            .or_else(|_| {
+                std::fs::read_to_string(root.join("../cli/tests").join(format!("{file}.rs")))
+            })
+            .unwrap_or_default()
     };
     let ids = rule_ids(&protocol);
     assert!(!ids.is_empty(), "no rule ids found in docs/PROTOCOL.md");

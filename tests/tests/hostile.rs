@@ -181,34 +181,68 @@ async fn malformed_opens_are_refused() {
         .collect::<Vec<_>>()
         .join("&");
     let too_big = format!("k={}", "x".repeat(20_000));
-    let cases: Vec<(&str, String)> = vec![
-        ("echo", "bad%zz".into()),
-        ("echo", "novalue".into()),
-        ("echo", "=v".into()),
-        ("echo", "k=%FF%FE".into()),
-        ("echo", too_many),
-        ("echo", too_big),
-        // The opener's window (PROTOCOL.md section 3), malformed.
-        ("echo", "%40window=".into()),
-        ("echo", "%40window=4294967296".into()),
-        ("echo", "%40window=12345678901&a=b".into()),
-        ("echo", "%40window=1&".into()),
-        ("echo", "%40window=x&a=b".into()),
-        ("bad service name", String::new()),
-        ("@reserved", String::new()),
-        ("", String::new()),
+    // Each refusal says what was wrong (the SSH open failure's description,
+    // which the vendored russh hands to the opener).
+    let cases: Vec<(&str, String, &str)> = vec![
+        ("echo", "bad%zz".into(), "malformed header block"),
+        ("echo", "novalue".into(), "malformed header block"),
+        ("echo", "=v".into(), "header key is empty"),
+        ("echo", "k=%FF%FE".into(), "not valid UTF-8"),
+        ("echo", too_many, "too many headers"),
+        ("echo", too_big, "header block too large"),
+        // The opener's window (PROTOCOL.md section 3), malformed: the
+        // reason names the window, not the block.
+        (
+            "echo",
+            "%40window=".into(),
+            "malformed @window pair: no digits",
+        ),
+        (
+            "echo",
+            "%40window=4294967296".into(),
+            "malformed @window pair: over 4294967295",
+        ),
+        (
+            "echo",
+            "%40window=12345678901&a=b".into(),
+            "malformed @window pair: more than 10 digits",
+        ),
+        (
+            "echo",
+            "%40window=1&".into(),
+            "malformed @window pair: an '&' with nothing after it",
+        ),
+        (
+            "echo",
+            "%40window=x&a=b".into(),
+            "malformed @window pair: not decimal digits",
+        ),
+        (
+            "echo",
+            "@window=65536&a=b".into(),
+            "malformed @window pair: its '@' is not percent-encoded",
+        ),
+        ("bad service name", String::new(), "service name"),
+        ("@reserved", String::new(), "reserved"),
+        ("", String::new(), "service name"),
     ];
-    for (service, originator) in cases {
+    for (service, originator, said) in cases {
         let r = h
             .channel_open_direct_tcpip(service, 1, originator.clone(), 0)
             .await;
         match r {
-            Err(russh::Error::ChannelOpenFailure(f)) => {
+            Err(russh::Error::ChannelOpenFailure(russh::ChannelOpenFailure::Other {
+                code,
+                reason,
+            })) => {
                 assert!(
-                    f.code() == 1 || f.code() == 4,
-                    "{service:?} {originator:.40}: code {}",
-                    f.code()
-                )
+                    code == 1 || code == 4,
+                    "{service:?} {originator:.40}: code {code}"
+                );
+                assert!(
+                    reason.contains(said),
+                    "{service:?} {originator:.40}: {reason:?} does not say {said:?}"
+                );
             }
             Err(other) => panic!("{service:?}: unexpected error {other:?}"),
             Ok(_) => panic!("{service:?} {originator:.40}: open was accepted"),

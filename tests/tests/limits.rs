@@ -265,10 +265,15 @@ async fn header_count_and_size() {
             many.push(format!("k{i}"), "v");
         }
         let big = Headers::new().with("k", "x".repeat(300));
-        for h in [many, big] {
+        // The listener's description of the refusal reaches the opener.
+        for (h, said) in [(many, "too many headers: 5 (the limit is 4)"), (big, "256")] {
             let err = c.open("server", "echo", h).await.unwrap_err();
             assert!(matches!(err, OpenError::Refused { code: 1, .. }), "{err:?}");
-            assert!(err.to_string().contains("malformed headers"), "{err}");
+            let text = err.to_string();
+            assert!(
+                text.contains("malformed open") && text.contains(said),
+                "{err}"
+            );
         }
         // Within the limits, the same connection is served.
         let ok = Headers::new().with("k", "v");
@@ -448,5 +453,108 @@ async fn nesting_depth() {
         c.shutdown().await;
     })
     .await;
+    server.shutdown().await;
+}
+
+/// The defaults agree with each other: a burst of 1,000 opens on one
+/// connection, all held open at once and then used, succeeds (it used to
+/// lose some to the pending-channel limit, 256, with a reason that did
+/// not say which limit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_a_thousand_opens_succeeds_under_defaults() {
+    let (sid, cid) = ids();
+    let (server, ep) = server(Config::default(), &sid, &[&cid]).await;
+    let c = peer_trusting("client", &cid, &[&sid], Config::default());
+    within(20, c.connect(&ep)).await.unwrap();
+    let opens = (0..1000).map(|_| c.open("server", "echo", Headers::new()));
+    let results = within(60, futures_util::future::join_all(opens)).await;
+    let failed: Vec<String> = results
+        .iter()
+        .filter_map(|r| r.as_ref().err().map(|e| e.to_string()))
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} of 1000 failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(3)]
+    );
+    let chans: Vec<_> = results.into_iter().map(Result::unwrap).collect();
+    let rounds = chans.into_iter().enumerate().map(|(i, mut ch)| async move {
+        let msg = format!("channel {i}");
+        ch.write_all(msg.as_bytes()).await.unwrap();
+        ch.close_write().await.unwrap();
+        let mut back = Vec::new();
+        ch.read_to_end(&mut back).await.unwrap();
+        assert_eq!(back, msg.as_bytes());
+    });
+    within(60, futures_util::future::join_all(rounds)).await;
+    c.shutdown().await;
+    server.shutdown().await;
+}
+
+/// A refusal on a limit reaches the opener with the limit and the knob
+/// that raises it (the listener's description of its SSH open failure).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_names_the_limit_and_its_knob() {
+    let (sid, cid) = ids();
+    let config = Config::default().max_channels_per_connection(2).unwrap();
+    let (server, ep) = server(config, &sid, &[&cid]).await;
+    let c = peer_trusting("client", &cid, &[&sid], Config::default());
+    within(20, c.connect(&ep)).await.unwrap();
+    let _a = c.open("server", "echo", Headers::new()).await.unwrap();
+    let _b = c.open("server", "echo", Headers::new()).await.unwrap();
+    let err = c.open("server", "echo", Headers::new()).await.unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, OpenError::Refused { code: 4, .. }), "{err:?}");
+    assert!(
+        text.contains("limit 2") && text.contains("Config::max_channels_per_connection"),
+        "{text}"
+    );
+    c.shutdown().await;
+    server.shutdown().await;
+}
+
+/// The whole peer's receive buffer (`Config::max_total_buffer`) bounds all
+/// remotes together: two clients with their own keys share it, and the
+/// open past it is refused with a reason naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_total_buffer_bounds_all_remotes_together() {
+    let (sid, a, b) = (
+        Identity::generate(),
+        Identity::generate(),
+        Identity::generate(),
+    );
+    let config = Config::default()
+        .channel_window(256 << 10)
+        .unwrap()
+        .max_total_buffer(1 << 20)
+        .unwrap();
+    let (server, ep) = server(config, &sid, &[&a, &b]).await;
+    let ca = peer_trusting("a", &a, &[&sid], Config::default());
+    let cb = peer_trusting("b", &b, &[&sid], Config::default());
+    within(20, ca.connect(&ep)).await.unwrap();
+    within(20, cb.connect(&ep)).await.unwrap();
+    let mut held = Vec::new();
+    for c in [&ca, &cb, &ca, &cb] {
+        held.push(c.open("server", "echo", Headers::new()).await.unwrap());
+    }
+    for c in [&ca, &cb] {
+        let err = c.open("server", "echo", Headers::new()).await.unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("1048576 of 1048576") && text.contains("Config::max_total_buffer"),
+            "{text}"
+        );
+    }
+    // A channel that ends gives its share back.
+    drop(held.pop());
+    within(10, async {
+        while ca.open("server", "echo", Headers::new()).await.is_err() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    ca.shutdown().await;
+    cb.shutdown().await;
     server.shutdown().await;
 }

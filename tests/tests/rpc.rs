@@ -232,6 +232,14 @@ async fn ten_thousand_concurrent_calls_all_in_flight_at_once() {
                     (N as u64 + 100) * u64::from(Config::default().get_channel_window()),
                 )
                 .unwrap()
+                .max_peer_buffer(
+                    (N as u64 + 100) * u64::from(Config::default().get_channel_window()),
+                )
+                .unwrap()
+                .max_total_buffer(
+                    (N as u64 + 100) * u64::from(Config::default().get_channel_window()),
+                )
+                .unwrap()
         };
         let p = pair_with(Transport::Tcp, roomy(), roomy()).await;
         let all_in = Arc::new(Barrier::new(N));

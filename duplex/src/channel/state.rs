@@ -80,7 +80,7 @@ pub(crate) struct ChanState {
     /// the window, not the reader, limits the channel.
     starved: bool,
     /// The connection budget reserved for the window's growth.
-    grown: Option<crate::conn::Reservation>,
+    grown: Option<crate::budget::Reservation>,
     eof_in: bool,
     close_in: bool,
     failed: Option<ChannelError>,
@@ -141,7 +141,7 @@ pub(crate) struct ChanShared {
     pub(crate) meta: OnceLock<Arc<ChannelMeta>>,
     pub(crate) writer: OnceLock<WriteHalf>,
     /// Its share of the connection's receive-buffer budget.
-    reservation: Mutex<Option<crate::conn::Reservation>>,
+    reservation: Mutex<Option<crate::budget::Reservation>>,
     st: Mutex<ChanState>,
     /// Signals the opener (open handshake); a single waiter.
     pub(crate) opened: Notify,
@@ -309,7 +309,7 @@ impl ChanShared {
     }
 
     /// Keeps `r` until the channel is dropped.
-    pub(crate) fn hold(&self, r: crate::conn::Reservation) {
+    pub(crate) fn hold(&self, r: crate::budget::Reservation) {
         *self.reservation.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
     }
 

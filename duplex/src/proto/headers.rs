@@ -181,6 +181,11 @@ pub(crate) fn with_window(window: u32, encoded: &str) -> String {
 /// fit in a u32; anything else is malformed.
 pub(crate) fn split_window(block: &str) -> Result<(Option<u32>, &str), HeaderError> {
     let Some(rest) = block.strip_prefix(WINDOW_PREFIX) else {
+        if block.starts_with("@window=") {
+            return Err(HeaderError::BadWindow(
+                "its '@' is not percent-encoded (send %40window=N)",
+            ));
+        }
         return Ok((None, block));
     };
     let (digits, headers) = match rest.split_once('&') {

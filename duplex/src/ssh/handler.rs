@@ -181,6 +181,20 @@ impl ServerHandler {
         self.conn.authorizes(&PublicKey(key.clone()))
     }
 
+    /// Logs a refused key, rate-limited (a scanner can cause this at will),
+    /// with the address, the claimed name and the key's fingerprint.
+    fn log_refused(&self, user: &str, key: &ssh_key::PublicKey, why: &str) {
+        if let Some(n) = self.conn.core.refusals.keys.allow() {
+            tracing::info!(
+                endpoint = %self.conn.endpoint,
+                user,
+                fingerprint = %PublicKey(key.clone()).fingerprint(),
+                "refused a key at authentication: {why}{}",
+                crate::lograte::left_out(n)
+            );
+        }
+    }
+
     /// Whether the key may connect under the peer name `user` (names bound
     /// to keys in the authorized keys).
     fn may_use(&self, user: &str, key: &ssh_key::PublicKey) -> bool {
@@ -188,10 +202,7 @@ impl ServerHandler {
         match self.conn.check_name(&fp, user) {
             Ok(()) => true,
             Err(e) => {
-                tracing::info!(
-                    user,
-                    "refused a trusted key under a name it may not use: {e}"
-                );
+                self.log_refused(user, key, &format!("a name it may not use: {e}"));
                 false
             }
         }
@@ -210,16 +221,23 @@ impl server::Handler for ServerHandler {
         user: &str,
         offer: server::PublicKeyOffer<'_>,
     ) -> Result<Auth, Self::Error> {
-        Ok(
-            if strong(offer.algorithm)
-                && self.trusted(offer.public_key)
-                && self.may_use(user, offer.public_key)
-            {
-                Auth::Accept
-            } else {
-                Auth::reject()
-            },
-        )
+        if !strong(offer.algorithm) {
+            self.log_refused(user, offer.public_key, "a weak signature algorithm");
+            return Ok(Auth::reject());
+        }
+        if !self.trusted(offer.public_key) {
+            self.log_refused(
+                user,
+                offer.public_key,
+                "not in the authorized keys (offered)",
+            );
+            return Ok(Auth::reject());
+        }
+        Ok(if self.may_use(user, offer.public_key) {
+            Auth::Accept
+        } else {
+            Auth::reject()
+        })
     }
 
     async fn auth_publickey(
@@ -228,15 +246,11 @@ impl server::Handler for ServerHandler {
         key: server::VerifiedPublicKey<'_>,
     ) -> Result<Auth, Self::Error> {
         if !strong(key.algorithm) {
-            tracing::info!(user, algorithm = %key.algorithm, "refused a signature with a weak algorithm");
+            self.log_refused(user, key.public_key, "a weak signature algorithm");
             return Ok(Auth::reject());
         }
         if !self.trusted(key.public_key) {
-            tracing::info!(
-                user,
-                fingerprint = %PublicKey(key.public_key.clone()).fingerprint(),
-                "refused an untrusted key"
-            );
+            self.log_refused(user, key.public_key, "not in the authorized keys");
             return Ok(Auth::reject());
         }
         if !self.may_use(user, key.public_key) {

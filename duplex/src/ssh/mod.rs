@@ -219,7 +219,8 @@ pub(crate) struct IncomingOpen {
 
 /// Why our open failed at the SSH level.
 pub(crate) enum OpenFailed {
-    Refused(u32),
+    /// The reason code, and the remote's description when it gave one.
+    Refused(u32, Option<String>),
     Gone,
 }
 
@@ -250,7 +251,12 @@ impl SessionHandle {
                 .map(WriteHalf::from_server),
         };
         res.map_err(|e| match e {
-            russh::Error::ChannelOpenFailure(f) => OpenFailed::Refused(f.code()),
+            russh::Error::ChannelOpenFailure(ChannelOpenFailure::Other { code, reason }) => {
+                // Bounded: a remote's text in our error.
+                let reason: String = reason.chars().take(1024).collect();
+                OpenFailed::Refused(code, Some(reason))
+            }
+            russh::Error::ChannelOpenFailure(f) => OpenFailed::Refused(f.code(), None),
             _ => OpenFailed::Gone,
         })
     }

@@ -430,6 +430,19 @@ impl ChannelOpenFailure {
         }
     }
 
+    /// This failure with the remote's description of it, when it gave one,
+    /// so that the opener learns why (a code alone says little).
+    pub(crate) fn described(self, description: &str) -> Self {
+        if description.is_empty() {
+            self
+        } else {
+            Self::Other {
+                code: self.code(),
+                reason: description.to_owned(),
+            }
+        }
+    }
+
     /// SSH protocol reason code for this failure
     pub fn code(&self) -> u32 {
         match self {

@@ -577,7 +577,7 @@ impl Session {
 
                 if let Some(sender) = self.channels.remove(&channel_num) {
                     let _ = sender
-                        .send(ChannelMsg::OpenFailure(reason_code.clone()))
+                        .send(ChannelMsg::OpenFailure(reason_code.clone().described(&descr)))
                         .await;
                 }
 

@@ -1966,7 +1966,7 @@ impl Session {
 
                 if let Some(channel_sender) = self.channels.remove(&channel_num) {
                     channel_sender
-                        .send(ChannelMsg::OpenFailure(reason))
+                        .send(ChannelMsg::OpenFailure(reason.described(&description)))
                         .await
                         .map_err(|_| crate::Error::SendError)?;
                 }

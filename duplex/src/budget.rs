@@ -1,0 +1,195 @@
+//! Memory budgets for what remotes may make us buffer.
+//!
+//! Every channel holds a reservation the size of the receive window it
+//! granted (the most its remote may send before our application reads),
+//! taken when the channel is created and given back when it ends. A
+//! reservation is taken from three budgets at once: the connection's
+//! (`Config::max_connection_buffer`), the remote peer's across all its
+//! connections, keyed by its key (`Config::max_peer_buffer`), and the
+//! whole local peer's (`Config::max_total_buffer`). So no connection, no
+//! key and no number of keys can make us hold more than its budget, and a
+//! burst that one remote causes leaves room for the others.
+//!
+//! No I/O, no clock: counters only, tested below.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Bytes reserved against a limit.
+#[derive(Debug)]
+pub(crate) struct Budget {
+    used: AtomicU64,
+    limit: u64,
+}
+
+impl Budget {
+    pub(crate) fn new(limit: u64) -> Arc<Self> {
+        Arc::new(Budget {
+            used: AtomicU64::new(0),
+            limit,
+        })
+    }
+
+    /// Bytes reserved now.
+    pub(crate) fn used(&self) -> u64 {
+        self.used.load(Ordering::Acquire)
+    }
+
+    /// Adds `bytes` if the total stays within `cap`.
+    fn take(&self, bytes: u64, cap: u64) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(bytes).filter(|&n| n <= cap)
+            })
+            .is_ok()
+    }
+
+    fn give(&self, bytes: u64) {
+        self.used.fetch_sub(bytes, Ordering::AcqRel);
+    }
+}
+
+/// Which budget refused a reservation, by its place in the list given to
+/// [`reserve`], with what it held and its limit then.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Refused {
+    pub(crate) level: usize,
+    pub(crate) used: u64,
+    pub(crate) limit: u64,
+}
+
+/// Reserves `bytes` from every budget in `levels`, each only while it stays
+/// within `share` of its limit (1 for a new channel; 1/2 for a window's
+/// growth, so half of each budget is kept for channels yet to open). All
+/// or nothing.
+pub(crate) fn reserve(
+    levels: &[Arc<Budget>],
+    bytes: u64,
+    share: Share,
+) -> Result<Reservation, Refused> {
+    for (i, b) in levels.iter().enumerate() {
+        let cap = share.of(b.limit);
+        if !b.take(bytes, cap) {
+            for taken in levels.iter().take(i) {
+                taken.give(bytes);
+            }
+            return Err(Refused {
+                level: i,
+                used: b.used(),
+                limit: b.limit,
+            });
+        }
+    }
+    Ok(Reservation {
+        levels: levels.to_vec(),
+        bytes,
+    })
+}
+
+/// How much of each budget a reservation may take it to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Share {
+    All,
+    Half,
+}
+
+impl Share {
+    fn of(self, limit: u64) -> u64 {
+        match self {
+            Share::All => limit,
+            Share::Half => limit / 2,
+        }
+    }
+}
+
+/// Bytes held in some budgets, given back when dropped.
+#[derive(Debug)]
+pub(crate) struct Reservation {
+    levels: Vec<Arc<Budget>>,
+    bytes: u64,
+}
+
+impl Reservation {
+    /// Takes over `other`'s bytes (released together). Both come from the
+    /// same budgets (one channel's reservations always do); bytes from
+    /// other budgets are given back at once instead.
+    pub(crate) fn absorb(&mut self, mut other: Reservation) {
+        let same = self.levels.len() == other.levels.len()
+            && self
+                .levels
+                .iter()
+                .zip(&other.levels)
+                .all(|(a, b)| Arc::ptr_eq(a, b));
+        debug_assert!(same, "a reservation absorbed one from other budgets");
+        if same {
+            self.bytes += other.bytes;
+            other.bytes = 0;
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn bytes(&self) -> u64 {
+        self.bytes
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        for b in &self.levels {
+            b.give(self.bytes);
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_or_nothing_and_released_on_drop() {
+        let (conn, peer, total) = (Budget::new(100), Budget::new(150), Budget::new(1000));
+        let levels = [conn.clone(), peer.clone(), total.clone()];
+        let a = reserve(&levels, 60, Share::All).unwrap();
+        // The connection refuses: nothing is taken from the others.
+        let e = reserve(&levels, 60, Share::All).unwrap_err();
+        assert_eq!(
+            e,
+            Refused {
+                level: 0,
+                used: 60,
+                limit: 100
+            }
+        );
+        assert_eq!((conn.used(), peer.used(), total.used()), (60, 60, 60));
+        // A second connection of the same remote: its peer budget refuses.
+        let conn2 = Budget::new(100);
+        let levels2 = [conn2.clone(), peer.clone(), total.clone()];
+        let b = reserve(&levels2, 50, Share::All).unwrap();
+        let e = reserve(&levels2, 50, Share::All).unwrap_err();
+        assert_eq!(e.level, 1);
+        assert_eq!((conn2.used(), peer.used(), total.used()), (50, 110, 110));
+        drop(a);
+        drop(b);
+        assert_eq!(
+            (conn.used(), conn2.used(), peer.used(), total.used()),
+            (0, 0, 0, 0)
+        );
+    }
+
+    #[test]
+    fn growth_keeps_half_for_new_channels() {
+        let conn = Budget::new(100);
+        let levels = [conn.clone()];
+        let mut a = reserve(&levels, 40, Share::All).unwrap();
+        assert!(reserve(&levels, 20, Share::Half).is_err());
+        let g = reserve(&levels, 10, Share::Half).unwrap();
+        a.absorb(g);
+        assert_eq!(a.bytes(), 50);
+        assert_eq!(conn.used(), 50);
+        // New channels may still take the rest.
+        let c = reserve(&levels, 50, Share::All).unwrap();
+        drop((a, c));
+        assert_eq!(conn.used(), 0);
+    }
+}
