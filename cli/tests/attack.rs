@@ -111,17 +111,7 @@ fn client_of(server: &Server, name: &str) -> duplex::Peer {
 /// One echo round trip of `n` bytes through `server`'s echo service.
 async fn echo(peer: &duplex::Peer, server: &Server, n: usize) {
     peer.connect(server.endpoint.as_str()).await.unwrap();
-    let mut ch = peer.open("srv", "echo", Headers::new()).await.unwrap();
-    let data = duplex_tests::random_bytes(n);
-    let (mut r, mut w) = tokio::io::split(&mut ch);
-    let send = async {
-        w.write_all(&data).await.unwrap();
-        w.shutdown().await.unwrap();
-    };
-    let mut back = Vec::new();
-    let ((), got) = tokio::join!(send, r.read_to_end(&mut back));
-    got.unwrap();
-    assert!(back == data);
+    duplex_tests::echo_with(peer, "srv", n).await;
 }
 
 /// Polls `f` until it holds or `secs` pass; returns whether it held.

@@ -186,7 +186,12 @@ pub fn echo_server(peer: &Peer) {
 /// Opens an echo channel to the peer named "server", sends `n` random
 /// bytes with EOF and checks they come back exactly.
 pub async fn echo_once(client: &Peer, n: usize) {
-    let mut ch = client.open("server", "echo", Headers::new()).await.unwrap();
+    echo_with(client, "server", n).await
+}
+
+/// `echo_once` to the peer named `remote`.
+pub async fn echo_with(client: &Peer, remote: &str, n: usize) {
+    let mut ch = client.open(remote, "echo", Headers::new()).await.unwrap();
     let data = random_bytes(n);
     let (mut r, mut w) = tokio::io::split(&mut ch);
     let send = async {

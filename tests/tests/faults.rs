@@ -24,6 +24,35 @@ fn config() -> Config {
         .handshake_timeout(Duration::from_secs(3))
 }
 
+/// An echo server, a fault proxy in front of it, and a client connected
+/// through the proxy, with the client's events.
+async fn through_proxy() -> (Peer, FaultProxy, Peer, duplex::PeerEvents) {
+    init_tracing();
+    let (sid, cid) = (Identity::generate(), Identity::generate());
+    let server = peer_trusting("server", &sid, &[&cid], config());
+    let ep = server.bind("tcp://127.0.0.1:0").await.unwrap();
+    echo_server(&server);
+    let upstream = ep.to_string().trim_start_matches("tcp://").parse().unwrap();
+    let proxy = FaultProxy::start(upstream).await.unwrap();
+    let client = peer_trusting("client", &cid, &[&sid], config());
+    let mut events = client.events();
+    client.connect(proxy.endpoint().as_str()).await.unwrap();
+    assert!(matches!(events.recv().await, Some(PeerEvent::Connected(_))));
+    (server, proxy, client, events)
+}
+
+/// Waits for the client's next `Connected` event.
+async fn reconnected(events: &mut duplex::PeerEvents) {
+    within(20, async {
+        loop {
+            if let Some(PeerEvent::Connected(_)) = events.recv().await {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
 /// Streams through an echo channel until it fails; returns the error.
 async fn stream_until_error(client: Peer, started: tokio::sync::oneshot::Sender<()>) -> String {
     let ch = client.open("server", "echo", Headers::new()).await.unwrap();
@@ -51,17 +80,7 @@ async fn stream_until_error(client: Peer, started: tokio::sync::oneshot::Sender<
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cut_reset_and_stall_fail_promptly_and_the_dialler_reconnects() {
-    init_tracing();
-    let (sid, cid) = (Identity::generate(), Identity::generate());
-    let server = peer_trusting("server", &sid, &[&cid], config());
-    let ep = server.bind("tcp://127.0.0.1:0").await.unwrap();
-    echo_server(&server);
-    let upstream = ep.to_string().trim_start_matches("tcp://").parse().unwrap();
-    let proxy = FaultProxy::start(upstream).await.unwrap();
-    let client = peer_trusting("client", &cid, &[&sid], config());
-    let mut events = client.events();
-    client.connect(proxy.endpoint().as_str()).await.unwrap();
-    assert!(matches!(events.recv().await, Some(PeerEvent::Connected(_))));
+    let (server, proxy, client, mut events) = through_proxy().await;
     for fault in ["cut", "reset", "stall", "truncate"] {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let transfer = tokio::spawn(stream_until_error(client.clone(), tx));
@@ -84,14 +103,7 @@ async fn cut_reset_and_stall_fail_promptly_and_the_dialler_reconnects() {
         );
         eprintln!("{fault}: transfer failed after {took:?}: {err}");
         proxy.resume();
-        within(20, async {
-            loop {
-                if let Some(PeerEvent::Connected(_)) = events.recv().await {
-                    break;
-                }
-            }
-        })
-        .await;
+        reconnected(&mut events).await;
         let mut ch = client.open("server", "echo", Headers::new()).await.unwrap();
         ch.write_all(b"after").await.unwrap();
         ch.close_write().await.unwrap();
@@ -137,16 +149,7 @@ async fn an_idle_healthy_connection_stays_up_for_hours() {
 /// data: Channel send error").
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_error_of_a_lost_connection_names_peer_endpoint_and_cause() {
-    init_tracing();
-    let (sid, cid) = (Identity::generate(), Identity::generate());
-    let server = peer_trusting("server", &sid, &[&cid], config());
-    let ep = server.bind("tcp://127.0.0.1:0").await.unwrap();
-    echo_server(&server);
-    let upstream = ep.to_string().trim_start_matches("tcp://").parse().unwrap();
-    let proxy = FaultProxy::start(upstream).await.unwrap();
-    let client = peer_trusting("client", &cid, &[&sid], config());
-    let mut events = client.events();
-    client.connect(proxy.endpoint().as_str()).await.unwrap();
+    let (server, proxy, client, mut events) = through_proxy().await;
     let named = format!("connection to server ({}) lost: ", proxy.endpoint());
     for round in 0..20 {
         let ch = client.open("server", "echo", Headers::new()).await.unwrap();
@@ -184,14 +187,7 @@ async fn every_error_of_a_lost_connection_names_peer_endpoint_and_cause() {
             eprintln!("read: {read_err}\nwrite: {write_err}");
         }
         proxy.resume();
-        within(20, async {
-            loop {
-                if let Some(PeerEvent::Connected(_)) = events.recv().await {
-                    break;
-                }
-            }
-        })
-        .await;
+        reconnected(&mut events).await;
     }
     client.shutdown().await;
     server.shutdown().await;
