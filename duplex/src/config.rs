@@ -304,11 +304,13 @@ impl Config {
     /// authentication, hello) at once, over all listeners. Default 128.
     ///
     /// DOS mitigation: when a new connection arrives at the limit, the
-    /// *oldest* unfinished handshake is dropped to make room, so clients
-    /// that never finish (half-open, silent, slow) cannot keep a real one
-    /// out: a real handshake takes milliseconds, and would have to be
-    /// outpaced by this many new connections to be evicted. Each handshake
-    /// is also bounded by [`handshake_timeout`](Self::handshake_timeout).
+    /// unfinished handshake that has read nothing for the longest is ended
+    /// to make room (the oldest of those, on a tie), and its socket is
+    /// released at once. Clients that never finish (half-open, silent,
+    /// slow) cannot keep a real one out: a real handshake reads every few
+    /// milliseconds, so a flood of stalled connections ends its own. Each
+    /// handshake is also bounded by
+    /// [`handshake_timeout`](Self::handshake_timeout).
     pub fn max_unauthenticated(mut self, count: usize) -> Result<Self, ConfigError> {
         check(
             "max_unauthenticated",

@@ -115,8 +115,9 @@ pub(crate) struct PeerCore {
     incoming_rx: tokio::sync::Mutex<mpsc::Receiver<IncomingChannel>>,
     rr: AtomicUsize,
     conn_ids: AtomicU64,
-    /// Inbound connections still in their handshake, oldest first, with
-    /// the token that drops each (see `Config::max_unauthenticated`).
+    /// Inbound connections still in their handshake, in arrival order,
+    /// with the token that ends each and when it last read anything (see
+    /// `Config::max_unauthenticated`).
     handshaking: Mutex<Vec<Unfinished>>,
     pub(crate) cancel: CancellationToken,
     pub(crate) tracker: TaskTracker,
