@@ -15,18 +15,28 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+/// Which budget: the connection's, the remote key's or the whole peer's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Level {
+    Connection,
+    Peer,
+    Total,
+}
+
 /// Bytes reserved against a limit.
 #[derive(Debug)]
 pub(crate) struct Budget {
     used: AtomicU64,
     limit: u64,
+    level: Level,
 }
 
 impl Budget {
-    pub(crate) fn new(limit: u64) -> Arc<Self> {
+    pub(crate) fn new(limit: u64, level: Level) -> Arc<Self> {
         Arc::new(Budget {
             used: AtomicU64::new(0),
             limit,
+            level,
         })
     }
 
@@ -49,11 +59,10 @@ impl Budget {
     }
 }
 
-/// Which budget refused a reservation, by its place in the list given to
-/// [`reserve`], with what it held and its limit then.
+/// Which budget refused a reservation, with what it held and its limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Refused {
-    pub(crate) level: usize,
+    pub(crate) level: Level,
     pub(crate) used: u64,
     pub(crate) limit: u64,
 }
@@ -62,28 +71,24 @@ pub(crate) struct Refused {
 /// within `share` of its limit (1 for a new channel; 1/2 for a window's
 /// growth, so half of each budget is kept for channels yet to open). All
 /// or nothing.
-pub(crate) fn reserve(
-    levels: &[Arc<Budget>],
-    bytes: u64,
-    share: Share,
-) -> Result<Reservation, Refused> {
-    for (i, b) in levels.iter().enumerate() {
-        let cap = share.of(b.limit);
-        if !b.take(bytes, cap) {
-            for taken in levels.iter().take(i) {
+/// A channel's budgets (no allocation: at most one of each level).
+pub(crate) type Levels = [Option<Arc<Budget>>; 3];
+
+pub(crate) fn reserve(levels: Levels, bytes: u64, share: Share) -> Result<Reservation, Refused> {
+    let present = || levels.iter().flatten();
+    for (i, b) in present().enumerate() {
+        if !b.take(bytes, share.of(b.limit)) {
+            for taken in present().take(i) {
                 taken.give(bytes);
             }
             return Err(Refused {
-                level: i,
+                level: b.level,
                 used: b.used(),
                 limit: b.limit,
             });
         }
     }
-    Ok(Reservation {
-        levels: levels.to_vec(),
-        bytes,
-    })
+    Ok(Reservation { levels, bytes })
 }
 
 /// How much of each budget a reservation may take it to.
@@ -105,7 +110,7 @@ impl Share {
 /// Bytes held in some budgets, given back when dropped.
 #[derive(Debug)]
 pub(crate) struct Reservation {
-    levels: Vec<Arc<Budget>>,
+    levels: Levels,
     bytes: u64,
 }
 
@@ -114,12 +119,15 @@ impl Reservation {
     /// same budgets (one channel's reservations always do); bytes from
     /// other budgets are given back at once instead.
     pub(crate) fn absorb(&mut self, mut other: Reservation) {
-        let same = self.levels.len() == other.levels.len()
-            && self
-                .levels
-                .iter()
-                .zip(&other.levels)
-                .all(|(a, b)| Arc::ptr_eq(a, b));
+        let same = self
+            .levels
+            .iter()
+            .zip(&other.levels)
+            .all(|(a, b)| match (a, b) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                (None, None) => true,
+                _ => false,
+            });
         debug_assert!(same, "a reservation absorbed one from other budgets");
         if same {
             self.bytes += other.bytes;
@@ -135,7 +143,7 @@ impl Reservation {
 
 impl Drop for Reservation {
     fn drop(&mut self) {
-        for b in &self.levels {
+        for b in self.levels.iter().flatten() {
             b.give(self.bytes);
         }
     }
@@ -148,26 +156,28 @@ mod tests {
 
     #[test]
     fn all_or_nothing_and_released_on_drop() {
-        let (conn, peer, total) = (Budget::new(100), Budget::new(150), Budget::new(1000));
-        let levels = [conn.clone(), peer.clone(), total.clone()];
-        let a = reserve(&levels, 60, Share::All).unwrap();
+        let conn = Budget::new(100, Level::Connection);
+        let peer = Budget::new(150, Level::Peer);
+        let total = Budget::new(1000, Level::Total);
+        let levels = || [Some(conn.clone()), Some(peer.clone()), Some(total.clone())];
+        let a = reserve(levels(), 60, Share::All).unwrap();
         // The connection refuses: nothing is taken from the others.
-        let e = reserve(&levels, 60, Share::All).unwrap_err();
+        let e = reserve(levels(), 60, Share::All).unwrap_err();
         assert_eq!(
             e,
             Refused {
-                level: 0,
+                level: Level::Connection,
                 used: 60,
                 limit: 100
             }
         );
         assert_eq!((conn.used(), peer.used(), total.used()), (60, 60, 60));
         // A second connection of the same remote: its peer budget refuses.
-        let conn2 = Budget::new(100);
-        let levels2 = [conn2.clone(), peer.clone(), total.clone()];
-        let b = reserve(&levels2, 50, Share::All).unwrap();
-        let e = reserve(&levels2, 50, Share::All).unwrap_err();
-        assert_eq!(e.level, 1);
+        let conn2 = Budget::new(100, Level::Connection);
+        let levels2 = || [Some(conn2.clone()), Some(peer.clone()), Some(total.clone())];
+        let b = reserve(levels2(), 50, Share::All).unwrap();
+        let e = reserve(levels2(), 50, Share::All).unwrap_err();
+        assert_eq!(e.level, Level::Peer);
         assert_eq!((conn2.used(), peer.used(), total.used()), (50, 110, 110));
         drop(a);
         drop(b);
@@ -179,16 +189,16 @@ mod tests {
 
     #[test]
     fn growth_keeps_half_for_new_channels() {
-        let conn = Budget::new(100);
-        let levels = [conn.clone()];
-        let mut a = reserve(&levels, 40, Share::All).unwrap();
-        assert!(reserve(&levels, 20, Share::Half).is_err());
-        let g = reserve(&levels, 10, Share::Half).unwrap();
+        let conn = Budget::new(100, Level::Connection);
+        let levels = || [Some(conn.clone()), None, None];
+        let mut a = reserve(levels(), 40, Share::All).unwrap();
+        assert!(reserve(levels(), 20, Share::Half).is_err());
+        let g = reserve(levels(), 10, Share::Half).unwrap();
         a.absorb(g);
         assert_eq!(a.bytes(), 50);
         assert_eq!(conn.used(), 50);
         // New channels may still take the rest.
-        let c = reserve(&levels, 50, Share::All).unwrap();
+        let c = reserve(levels(), 50, Share::All).unwrap();
         drop((a, c));
         assert_eq!(conn.used(), 0);
     }

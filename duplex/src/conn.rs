@@ -15,7 +15,7 @@ use futures_util::stream::FuturesUnordered;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::budget::{self, Budget, Reservation, Share};
+use crate::budget::{self, Budget, Level, Reservation, Share};
 use crate::channel::state::{ChanShared, Delivery, Kind, OpenPhase, Out, Turn};
 use crate::channel::{Channel, ChannelMeta, IncomingChannel};
 use crate::config::Config;
@@ -146,7 +146,7 @@ impl ConnShared {
             unclaimed: Mutex::new(HashMap::new()),
             pending: AtomicUsize::new(0),
             pending_plain: AtomicUsize::new(0),
-            budget: Budget::new(config_buffer),
+            budget: Budget::new(config_buffer, Level::Connection),
             peer_budget: OnceLock::new(),
             ready: Mutex::new(Vec::new()),
             ready_notify: Notify::new(),
@@ -223,6 +223,7 @@ impl ConnShared {
     /// `budget`), or says which is spent and what to raise.
     pub(crate) fn reserve(&self, bytes: u64) -> Result<Reservation, String> {
         self.reserve_share(bytes, Share::All)
+            .map_err(|r| self.budget_refusal(r))
     }
 
     /// Reserves `bytes` for a channel's window to grow, only while every
@@ -232,33 +233,36 @@ impl ConnShared {
         self.reserve_share(bytes, Share::Half).ok()
     }
 
-    fn reserve_share(&self, bytes: u64, share: Share) -> Result<Reservation, String> {
-        let mut levels = vec![self.budget.clone()];
-        if let Some(fp) = self.remote_key.get() {
-            levels.push(
-                self.peer_budget
-                    .get_or_init(|| self.core.budget_for(fp))
-                    .clone(),
-            );
+    fn reserve_share(&self, bytes: u64, share: Share) -> Result<Reservation, budget::Refused> {
+        let peer = self.remote_key.get().map(|fp| {
+            self.peer_budget
+                .get_or_init(|| self.core.budget_for(fp))
+                .clone()
+        });
+        let levels = [
+            Some(self.budget.clone()),
+            peer,
+            Some(self.core.total_budget.clone()),
+        ];
+        budget::reserve(levels, bytes, share)
+    }
+
+    /// Which budget is spent, and the knob that raises it.
+    fn budget_refusal(&self, r: budget::Refused) -> String {
+        let me = &self.core.name;
+        let (used, limit) = (r.used, r.limit);
+        match r.level {
+            Level::Connection => format!(
+                "{me}'s receive buffer for this connection is fully reserved ({used} of {limit} bytes, by the windows of channels already open; Config::max_connection_buffer)"
+            ),
+            Level::Peer => format!(
+                "{me}'s receive buffer for {} is fully reserved ({used} of {limit} bytes, by the windows of its channels over all its connections; Config::max_peer_buffer)",
+                self.remote_label()
+            ),
+            Level::Total => format!(
+                "{me}'s receive buffer is fully reserved ({used} of {limit} bytes, by the windows of channels over all its connections; Config::max_total_buffer)"
+            ),
         }
-        levels.push(self.core.total_budget.clone());
-        budget::reserve(&levels, bytes, share).map_err(|r| {
-            let me = &self.core.name;
-            let (used, limit) = (r.used, r.limit);
-            let peer = levels.len() == 3;
-            match r.level {
-                0 => format!(
-                    "{me}'s receive buffer for this connection is fully reserved ({used} of {limit} bytes, by the windows of channels already open; Config::max_connection_buffer)"
-                ),
-                1 if peer => format!(
-                    "{me}'s receive buffer for {} is fully reserved ({used} of {limit} bytes, by the windows of its channels over all its connections; Config::max_peer_buffer)",
-                    self.remote_label()
-                ),
-                _ => format!(
-                    "{me}'s receive buffer is fully reserved ({used} of {limit} bytes, by the windows of channels over all its connections; Config::max_total_buffer)"
-                ),
-            }
-        })
     }
 
     /// The remote's key fingerprint (after key exchange / authentication).

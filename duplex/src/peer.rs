@@ -145,7 +145,7 @@ impl PeerCore {
             return b;
         }
         map.retain(|_, w| w.strong_count() > 0);
-        let b = crate::budget::Budget::new(self.config.max_peer_buffer);
+        let b = crate::budget::Budget::new(self.config.max_peer_buffer, crate::budget::Level::Peer);
         map.insert(fp.clone(), Arc::downgrade(&b));
         b
     }
@@ -325,7 +325,8 @@ impl PeerBuilder {
         let (tx, rx) = mpsc::channel(self.config.accept_backlog);
         let cancel = CancellationToken::new();
         let pending = crate::pending::Pending::new(self.config.accept_timeout);
-        let total_budget = crate::budget::Budget::new(self.config.max_total_buffer);
+        let total_budget =
+            crate::budget::Budget::new(self.config.max_total_buffer, crate::budget::Level::Total);
         let core = Arc::new(PeerCore {
             name: name.into(),
             ssh: SshConfigs::new(&self.config, &identity),
