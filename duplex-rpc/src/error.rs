@@ -3,9 +3,11 @@
 use std::fmt;
 use std::time::Duration;
 
+use bytes::Bytes;
+
 use duplex::{ChannelError, OpenError};
 
-use crate::status::{Code, Status};
+use crate::status::{Code, Origin, Status};
 
 /// Which side's limit or codec a failure happened on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -171,7 +173,7 @@ impl RpcError {
     /// raw call): a remote status, or the RPC layer's own refusals
     /// (unknown method, codec, size, deadline) as their variants.
     pub fn from_status_frame(method: &str, peer: &str, frame: &bytes::Bytes) -> Self {
-        crate::stream::from_wire(method, peer, frame, None)
+        from_wire(method, peer, frame, None)
     }
 
     /// A copy, for reporting a failure again: a stream that failed keeps
@@ -284,5 +286,61 @@ impl From<RpcError> for Status {
             RpcError::Status { status, .. } => status,
             other => Status::new(other.code(), other.to_string()),
         }
+    }
+}
+
+/// Turns a status frame from a server into the caller's error.
+pub(crate) fn from_wire(
+    method: &str,
+    peer: &str,
+    frame: &Bytes,
+    timeout: Option<Duration>,
+) -> RpcError {
+    let (origin, st) = match crate::status::decode(frame) {
+        Ok(decoded) => decoded,
+        Err(e) => {
+            return RpcError::protocol(method, format!("{peer} sent an unreadable status: {e}"));
+        }
+    };
+    let method = method.to_owned();
+    match origin {
+        Origin::UnknownMethod | Origin::WrongKind => RpcError::UnknownMethod {
+            method,
+            peer: peer.to_owned(),
+            message: st.message().to_owned(),
+        },
+        Origin::BadRequest | Origin::UnsupportedCodec => RpcError::Codec {
+            method,
+            side: Side::Remote,
+            message: st.message().to_owned(),
+        },
+        Origin::TooLarge => {
+            let d = st.details();
+            let word = |i: usize| {
+                d.get(i..i + 8)
+                    .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                    .map(u64::from_be_bytes)
+                    .unwrap_or(0)
+            };
+            RpcError::TooLarge {
+                method,
+                side: Side::Remote,
+                len: word(0),
+                max: usize::try_from(word(8)).unwrap_or(usize::MAX),
+            }
+        }
+        Origin::DeadlineExceeded => RpcError::DeadlineExceeded {
+            method,
+            timeout: timeout.unwrap_or_default(),
+        },
+        Origin::Handler
+        | Origin::Overloaded
+        | Origin::Panicked
+        | Origin::ShuttingDown
+        | Origin::Other(_) => RpcError::Status {
+            method,
+            peer: peer.to_owned(),
+            status: st,
+        },
     }
 }

@@ -8,7 +8,6 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use bytes::Bytes;
 use duplex::{ChannelError, ChannelReader, ChannelWriter, FrameError};
 use futures_util::Stream;
 use serde::Serialize;
@@ -16,8 +15,8 @@ use serde::de::DeserializeOwned;
 use tokio::time::{Instant, Sleep};
 
 use crate::codec::{self, SharedCodec};
-use crate::error::{RpcError, Side};
-use crate::status::{self, Origin, Status};
+use crate::error::{RpcError, Side, from_wire};
+use crate::status::{Code, Origin, Status};
 
 /// When a call must be over, and the timeout it came from (for errors).
 #[derive(Debug, Clone, Copy)]
@@ -495,64 +494,8 @@ pub(crate) fn too_large_status(method: &str, len: u64, max: usize) -> Status {
     details.extend_from_slice(&len.to_be_bytes());
     details.extend_from_slice(&(max as u64).to_be_bytes());
     Status::new(
-        crate::Code::RESOURCE_EXHAUSTED,
+        Code::RESOURCE_EXHAUSTED,
         format!("{method}: a request of {len} bytes exceeds this server's limit of {max} bytes"),
     )
     .with_details(details)
-}
-
-/// Turns a status frame from a server into the caller's error.
-pub(crate) fn from_wire(
-    method: &str,
-    peer: &str,
-    frame: &Bytes,
-    timeout: Option<Duration>,
-) -> RpcError {
-    let (origin, st) = match status::decode(frame) {
-        Ok(decoded) => decoded,
-        Err(e) => {
-            return RpcError::protocol(method, format!("{peer} sent an unreadable status: {e}"));
-        }
-    };
-    let method = method.to_owned();
-    match origin {
-        Origin::UnknownMethod | Origin::WrongKind => RpcError::UnknownMethod {
-            method,
-            peer: peer.to_owned(),
-            message: st.message().to_owned(),
-        },
-        Origin::BadRequest | Origin::UnsupportedCodec => RpcError::Codec {
-            method,
-            side: Side::Remote,
-            message: st.message().to_owned(),
-        },
-        Origin::TooLarge => {
-            let d = st.details();
-            let word = |i: usize| {
-                d.get(i..i + 8)
-                    .and_then(|b| <[u8; 8]>::try_from(b).ok())
-                    .map(u64::from_be_bytes)
-                    .unwrap_or(0)
-            };
-            RpcError::TooLarge {
-                method,
-                side: Side::Remote,
-                len: word(0),
-                max: usize::try_from(word(8)).unwrap_or(usize::MAX),
-            }
-        }
-        Origin::DeadlineExceeded => RpcError::DeadlineExceeded {
-            method,
-            timeout: timeout.unwrap_or_default(),
-        },
-        Origin::Handler
-        | Origin::Overloaded
-        | Origin::Panicked
-        | Origin::ShuttingDown
-        | Origin::Other(_) => RpcError::Status {
-            method,
-            peer: peer.to_owned(),
-            status: st,
-        },
-    }
 }

@@ -18,9 +18,10 @@ use tokio_util::sync::CancellationToken;
 use crate::budget::{self, Budget, Level, Reservation, Share};
 use crate::channel::state::{ChanShared, Delivery, Kind, OpenPhase, Out, Turn};
 use crate::channel::{Channel, ChannelMeta, IncomingChannel};
-use crate::config::Config;
+use crate::config::{CLOSE_GRACE, Config};
 use crate::error::{ChannelError, OpenError};
-use crate::peer::{Direction, PeerCore, PeerInfo};
+use crate::events::{Direction, PeerInfo};
+use crate::peer::PeerCore;
 use crate::proto::control::Control;
 use crate::proto::headers::{Headers, split_window, with_window};
 use crate::proto::hello::{self, Version};
@@ -1307,6 +1308,3 @@ fn watched(chan: &Arc<ChanShared>) -> std::sync::Weak<dyn crate::pending::Waitin
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
-
-/// How long `shutdown` waits for a session to say goodbye.
-pub(crate) const CLOSE_GRACE: Duration = Duration::from_secs(2);

@@ -7,7 +7,30 @@ use futures_util::Stream;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-use crate::peer::PeerInfo;
+use crate::ssh::keys::Fingerprint;
+
+/// Which side dialled the connection to a remote peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// We connected to the remote.
+    Outbound,
+    /// The remote connected to us.
+    Inbound,
+}
+
+/// A connected remote peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerInfo {
+    /// The remote peer's name.
+    pub name: String,
+    /// Its key fingerprint (`SHA256:...`).
+    pub fingerprint: Fingerprint,
+    /// The endpoint of the connection: the one we dialled, or for inbound
+    /// connections the listener's address scheme and the remote address.
+    pub endpoint: String,
+    /// Who dialled.
+    pub direction: Direction,
+}
 
 /// Something that happened to a peer's connections. See
 /// [`Peer::events`](crate::Peer::events).

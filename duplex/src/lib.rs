@@ -43,7 +43,6 @@
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 #![cfg_attr(not(test), deny(clippy::indexing_slicing))]
 
-mod backoff;
 mod budget;
 pub mod channel;
 pub mod config;
@@ -65,12 +64,11 @@ mod proto;
 mod ssh;
 mod transport;
 
-pub use backoff::Backoff;
 pub use channel::{
     Channel, ChannelEnd, ChannelMeta, ChannelReader, ChannelWriter, Children, ErrorWriter,
     IncomingChannel, JoinError, JoinStats, ReadEvent, SpliceError,
 };
-pub use config::{Config, ConfigError};
+pub use config::{Backoff, Config, ConfigError};
 pub use endpoint::{Endpoint, EndpointError};
 pub use error::{BindError, ChannelError, ConnectError, OpenError};
 pub use events::{PeerEvent, PeerEvents};

@@ -14,10 +14,11 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::TaskTracker;
 
 use crate::channel::{Channel, IncomingChannel};
-use crate::config::Config;
-use crate::conn::{CLOSE_GRACE, ConnShared};
+use crate::config::{CLOSE_GRACE, Config};
+use crate::conn::ConnShared;
 use crate::endpoint::{Endpoint, EndpointError};
 use crate::error::{BindError, ConnectError, OpenError};
+pub use crate::events::{Direction, PeerInfo};
 use crate::events::{EVENT_BUFFER, PeerEvent, PeerEvents};
 use crate::proto::headers::Headers;
 use crate::proto::service::ServiceName;
@@ -25,29 +26,6 @@ use crate::ssh::handler::{ClientHandler, ServerHandler};
 use crate::ssh::keys::{Fingerprint, Identity};
 use crate::ssh::trust::{AuthorizedKeys, KnownHosts};
 use crate::ssh::{self, HandshakeError, SshConfigs};
-
-/// Which side dialled the connection to a remote peer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Direction {
-    /// We connected to the remote.
-    Outbound,
-    /// The remote connected to us.
-    Inbound,
-}
-
-/// A connected remote peer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PeerInfo {
-    /// The remote peer's name.
-    pub name: String,
-    /// Its key fingerprint (`SHA256:...`).
-    pub fingerprint: Fingerprint,
-    /// The endpoint of the connection: the one we dialled, or for inbound
-    /// connections the listener's address scheme and the remote address.
-    pub endpoint: String,
-    /// Who dialled.
-    pub direction: Direction,
-}
 
 /// Anything that names an endpoint: `&str`, `String` or [`Endpoint`].
 pub trait IntoEndpoint {

@@ -358,7 +358,7 @@ async fn drain<S: AsyncWrite>(shared: Arc<Shared<S>>, cancel: CancellationToken)
             st.buf.split()
         }
     };
-    let _ = tokio::time::timeout(crate::conn::CLOSE_GRACE, async {
+    let _ = tokio::time::timeout(crate::config::CLOSE_GRACE, async {
         write_batch(&shared, &rest).await?;
         std::future::poll_fn(|cx| Pin::new(&mut *shared.writer()).poll_shutdown(cx)).await
     })

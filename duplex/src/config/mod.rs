@@ -1,10 +1,18 @@
 //! Tuning and limits. Every limit that guards against a remote peer has a
 //! documented default and a reason; setters validate their input.
 
+mod backoff;
+mod error;
+
 use std::time::Duration;
 
-use crate::backoff::Backoff;
 use crate::proto::Limits;
+pub use backoff::Backoff;
+pub use error::ConfigError;
+
+/// How long a closing connection waits for its session to say goodbye,
+/// and for queued data to reach it.
+pub(crate) const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 /// Configuration shared by every connection of a [`Peer`](crate::Peer).
 ///
@@ -81,28 +89,11 @@ impl Default for Config {
     }
 }
 
-/// A configuration value out of its allowed range.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid config value for {name}: {why}")]
-pub struct ConfigError {
-    name: &'static str,
-    why: String,
-}
-
-impl ConfigError {
-    pub(crate) fn new(name: &'static str, why: impl Into<String>) -> Self {
-        Self {
-            name,
-            why: why.into(),
-        }
-    }
-}
-
 fn check(name: &'static str, ok: bool, why: impl FnOnce() -> String) -> Result<(), ConfigError> {
     if ok {
         Ok(())
     } else {
-        Err(ConfigError { name, why: why() })
+        Err(ConfigError::new(name, why()))
     }
 }
 

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use crate::config::ConfigError;
+use super::error::ConfigError;
 
 /// Retry timing for dialling an endpoint.
 ///
