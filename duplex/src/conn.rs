@@ -15,13 +15,13 @@ use futures_util::stream::FuturesUnordered;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::budget::{self, Budget, Level, Reservation, Share};
 use crate::channel::state::{ChanShared, Delivery, Kind, OpenPhase, Out, Turn};
 use crate::channel::{Channel, ChannelMeta, IncomingChannel};
 use crate::config::{CLOSE_GRACE, Config};
 use crate::error::{ChannelError, OpenError};
 use crate::events::{Direction, PeerInfo};
 use crate::peer::PeerCore;
+use crate::proto::budget::{self, Budget, Level, Reservation, Share};
 use crate::proto::control::Control;
 use crate::proto::headers::{Headers, split_window, with_window};
 use crate::proto::hello::{self, Version};

@@ -43,7 +43,6 @@
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 #![cfg_attr(not(test), deny(clippy::indexing_slicing))]
 
-mod budget;
 pub mod channel;
 pub mod config;
 mod conn;

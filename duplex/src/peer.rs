@@ -105,9 +105,9 @@ pub(crate) struct PeerCore {
     pub(crate) refusals: crate::lograte::Refusals,
     /// Receive buffer reserved over all connections
     /// (`Config::max_total_buffer`).
-    pub(crate) total_budget: Arc<crate::budget::Budget>,
+    pub(crate) total_budget: Arc<crate::proto::budget::Budget>,
     /// Per remote key, over its connections (`Config::max_peer_buffer`).
-    peer_budgets: Mutex<HashMap<crate::Fingerprint, std::sync::Weak<crate::budget::Budget>>>,
+    peer_budgets: Mutex<HashMap<crate::Fingerprint, std::sync::Weak<crate::proto::budget::Budget>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -117,13 +117,16 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl PeerCore {
     /// The receive-buffer budget of the remote with key `fp`, shared by its
     /// connections while any of them holds it.
-    pub(crate) fn budget_for(&self, fp: &crate::Fingerprint) -> Arc<crate::budget::Budget> {
+    pub(crate) fn budget_for(&self, fp: &crate::Fingerprint) -> Arc<crate::proto::budget::Budget> {
         let mut map = lock(&self.peer_budgets);
         if let Some(b) = map.get(fp).and_then(std::sync::Weak::upgrade) {
             return b;
         }
         map.retain(|_, w| w.strong_count() > 0);
-        let b = crate::budget::Budget::new(self.config.max_peer_buffer, crate::budget::Level::Peer);
+        let b = crate::proto::budget::Budget::new(
+            self.config.max_peer_buffer,
+            crate::proto::budget::Level::Peer,
+        );
         map.insert(fp.clone(), Arc::downgrade(&b));
         b
     }
@@ -303,8 +306,10 @@ impl PeerBuilder {
         let (tx, rx) = mpsc::channel(self.config.accept_backlog);
         let cancel = CancellationToken::new();
         let pending = crate::pending::Pending::new(self.config.accept_timeout);
-        let total_budget =
-            crate::budget::Budget::new(self.config.max_total_buffer, crate::budget::Level::Total);
+        let total_budget = crate::proto::budget::Budget::new(
+            self.config.max_total_buffer,
+            crate::proto::budget::Level::Total,
+        );
         let core = Arc::new(PeerCore {
             name: name.into(),
             ssh: SshConfigs::new(&self.config, &identity),

@@ -19,6 +19,7 @@ use tokio::sync::Notify;
 use crate::conn::ConnShared;
 use crate::error::ChannelError;
 use crate::proto::control::{self, Control};
+use crate::proto::flow::{self, RecvWindow, SendCredit};
 use crate::proto::frame::Assembler;
 use crate::proto::headers::Headers;
 use crate::proto::{EXT_CONTROL, EXT_ERROR};
@@ -66,21 +67,11 @@ pub(crate) struct ChanState {
     errs: VecDeque<(Bytes, u64)>,
     err_asm: Assembler,
     ctrl: control::Parser,
-    /// Bytes the remote may still send (granted, not yet received).
-    recv_credit: u64,
-    /// Bytes the application consumed that we have not granted back yet.
-    unreported: u64,
-    /// Our receive window now: `Config::channel_window`, grown while the
-    /// application keeps up (see `maybe_grant`).
-    window: u64,
-    /// Bytes the application read since the window last grew (or since
-    /// the channel opened).
-    moved: u64,
-    /// The application read a window's worth and then waited for more:
-    /// the window, not the reader, limits the channel.
-    starved: bool,
+    /// What the remote may send, what we owe it, and the window (see
+    /// `proto::flow`).
+    recv: RecvWindow,
     /// The connection budget reserved for the window's growth.
-    grown: Option<crate::budget::Reservation>,
+    grown: Option<crate::proto::budget::Reservation>,
     eof_in: bool,
     close_in: bool,
     failed: Option<ChannelError>,
@@ -90,10 +81,9 @@ pub(crate) struct ChanState {
     trailers: Option<Headers>,
     trailers_waker: Option<Waker>,
     // Sending.
-    send_credit: u64,
+    send_credit: SendCredit,
     out: VecDeque<Out>,
     out_bytes: usize,
-    grant: u64,
     inflight: bool,
     /// A send turn is running (inline or in the outbox): only one at a time.
     scheduled: bool,
@@ -141,7 +131,7 @@ pub(crate) struct ChanShared {
     pub(crate) meta: OnceLock<Arc<ChannelMeta>>,
     pub(crate) writer: OnceLock<WriteHalf>,
     /// Its share of the connection's receive-buffer budget.
-    reservation: Mutex<Option<crate::budget::Reservation>>,
+    reservation: Mutex<Option<crate::proto::budget::Reservation>>,
     st: Mutex<ChanState>,
     /// Signals the opener (open handshake); a single waiter.
     pub(crate) opened: Notify,
@@ -171,7 +161,18 @@ impl ChanShared {
         outgoing: bool,
     ) -> Arc<Self> {
         let max_frame = conn.config.max_frame_len;
-        let window = u64::from(conn.config.channel_window);
+        let recv = match kind {
+            Kind::Duplex => RecvWindow::new(
+                recv_credit,
+                u64::from(conn.config.channel_window),
+                u64::from(conn.config.get_max_channel_window()),
+            ),
+            // A plain client's window is its SSH window, which never grows.
+            Kind::Plain => {
+                let w = conn.config.plain_channel_buffer as u64;
+                RecvWindow::new(recv_credit, w, w)
+            }
+        };
         let v2 = kind == Kind::Duplex && conn.version().eof_record();
         Arc::new_cyclic(|me| Self {
             me: me.clone(),
@@ -190,11 +191,7 @@ impl ChanShared {
                 errs: VecDeque::new(),
                 err_asm: Assembler::new(max_frame),
                 ctrl: control::Parser::new(),
-                recv_credit,
-                unreported: 0,
-                window,
-                moved: 0,
-                starved: false,
+                recv,
                 grown: None,
                 eof_in: false,
                 close_in: false,
@@ -204,10 +201,12 @@ impl ChanShared {
                 err_waker: None,
                 trailers: None,
                 trailers_waker: None,
-                send_credit: if kind == Kind::Plain { u64::MAX } else { 0 },
+                send_credit: match kind {
+                    Kind::Duplex => SendCredit::default(),
+                    Kind::Plain => SendCredit::UNLIMITED,
+                },
                 out: VecDeque::new(),
                 out_bytes: 0,
-                grant: 0,
                 inflight: false,
                 scheduled: false,
                 start_turn: false,
@@ -309,7 +308,7 @@ impl ChanShared {
     }
 
     /// Keeps `r` until the channel is dropped.
-    pub(crate) fn hold(&self, r: crate::budget::Reservation) {
+    pub(crate) fn hold(&self, r: crate::proto::budget::Reservation) {
         *self.reservation.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
     }
 
@@ -344,7 +343,7 @@ impl ChanShared {
         }
         if st.reader_gone {
             // Nobody will read: discard, and give the credit straight back.
-            st.unreported += n;
+            st.recv.released(n);
             self.maybe_grant(&mut st);
             return Delivery::Ok;
         }
@@ -383,13 +382,7 @@ impl ChanShared {
     /// client, the SSH window we offered); false when the remote overran
     /// it (a protocol violation).
     fn charge(&self, st: &mut ChanState, n: u64) -> bool {
-        match st.recv_credit.checked_sub(n) {
-            Some(left) => {
-                st.recv_credit = left;
-                true
-            }
-            None => false,
-        }
+        st.recv.charge(n).is_ok()
     }
 
     /// Extended data arrived.
@@ -417,12 +410,12 @@ impl ChanShared {
         match st.err_asm.push(data) {
             Ok(frames) => {
                 if st.reader_gone {
-                    st.unreported += n;
+                    st.recv.released(n);
                 } else if frames.is_empty() {
                     // Bytes of an unfinished frame are granted back at once:
                     // the assembler bounds them (max_frame_len), and a frame
                     // larger than the window could never finish otherwise.
-                    st.unreported += n;
+                    st.recv.released(n);
                 } else {
                     // The first finished frame contains the `before` bytes
                     // granted while it was partial; the new partial bytes
@@ -431,11 +424,11 @@ impl ChanShared {
                     let mut pregranted = before;
                     for f in frames {
                         let total = (f.len() + crate::proto::frame::HEADER_LEN) as u64;
-                        let owed = total - pregranted.min(total);
+                        let owed = flow::error_frame_owed(total, pregranted);
                         pregranted = 0;
                         st.errs.push_back((f, owed));
                     }
-                    st.unreported += after;
+                    st.recv.released(after);
                     wake(&mut st.err_waker);
                 }
                 self.maybe_grant(&mut st);
@@ -495,15 +488,13 @@ impl ChanShared {
             }
             match rec {
                 Control::Accept { window, id } => {
-                    st.send_credit = st.send_credit.saturating_add(u64::from(window));
+                    st.send_credit.add(window);
                     let _ = self.remote_id.set(id);
                     st.open = OpenPhase::Accepted;
                     st.established = true;
                     opened = true;
                 }
-                Control::Window { increment } => {
-                    st.send_credit = st.send_credit.saturating_add(u64::from(increment))
-                }
+                Control::Window { increment } => st.send_credit.add(increment),
                 Control::Reject { reason } => {
                     st.open = OpenPhase::Rejected(reason);
                     opened = true;
@@ -557,7 +548,7 @@ impl ChanShared {
                 }
             }
         }
-        if st.send_credit > 0 {
+        if st.send_credit.get() > 0 {
             wake(&mut st.write_waker);
         }
         if eof {
@@ -891,9 +882,7 @@ impl ChanShared {
             if st.eof_in {
                 return Poll::Ready(Ok(()));
             }
-            if st.moved >= st.window {
-                st.starved = true;
-            }
+            st.recv.reader_waits();
             st.read_waker = Some(cx.waker().clone());
             return Poll::Pending;
         }
@@ -970,9 +959,7 @@ impl ChanShared {
             if st.eof_in {
                 return Poll::Ready(Ok(None));
             }
-            if st.moved >= st.window {
-                st.starved = true;
-            }
+            st.recv.reader_waits();
             st.read_waker = Some(cx.waker().clone());
             return Poll::Pending;
         };
@@ -1011,16 +998,13 @@ impl ChanShared {
 
     fn consumed(&self, st: &mut ChanState, n: usize) {
         st.data_len -= n;
-        st.unreported += n as u64;
-        if self.kind == Kind::Duplex {
-            st.moved = st.moved.saturating_add(n as u64);
-        }
+        st.recv.consumed(n as u64);
         self.maybe_grant(st);
     }
 
     fn consumed_err(&self, st: &mut ChanState, owed: u64) {
         if self.kind == Kind::Duplex {
-            st.unreported += owed;
+            st.recv.released(owed);
             self.maybe_grant(st);
         }
     }
@@ -1039,53 +1023,43 @@ impl ChanShared {
         }
         if self.kind == Kind::Plain {
             // SSH window, granted at once (see `Kind::Plain`).
-            let window = self.conn.config.plain_channel_buffer as u64;
-            if st.unreported >= window / 4 {
-                let n = st.unreported.min(u64::from(u32::MAX));
-                if let (Some(w), Some(session)) = (self.writer.get(), self.conn.handle.get()) {
-                    st.unreported -= n;
-                    st.recv_credit += n;
-                    w.grant(session, n as u32);
+            if let (Some(w), Some(session)) = (self.writer.get(), self.conn.handle.get())
+                && st.recv.maybe_grant(|_| false) > 0
+            {
+                while let Some(n) = st.recv.take_grant() {
+                    w.grant(session, n);
                 }
             }
             return;
         }
-        if st.unreported >= st.window / 4 {
-            let n = st.unreported.min(u64::from(u32::MAX));
-            st.unreported -= n;
-            st.recv_credit += n;
-            st.grant += n;
-            if std::mem::take(&mut st.starved) {
-                self.grow(st);
+        let reader_gone = st.reader_gone;
+        let before = st.recv.window();
+        let granted = st.recv.maybe_grant(|extra| {
+            // Half of every budget is kept for channels yet to open.
+            if reader_gone {
+                return false;
+            }
+            match self.conn.reserve_growth(extra) {
+                Some(r) => {
+                    match &mut st.grown {
+                        Some(held) => held.absorb(r),
+                        None => st.grown = Some(r),
+                    }
+                    true
+                }
+                None => false,
+            }
+        });
+        if granted > 0 {
+            if st.recv.window() > before {
+                tracing::trace!(
+                    channel = self.id,
+                    window = st.recv.window(),
+                    "receive window grown"
+                );
             }
             self.schedule(st);
         }
-    }
-
-    /// Doubles the window (up to `Config::max_channel_window`) if the
-    /// connection's budget has room, and grants the difference.
-    fn grow(&self, st: &mut ChanState) {
-        st.moved = 0;
-        let max = u64::from(self.conn.config.get_max_channel_window());
-        let extra = st.window.min(max.saturating_sub(st.window));
-        if extra == 0 || st.reader_gone {
-            return;
-        }
-        let Some(r) = self.conn.reserve_growth(extra) else {
-            return; // half the budget is spoken for: the window stays
-        };
-        match &mut st.grown {
-            Some(held) => held.absorb(r),
-            None => st.grown = Some(r),
-        }
-        st.window += extra;
-        st.recv_credit += extra;
-        st.grant += extra;
-        tracing::trace!(
-            channel = self.id,
-            window = st.window,
-            "receive window grown"
-        );
     }
 
     /// The application dropped its reader: discard what is buffered and
@@ -1097,7 +1071,7 @@ impl ChanShared {
         st.data.clear();
         st.errs.clear();
         st.data_len = 0;
-        st.unreported += n;
+        st.recv.released(n);
         self.maybe_grant(&mut st);
     }
 
@@ -1138,7 +1112,7 @@ impl ChanShared {
             // us queue without bound.
             Kind::Duplex => st
                 .send_credit
-                .min((2 * self.initial_window()).saturating_sub(st.out_bytes as u64)),
+                .room(st.out_bytes as u64, 2 * self.initial_window()),
             Kind::Plain => self
                 .conn
                 .config
@@ -1154,7 +1128,7 @@ impl ChanShared {
             .min(MAX_CHUNK);
         let chunk = take(n);
         if self.kind == Kind::Duplex {
-            st.send_credit -= n as u64;
+            st.send_credit.spend(n as u64);
         }
         st.out_bytes += n;
         st.out.push_back(match ext {
@@ -1171,7 +1145,7 @@ impl ChanShared {
         if let Some(e) = &st.failed {
             return Poll::Ready(Err(e.clone()));
         }
-        if st.out.is_empty() && !st.inflight && st.grant == 0 {
+        if st.out.is_empty() && !st.inflight && !st.recv.has_grant() {
             return Poll::Ready(Ok(()));
         }
         if st.close_in {
@@ -1190,7 +1164,7 @@ impl ChanShared {
     /// Reschedules if anything is waiting (after the writer was installed).
     pub(crate) fn kick(&self) {
         let mut st = self.lock();
-        if !st.out.is_empty() || st.grant > 0 {
+        if !st.out.is_empty() || st.recv.has_grant() {
             self.schedule(&mut st);
         }
     }
@@ -1296,7 +1270,7 @@ impl ChanShared {
     /// The opener's initial window, from its open: credit to send with.
     pub(crate) fn credit(&self, window: u32) {
         let mut st = self.lock();
-        st.send_credit = st.send_credit.saturating_add(u64::from(window));
+        st.send_credit.add(window);
     }
 
     /// Gives the remote its initial credit as part of accepting.
@@ -1306,7 +1280,7 @@ impl ChanShared {
             return;
         }
         let w = self.initial_window();
-        st.recv_credit += w;
+        st.recv.open();
         st.established = true;
         st.out.push_back(Out::Ext(
             EXT_CONTROL,
@@ -1346,19 +1320,17 @@ impl ChanShared {
     pub(crate) fn next_out(&self) -> Option<Out> {
         let mut st = self.lock();
         st.inflight = false;
-        if st.grant > 0 && self.may_send_record(&st) && !st.eof_in {
-            let n = st.grant.min(u64::from(u32::MAX));
-            st.grant -= n;
+        if self.may_send_record(&st)
+            && !st.eof_in
+            && let Some(increment) = st.recv.take_grant()
+        {
             st.inflight = true;
             return Some(Out::Ext(
                 EXT_CONTROL,
-                Control::Window {
-                    increment: n as u32,
-                }
-                .encode(),
+                Control::Window { increment }.encode(),
             ));
         }
-        st.grant = 0;
+        st.recv.drop_grant();
         match st.out.pop_front() {
             Some(item) => {
                 if let Out::Data(b) | Out::Ext(EXT_ERROR, b) = &item {

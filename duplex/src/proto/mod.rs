@@ -2,7 +2,9 @@
 //! back, so it can be unit-tested, property-tested and fuzzed on its own.
 //! `docs/PROTOCOL.md` is the prose description of the same rules.
 
+pub(crate) mod budget;
 pub(crate) mod control;
+pub(crate) mod flow;
 pub(crate) mod frame;
 pub(crate) mod headers;
 pub(crate) mod hello;
