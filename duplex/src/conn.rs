@@ -23,15 +23,14 @@ use crate::events::{Direction, PeerInfo};
 use crate::peer::PeerCore;
 use crate::proto::budget::{self, Budget, Level, Reservation, Share};
 use crate::proto::control::Control;
-use crate::proto::headers::{Headers, split_window, with_window};
+use crate::proto::headers::{Headers, with_window};
 use crate::proto::hello::{self, Version};
 use crate::proto::nest::{ParentRef, TOP_LEVEL};
+use crate::proto::open::{self, OPEN_PROHIBITED, OPEN_RESOURCE_SHORTAGE, Verdict};
 use crate::proto::service::ServiceName;
 use crate::proto::{EXT_CONTROL, EXT_ERROR, HELLO_SERVICE};
 use crate::ssh::keys::{Fingerprint, PublicKey};
-use crate::ssh::{
-    IncomingOpen, OPEN_PROHIBITED, OPEN_RESOURCE_SHORTAGE, OpenFailed, SessionHandle, WriteHalf,
-};
+use crate::ssh::{IncomingOpen, OpenFailed, SessionHandle, WriteHalf};
 use crate::transport::Backlog;
 
 /// Who the remote is, once known.
@@ -383,88 +382,55 @@ impl ConnShared {
 
     /// The remote asked to open a channel.
     pub(crate) async fn on_open(self: &Arc<Self>, open: IncomingOpen) {
-        let service = match ServiceName::new_any(open.service.as_str()) {
-            Ok(s) => s,
-            Err(e) => return open.reply.reject(OPEN_PROHIBITED, &e.to_string()).await,
-        };
         // Everything a listener opens to us is Duplex; a dialler is Duplex
         // once it said hello.
-        let duplex = self.direction == Direction::Outbound || self.duplex.load(Ordering::Acquire);
-        if !duplex && self.direction == Direction::Inbound {
-            if service.as_str() == HELLO_SERVICE {
-                return self.on_hello(open).await;
-            }
+        let inbound = self.direction == Direction::Inbound;
+        let duplex = !inbound || self.duplex.load(Ordering::Acquire);
+        let at = open::Conditions {
+            me: &self.core.name,
+            duplex,
+            draining: self.core.draining.is_cancelled(),
+            // Pending Duplex channels are in the table already.
+            channels: self.channels().len() + self.pending_plain.load(Ordering::Acquire),
+            pending: self.pending.load(Ordering::Acquire),
+        };
+        let fields = open::OpenFields {
+            service: &open.service,
+            originator: &open.originator,
+            port_to_connect: open.port_to_connect,
+            originator_port: open.originator_port,
+        };
+        let verdict = open::verdict(&fields, &at, &self.open_limits(), inbound);
+        if !duplex && inbound && verdict.ends_hello() {
             self.opened_any.store(true, Ordering::Release);
         }
-        if service.is_reserved() {
-            let why = format!("service {service} is reserved");
-            return open.reply.reject(OPEN_PROHIBITED, &why).await;
-        }
-        if self.core.draining.is_cancelled() {
-            let why = "the peer is shutting down";
-            return open.reply.reject(OPEN_RESOURCE_SHORTAGE, why).await;
-        }
-        // Pending Duplex channels are in the table already.
-        let open_count = self.channels().len() + self.pending_plain.load(Ordering::Acquire);
-        if open_count >= self.config.max_channels_per_connection {
-            let why = format!(
-                "too many channels on this connection to {} (limit {}, Config::max_channels_per_connection)",
-                self.core.name, self.config.max_channels_per_connection
-            );
-            return self.refuse_limit(open, &service, &why).await;
-        }
-        if self.pending.load(Ordering::Acquire) >= self.config.max_pending_channels {
-            let why = format!(
-                "too many channels waiting for {}'s application to accept them (limit {}, Config::max_pending_channels)",
-                self.core.name, self.config.max_pending_channels
-            );
-            return self.refuse_limit(open, &service, &why).await;
-        }
-        let (window, headers) = if duplex {
-            match split_window(&open.originator)
-                .and_then(|(w, h)| Ok((w, Headers::decode(h, &self.config.limits)?)))
-            {
-                Ok(wh) => wh,
-                Err(e) => {
-                    let why = format!("malformed open: {e}");
-                    return open.reply.reject(OPEN_PROHIBITED, &why).await;
-                }
+        let accepted = match verdict {
+            Verdict::Hello => return self.on_hello(open).await,
+            Verdict::Refuse(r) if r.cause == open::Cause::Limit => {
+                return self.refuse_limit(open, &r.reason).await;
             }
-        } else {
-            // A plain client's originator is an address, not headers.
-            (None, Headers::new())
+            Verdict::Refuse(r) => return open.reply.reject(r.code, &r.reason).await,
+            Verdict::Reject(why) => return self.refuse(open, why).await,
+            Verdict::Accept(a) => a,
         };
-        if duplex {
-            match ParentRef::decode(open.port_to_connect, open.originator_port) {
-                Ok(None) => {}
-                Ok(Some(parent)) => {
-                    return self
-                        .on_nested_open(open, service, headers, window, parent)
-                        .await;
-                }
-                Err(e) => {
-                    let why = format!("malformed open: {e}");
-                    return open.reply.reject(OPEN_PROHIBITED, &why).await;
-                }
-            }
-        }
-        if !self.config.accept_channels {
-            let why = format!(
-                "{} accepts no channels from its peers (it only opens them; Config::accept_channels is off)",
-                self.core.name
-            );
-            return if duplex {
-                self.refuse(open, why).await
-            } else {
-                open.reply.reject(OPEN_PROHIBITED, &why).await
-            };
+        let open::Accepted {
+            service,
+            headers,
+            window,
+            parent,
+            duplex,
+        } = accepted;
+        if let Some(parent) = parent {
+            return self
+                .on_nested_open(open, service, headers, window, parent)
+                .await;
         }
         let Ok(permit) = self.core.incoming_tx.try_reserve() else {
             let why = format!(
                 "{}'s accept queue (channels waiting for Peer::accept) is full (limit {}, Config::accept_backlog)",
                 self.core.name, self.config.accept_backlog
             );
-            return self.refuse_limit(open, &service, &why).await;
+            return self.refuse_limit(open, &why).await;
         };
         let buffer = if duplex {
             u64::from(self.config.channel_window)
@@ -473,7 +439,7 @@ impl ConnShared {
         };
         let reservation = match self.reserve(buffer) {
             Ok(r) => r,
-            Err(why) => return self.refuse_limit(open, &service, &why).await,
+            Err(why) => return self.refuse_limit(open, &why).await,
         };
         let id = open.write.id();
         let kind = if duplex { Kind::Duplex } else { Kind::Plain };
@@ -526,69 +492,32 @@ impl ConnShared {
         window: Option<u32>,
         parent: ParentRef,
     ) {
-        if self.config.max_nesting_depth == 0 {
-            let why = format!(
-                "{} takes no nested channels (Config::max_nesting_depth is 0)",
-                self.core.name
-            );
-            return self.refuse(open, why).await;
-        }
         let me = &self.core.name;
-        let parent = match parent {
+        let found = match parent {
             // A channel the remote opened: our own number for it.
-            ParentRef::Yours(n) => match self.get(n) {
-                Some(c) if !c.outgoing => Ok(c),
-                Some(_) => Err(format!(
-                    "channel {n} on {me} was opened by {me}: name it with reference kind 2 and your own number"
-                )),
-                None => Err(format!(
-                    "no channel numbered {n} on {me} was opened by you (reference kind 1 names a channel you opened, by {me}'s number from its ACCEPT)"
-                )),
-            },
+            ParentRef::Yours(n) => self.get(n).filter(|c| !c.outgoing),
             // A channel we opened: the number the remote gave in ACCEPT.
             ParentRef::Mine(n) => self
                 .channels()
                 .values()
                 .find(|c| c.outgoing && c.remote_id.get() == Some(&n))
-                .cloned()
-                .ok_or_else(|| {
-                    format!(
-                        "no channel that {me} opened has your number {n} (reference kind 2 names a channel you accepted, by your own number)"
-                    )
-                }),
+                .cloned(),
         };
-        let parent = match parent {
-            Ok(p) if p.kind != Kind::Duplex => {
-                return self
-                    .refuse(
-                        open,
-                        "the parent is a plain SSH channel, which cannot hold nested channels"
-                            .into(),
-                    )
-                    .await;
-            }
-            Ok(p) if !p.is_established() => {
-                return self
-                    .refuse(
-                        open,
-                        "the parent channel is not accepted on both sides yet".into(),
-                    )
-                    .await;
-            }
-            Ok(p) => p,
-            Err(why) => return self.refuse(open, why).await,
+        let Some(parent) = found else {
+            let ours = matches!(parent, ParentRef::Yours(n) if self.get(n).is_some());
+            return self
+                .refuse(open, open::unknown_parent(parent, me, ours))
+                .await;
         };
-        if let Some(why) = parent.closed_reason() {
-            return self.refuse(open, why.to_string()).await;
-        }
         let parent_meta = parent.meta.get().cloned();
-        let depth = parent_meta.as_ref().map_or(0, |m| m.depth()) + 1;
-        let limit = self.config.max_nesting_depth;
-        if depth > limit {
-            let why = format!(
-                "nesting depth {depth} is over {}'s limit of {limit} (Config::max_nesting_depth)",
-                self.core.name
-            );
+        let closed = parent.closed_reason();
+        let view = open::ParentView {
+            duplex: parent.kind == Kind::Duplex,
+            established: parent.is_established(),
+            closed: closed.as_deref(),
+            depth: parent_meta.as_ref().map_or(0, |m| m.depth()),
+        };
+        if let Err(why) = open::nested_verdict(&view, me, self.config.max_nesting_depth) {
             return self.refuse(open, why).await;
         }
         let reservation = match self.reserve(u64::from(self.config.channel_window)) {
@@ -629,7 +558,8 @@ impl ConnShared {
     /// Refuses a top-level open on a limit (SSH open failure, code 4, with
     /// `why` as the description, which names the limit and its knob), and
     /// logs it, rate-limited, with who asked.
-    async fn refuse_limit(&self, open: IncomingOpen, service: &ServiceName, why: &str) {
+    async fn refuse_limit(&self, open: IncomingOpen, why: &str) {
+        let service = &open.service;
         if let Some(n) = self.core.refusals.opens.allow() {
             tracing::warn!(
                 remote = %self.remote_label(),
@@ -649,6 +579,17 @@ impl ConnShared {
         open.reply.accept().await;
         chan.send_control(&Control::Reject { reason: why });
         chan.send_close();
+    }
+
+    /// The limits incoming opens are checked against.
+    fn open_limits(&self) -> open::OpenLimits<'_> {
+        open::OpenLimits {
+            max_channels: self.config.max_channels_per_connection,
+            max_pending: self.config.max_pending_channels,
+            max_nesting_depth: self.config.max_nesting_depth,
+            accept_channels: self.config.accept_channels,
+            headers: &self.config.limits,
+        }
     }
 
     fn meta(
@@ -695,35 +636,21 @@ impl ConnShared {
     async fn on_hello(self: &Arc<Self>, open: IncomingOpen) {
         // Whatever the answer, this was the connection's first open: a
         // refused hello leaves it plain for good.
-        if self.opened_any.swap(true, Ordering::AcqRel) {
-            let why = "a hello must be the connection's first channel open; channels were opened before it, so this connection stays plain";
-            return open.reply.reject(OPEN_PROHIBITED, why).await;
-        }
-        let limit = self.config.handshake_timeout;
-        let after = self.started.elapsed();
-        if after > limit {
-            let why = format!(
-                "the hello came {:.1}s after the connection started, past the handshake time limit of {limit:?} (Config::handshake_timeout); this connection stays plain",
-                after.as_secs_f64()
-            );
-            return open.reply.reject(OPEN_PROHIBITED, &why).await;
-        }
-        let hello = match Headers::decode(&open.originator, &self.config.limits) {
-            Ok(h) => h,
-            Err(e) => {
-                let why = format!("malformed hello: {e}");
-                return open.reply.reject(OPEN_PROHIBITED, &why).await;
-            }
+        let at = open::HelloConditions {
+            opened_before: self.opened_any.swap(true, Ordering::AcqRel),
+            elapsed: self.started.elapsed(),
+            limit: self.config.handshake_timeout,
+            user: self.remote_user.get().map(|u| &**u),
+        };
+        let version = match open::hello_verdict(&open.originator, &at, &self.config.limits) {
+            Ok(v) => v,
+            Err(why) => return open.reply.reject(OPEN_PROHIBITED, &why).await,
         };
         let (Some(user), Some(fp)) = (self.remote_user.get(), self.remote_key.get()) else {
             return open
                 .reply
                 .reject(OPEN_PROHIBITED, "not authenticated")
                 .await;
-        };
-        let version = match hello::listener_choose(&hello, user) {
-            Ok(v) => v,
-            Err(why) => return open.reply.reject(OPEN_PROHIBITED, &why).await,
         };
         let remote = Remote {
             name: user.clone(),

@@ -959,7 +959,11 @@ impl IncomingChannel {
         {
             shared.conn.pending_done(shared.kind);
             match shared.take_plain_reply() {
-                Some(reply) => reply.reject(crate::ssh::OPEN_PROHIBITED, reason).await,
+                Some(reply) => {
+                    reply
+                        .reject(crate::proto::open::OPEN_PROHIBITED, reason)
+                        .await
+                }
                 None => {
                     shared.send_control(&Control::Reject {
                         reason: reason.to_owned(),

@@ -22,8 +22,9 @@ use crate::proto::control::{self, Control};
 use crate::proto::flow::{self, RecvWindow, SendCredit};
 use crate::proto::frame::Assembler;
 use crate::proto::headers::Headers;
+use crate::proto::open::OPEN_PROHIBITED;
 use crate::proto::{EXT_CONTROL, EXT_ERROR};
-use crate::ssh::{OPEN_PROHIBITED, OpenReply, WriteHalf};
+use crate::ssh::{OpenReply, WriteHalf};
 
 use super::ChannelEnd;
 use super::{ChannelMeta, IncomingChannel};

@@ -9,6 +9,7 @@ pub(crate) mod frame;
 pub(crate) mod headers;
 pub(crate) mod hello;
 pub(crate) mod nest;
+pub(crate) mod open;
 pub(crate) mod service;
 
 /// Extended-data type code of error frames (SSH's "stderr").

@@ -172,10 +172,6 @@ pub(crate) enum OpenReply {
     Server(server::ChannelOpenHandle),
 }
 
-/// SSH open failure reason codes (RFC 4254 section 5.1).
-pub(crate) const OPEN_PROHIBITED: u32 = 1;
-pub(crate) const OPEN_RESOURCE_SHORTAGE: u32 = 4;
-
 impl OpenReply {
     /// Offers `window` bytes of SSH window and grants more only on
     /// request (`WriteHalf::grant`), instead of russh's refill on receipt.
