@@ -17,6 +17,10 @@
 use std::fmt;
 use std::time::Duration;
 
+use duplex::Headers;
+
+use crate::status::{Code, Origin, Status};
+
 /// Header naming the codec.
 pub const CODEC_HEADER: &str = "rpc-codec";
 /// Header carrying the caller's timeout, as a relative duration.
@@ -124,6 +128,99 @@ pub fn parse_timeout(s: &str) -> Option<Duration> {
     Some(d.min(MAX_TIMEOUT))
 }
 
+/// The codec of a call that names none (`docs/PROTOCOL.md` 9.1).
+pub(crate) const DEFAULT_CODEC: &str = "msgpack";
+
+/// A call's open headers, checked: the server's verdict on them before any
+/// handler runs (PROTOCOL.md 9.1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct CallHead {
+    /// Which of the server's codecs (by index in the names given).
+    pub(crate) codec: usize,
+    /// The caller's timeout, if it gave one.
+    pub(crate) timeout: Option<Duration>,
+    /// The request sent in the open (`rpc-request`).
+    pub(crate) inline: Option<Vec<u8>>,
+}
+
+impl CallHead {
+    /// Checks the headers of a call to `method`, a `kind` method, against
+    /// the codecs the server speaks (in the order they were added, each
+    /// named by `name`); a refusal is the status to answer with and what it
+    /// is for.
+    pub(crate) fn parse<C>(
+        method: &str,
+        headers: &Headers,
+        kind: Kind,
+        codecs: &[C],
+        name: impl Fn(&C) -> &str,
+    ) -> Result<CallHead, (Origin, Status)> {
+        let codec = match headers.get(CODEC_HEADER) {
+            // The protocol's default, whatever order codecs were added in.
+            None => codecs
+                .iter()
+                .position(|c| name(c) == DEFAULT_CODEC)
+                .or((!codecs.is_empty()).then_some(0)),
+            Some(asked) => codecs.iter().position(|c| name(c) == asked),
+        };
+        let Some(codec) = codec else {
+            let asked = headers.get(CODEC_HEADER).unwrap_or("(none)");
+            let st = Status::new(
+                Code::UNIMPLEMENTED,
+                format!(
+                    "{method}: codec {asked:?} is not supported; this server speaks {}",
+                    codecs.iter().map(&name).collect::<Vec<_>>().join(", ")
+                ),
+            );
+            return Err((Origin::UnsupportedCodec, st));
+        };
+        if let Some(called) = headers.get(KIND_HEADER)
+            && Kind::parse(called) != Some(kind)
+        {
+            let st = Status::new(
+                Code::UNIMPLEMENTED,
+                format!("{method} is a {kind} method, called as {called}"),
+            );
+            return Err((Origin::WrongKind, st));
+        }
+        let timeout = match headers.get(TIMEOUT_HEADER) {
+            None => None,
+            Some(value) => match parse_timeout(value) {
+                Some(t) => Some(t),
+                None => {
+                    let st = Status::invalid_argument(format!(
+                        "{method}: invalid {TIMEOUT_HEADER} header {value:?} (expected for example 250ms)"
+                    ));
+                    return Err((Origin::BadRequest, st));
+                }
+            },
+        };
+        let inline = match headers.get(REQUEST_HEADER) {
+            None => None,
+            Some(_) if !matches!(kind, Kind::Unary | Kind::ServerStream) => {
+                let st = Status::invalid_argument(format!(
+                    "{method}: a {kind} call takes its requests as frames, not in {REQUEST_HEADER}"
+                ));
+                return Err((Origin::BadRequest, st));
+            }
+            Some(value) => match decode_inline(value) {
+                Some(body) => Some(body),
+                None => {
+                    let st = Status::invalid_argument(format!(
+                        "{method}: the {REQUEST_HEADER} header is not base64 (URL-safe, unpadded)"
+                    ));
+                    return Err((Origin::BadRequest, st));
+                }
+            },
+        };
+        Ok(CallHead {
+            codec,
+            timeout,
+            inline,
+        })
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
@@ -169,7 +266,61 @@ mod tests {
         assert_eq!(Kind::parse("stream"), None);
     }
 
+    fn head(pairs: &[(&str, &str)], kind: Kind) -> Result<CallHead, (Origin, Status)> {
+        let mut h = Headers::new();
+        for (k, v) in pairs {
+            h.push(*k, *v);
+        }
+        CallHead::parse("Calc.Add", &h, kind, &["json", "msgpack"], |c| c)
+    }
+
+    #[test]
+    fn call_heads() {
+        let ok = head(&[], Kind::Unary).unwrap();
+        assert_eq!(ok.codec, 1, "msgpack is the default whatever the order");
+        assert_eq!((ok.timeout, ok.inline), (None, None));
+        let full = head(
+            &[
+                (CODEC_HEADER, "json"),
+                (KIND_HEADER, "unary"),
+                (TIMEOUT_HEADER, "250ms"),
+                (REQUEST_HEADER, &encode_inline(b"hi")),
+            ],
+            Kind::Unary,
+        )
+        .unwrap();
+        assert_eq!(full.codec, 0);
+        assert_eq!(full.timeout, Some(Duration::from_millis(250)));
+        assert_eq!(full.inline.as_deref(), Some(&b"hi"[..]));
+        let only_json =
+            CallHead::parse("M", &Headers::new(), Kind::Unary, &["json"], |c| c).unwrap();
+        assert_eq!(only_json.codec, 0);
+
+        let (o, st) = head(&[(CODEC_HEADER, "cbor")], Kind::Unary).unwrap_err();
+        assert_eq!(o, Origin::UnsupportedCodec);
+        assert_eq!(
+            st.message(),
+            "Calc.Add: codec \"cbor\" is not supported; this server speaks json, msgpack"
+        );
+        let (o, st) = head(&[(KIND_HEADER, "bidi")], Kind::Unary).unwrap_err();
+        assert_eq!(o, Origin::WrongKind);
+        assert_eq!(st.message(), "Calc.Add is a unary method, called as bidi");
+        let (o, st) = head(&[(TIMEOUT_HEADER, "soon")], Kind::Unary).unwrap_err();
+        assert_eq!(o, Origin::BadRequest);
+        assert!(st.message().contains("invalid rpc-timeout header \"soon\""));
+        let (o, _) = head(&[(REQUEST_HEADER, "aGk")], Kind::Bidi).unwrap_err();
+        assert_eq!(o, Origin::BadRequest);
+        let (_, st) = head(&[(REQUEST_HEADER, "***")], Kind::Unary).unwrap_err();
+        assert!(st.message().contains("not base64"));
+    }
+
     proptest! {
+        /// Any header values get a verdict, never a panic.
+        #[test]
+        fn call_head_never_panics(codec in ".{0,12}", kind in ".{0,12}", timeout in ".{0,24}", request in ".{0,64}") {
+            let _ = head(&[(CODEC_HEADER, &codec), (KIND_HEADER, &kind), (TIMEOUT_HEADER, &timeout), (REQUEST_HEADER, &request)], Kind::ServerStream);
+        }
+
         #[test]
         fn parse_never_panics(s in ".{0,24}") {
             let _ = parse_timeout(&s);

@@ -15,13 +15,14 @@ use futures_util::stream::FuturesUnordered;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::channel::state::{ChanShared, Delivery, Kind, OpenPhase, Out, Turn};
+use crate::channel::state::{ChanShared, Turn};
 use crate::channel::{Channel, ChannelMeta, IncomingChannel};
 use crate::config::{CLOSE_GRACE, Config};
 use crate::error::{ChannelError, OpenError};
 use crate::events::{Direction, PeerInfo};
 use crate::peer::PeerCore;
 use crate::proto::budget::{self, Budget, Level, Reservation, Share};
+use crate::proto::chan::{Delivery, Kind, OpenPhase, Out};
 use crate::proto::control::Control;
 use crate::proto::headers::{Headers, with_window};
 use crate::proto::hello::{self, Version};
@@ -30,8 +31,11 @@ use crate::proto::open::{self, OPEN_PROHIBITED, OPEN_RESOURCE_SHORTAGE, Verdict}
 use crate::proto::service::ServiceName;
 use crate::proto::{EXT_CONTROL, EXT_ERROR, HELLO_SERVICE};
 use crate::ssh::keys::{Fingerprint, PublicKey};
-use crate::ssh::{IncomingOpen, OpenFailed, SessionHandle, WriteHalf};
+use crate::ssh::{IncomingOpen, OpenFailed, SendFailed, SessionEvents, SessionHandle, WriteHalf};
 use crate::transport::Backlog;
+
+/// A running session whose events go to a connection.
+pub(crate) type Session = SessionHandle<ConnShared>;
 
 /// Who the remote is, once known.
 #[derive(Debug, Clone)]
@@ -63,7 +67,7 @@ pub(crate) struct ConnShared {
     /// When the connection started: a hello is taken only within the
     /// handshake time limit of it.
     started: tokio::time::Instant,
-    pub(crate) handle: OnceLock<SessionHandle>,
+    pub(crate) handle: OnceLock<Session>,
     channels: Mutex<HashMap<u32, Arc<ChanShared>>>,
     /// Channels we opened that only one of {handler, opening task} has seen
     /// yet (see `meet`). Kept apart from `channels` because the whole
@@ -202,22 +206,6 @@ impl ConnShared {
 
     // ---- handshake bookkeeping (called by the handlers) ----
 
-    pub(crate) fn set_remote_key(&self, fp: Fingerprint) {
-        let _ = self.remote_key.set(fp);
-    }
-
-    pub(crate) fn authorizes(&self, key: &PublicKey) -> bool {
-        self.core.authorized().authorizes(key)
-    }
-
-    pub(crate) fn check_name(
-        &self,
-        key: &Fingerprint,
-        claimed: &str,
-    ) -> Result<(), crate::NameBindingError> {
-        self.core.authorized().check_name(key, claimed)
-    }
-
     /// Reserves `bytes` of receive buffer for a channel, from this
     /// connection's budget, its remote's and the whole peer's (see
     /// `budget`), or says which is spent and what to raise.
@@ -270,12 +258,6 @@ impl ConnShared {
         self.remote_key.get().cloned()
     }
 
-    pub(crate) fn on_authenticated(&self, user: &str, fp: Fingerprint) {
-        let _ = self.remote_user.set(user.into());
-        let _ = self.remote_key.set(fp);
-        self.authenticated.notify_one();
-    }
-
     pub(crate) fn set_end_reason(&self, why: String) {
         let _ = self.end_reason.set(why);
     }
@@ -320,13 +302,6 @@ impl ConnShared {
         self.channels().get(&id).cloned()
     }
 
-    /// An open we sent was confirmed: create the channel now, so events that
-    /// follow the confirmation have somewhere to go before the opening task
-    /// claims it.
-    pub(crate) fn on_confirm(self: &Arc<Self>, id: u32) {
-        self.meet(id);
-    }
-
     /// The opening task takes the channel for `id`.
     fn claim(self: &Arc<Self>, id: u32) -> Arc<ChanShared> {
         self.meet(id)
@@ -349,39 +324,8 @@ impl ConnShared {
         }
     }
 
-    pub(crate) async fn on_data(&self, id: u32, data: &[u8]) {
-        let Some(chan) = self.get(id) else { return };
-        match chan.on_data(data) {
-            Delivery::Ok => {}
-            Delivery::Violation => chan.send_close_after_failure(),
-        }
-    }
-
-    pub(crate) fn on_ext(&self, id: u32, code: u32, data: &[u8]) {
-        if let Some(chan) = self.get(id) {
-            if let Delivery::Violation = chan.on_ext(code, data) {
-                chan.send_close_after_failure();
-            }
-        }
-    }
-
-    pub(crate) fn on_eof(&self, id: u32) {
-        if let Some(chan) = self.get(id) {
-            chan.on_eof();
-        }
-    }
-
-    pub(crate) fn on_close(&self, id: u32) {
-        let chan = self.channels().remove(&id);
-        tracing::trace!(channel = id, known = chan.is_some(), "remote closed");
-        if let Some(chan) = chan {
-            chan.on_close();
-            self.core.channels_changed.notify_waiters();
-        }
-    }
-
     /// The remote asked to open a channel.
-    pub(crate) async fn on_open(self: &Arc<Self>, open: IncomingOpen) {
+    async fn open_from_remote(self: &Arc<Self>, open: IncomingOpen) {
         // Everything a listener opens to us is Duplex; a dialler is Duplex
         // once it said hello.
         let inbound = self.direction == Direction::Inbound;
@@ -1079,6 +1023,89 @@ impl ConnShared {
     }
 }
 
+/// The session's events, from russh's session task (either role).
+impl SessionEvents for ConnShared {
+    fn on_host_key(&self, fp: Fingerprint) {
+        let _ = self.remote_key.set(fp);
+    }
+
+    fn authorizes(&self, key: &PublicKey) -> bool {
+        self.core.authorized().authorizes(key)
+    }
+
+    fn check_name(&self, fp: &Fingerprint, claimed: &str) -> Result<(), crate::NameBindingError> {
+        self.core.authorized().check_name(fp, claimed)
+    }
+
+    fn on_key_refused(&self, user: &str, fp: &Fingerprint, why: &str) {
+        if let Some(n) = self.core.refusals.keys.allow() {
+            tracing::info!(
+                endpoint = %self.endpoint,
+                user,
+                fingerprint = %fp,
+                "refused a key at authentication: {why}{}",
+                crate::lograte::left_out(n)
+            );
+        }
+    }
+
+    fn on_authenticated(&self, user: &str, fp: Fingerprint) {
+        let _ = self.remote_user.set(user.into());
+        let _ = self.remote_key.set(fp);
+        self.authenticated.notify_one();
+    }
+
+    fn on_open(this: &Arc<Self>, open: IncomingOpen) -> impl Future<Output = ()> + Send {
+        this.open_from_remote(open)
+    }
+
+    /// An open we sent was confirmed: create the channel now, so events that
+    /// follow the confirmation have somewhere to go before the opening task
+    /// claims it.
+    fn on_confirm(this: &Arc<Self>, id: u32) {
+        this.meet(id);
+    }
+
+    fn on_data(&self, id: u32, data: &[u8]) {
+        let Some(chan) = self.get(id) else { return };
+        match chan.on_data(data) {
+            Delivery::Ok => {}
+            Delivery::Violation => chan.send_close_after_failure(),
+        }
+    }
+
+    fn on_ext(&self, id: u32, code: u32, data: &[u8]) {
+        if let Some(chan) = self.get(id)
+            && let Delivery::Violation = chan.on_ext(code, data)
+        {
+            chan.send_close_after_failure();
+        }
+    }
+
+    fn on_eof(&self, id: u32) {
+        if let Some(chan) = self.get(id) {
+            chan.on_eof();
+        }
+    }
+
+    fn on_close(&self, id: u32) {
+        let chan = self.channels().remove(&id);
+        tracing::trace!(channel = id, known = chan.is_some(), "remote closed");
+        if let Some(chan) = chan {
+            chan.on_close();
+            self.core.channels_changed.notify_waiters();
+        }
+    }
+
+    fn on_disconnect(&self, why: String) {
+        self.set_end_reason(why);
+    }
+
+    fn on_ended(&self) {
+        self.ended.cancel();
+    }
+}
+
 /// One send turn of a channel: sends what it queued until the queue is
 /// empty (see `ChanShared::start_turn`).
 pub(crate) async fn drain(chan: Arc<ChanShared>) {
@@ -1112,10 +1139,9 @@ pub(crate) async fn drain(chan: Arc<ChanShared>) {
                 .await
                 .is_err()
             {
-                let _ = conn.end_reason.set(format!(
-                    "the session stopped taking data ({})",
-                    crate::ssh::describe(&e)
-                ));
+                let _ = conn
+                    .end_reason
+                    .set(format!("the session stopped taking data ({})", e.0));
             }
             chan.fail(ChannelError::ConnectionLost(conn.lost_reason().into()));
             while chan.next_out().is_some() {} // discards; clears `scheduled`
@@ -1130,7 +1156,7 @@ async fn send_admitted(
     writer: &WriteHalf,
     ext: Option<u32>,
     mut data: bytes::Bytes,
-) -> Result<(), russh::Error> {
+) -> Result<(), SendFailed> {
     while !data.is_empty() {
         let piece = data.split_to(data.len().min(ADMIT_PACKET));
         chan.conn.backlog.admit(piece.len()).await;

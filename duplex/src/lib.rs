@@ -19,23 +19,33 @@
 //! mapping is in `docs/PROTOCOL.md`.
 //!
 //! ## Layout
+//! Imports run down this list (see `CONTRIBUTING.md`):
 //! - [`peer`]: `Peer`, its builder and the connection lifecycle;
 //! - [`channel`]: `Channel`, its halves, `IncomingChannel`, `ChannelMeta`,
-//!   `Children` (nested channels), `join`/`splice`;
-//! - `conn`: one connection's channel table, opens and outbox task;
-//! - `pending`: the accept timeout, which rejects channels the application
-//!   left waiting ([`Config::accept_timeout`]);
-//! - `proto`: the wire formats, without I/O (headers, frames, control
-//!   records, the hello and its version negotiation, service names, parent
-//!   references);
-//! - `ssh`: the only module that talks to `russh`: handlers, keys, trust;
-//! - `backoff` ([`Backoff`]): retry timing for `connect` and re-dialling;
-//! - `events` ([`PeerEvent`], [`PeerEvents`]): connections coming and going;
+//!   `Children` (nested channels), `join`/`splice`; `channel/state.rs` is a
+//!   channel's state under its lock, with its wakers;
 //! - [`plugin`]: plugin processes over a child's stdin/stdout, host and
 //!   plugin sides;
+//! - `conn`: one connection's channel table, opens and outbox task; it
+//!   implements `ssh::SessionEvents`; `transport`: the decoupled byte
+//!   stream and its send backlog; `pending`: the accept timeout, which
+//!   rejects channels the application left waiting
+//!   ([`Config::accept_timeout`]);
+//! - `ssh`: the only module that talks to `russh`: session setup
+//!   (`session`), the handlers of both roles (`handler`), which forward
+//!   every event to a `SessionEvents`, Duplex-typed channel adapters
+//!   (`channel`), algorithms (`config`), keys and trust;
+//! - `proto`: the protocol without I/O and without a clock: the wire
+//!   formats (headers, frames, control records, the hello and its version
+//!   negotiation, service names, parent references), flow control
+//!   (`flow`: receive windows, grants, growth; `budget`: the memory
+//!   budgets), the verdict on incoming opens and hellos (`open`), and a
+//!   channel's vocabulary (`chan`);
+//! - `events` ([`PeerEvent`], [`PeerEvents`], [`PeerInfo`]): connections
+//!   coming and going;
+//! - [`config`] ([`Config`], [`Backoff`]), [`error`], [`endpoint`];
 //! - `fault` (feature `fault-injection`): a TCP proxy that breaks
-//!   connections on command, for tests;
-//! - [`config`], [`error`], [`endpoint`].
+//!   connections on command, for tests.
 //!
 //! ## Example
 //! See [`Peer`] for two peers talking over TCP, and `examples/echo` for two

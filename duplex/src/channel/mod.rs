@@ -16,12 +16,13 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::error::{ChannelError, OpenError};
 use crate::proto::EXT_ERROR;
+use crate::proto::chan::Kind;
 use crate::proto::control::Control;
 use crate::proto::frame::{self, FrameError};
 use crate::proto::headers::Headers;
 use crate::proto::service::ServiceName;
 use crate::ssh::keys::Fingerprint;
-use state::{ChanShared, Kind};
+use state::ChanShared;
 
 /// What is known about a channel: its service, headers, the two peers, and
 /// its parent if it is nested. The same for channels we opened and channels

@@ -18,6 +18,7 @@ use tokio::sync::Notify;
 
 use crate::conn::ConnShared;
 use crate::error::ChannelError;
+use crate::proto::chan::{Delivery, Kind, OpenPhase, Out};
 use crate::proto::control::{self, Control};
 use crate::proto::flow::{self, RecvWindow, SendCredit};
 use crate::proto::frame::Assembler;
@@ -28,36 +29,6 @@ use crate::ssh::{OpenReply, WriteHalf};
 
 use super::ChannelEnd;
 use super::{ChannelMeta, IncomingChannel};
-
-/// Whether the remote speaks Duplex's flow control on this channel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Kind {
-    /// Credit-based: the remote sends only what we granted.
-    Duplex,
-    /// A plain SSH client (`ssh -W`): its SSH window is the credit. We
-    /// offer `Config::plain_channel_buffer` and grant back what the
-    /// application reads, so the client is held back by its own channel
-    /// and the session keeps reading for the others.
-    Plain,
-}
-
-/// Something queued for the outbox task to send, in order.
-#[derive(Debug)]
-pub(crate) enum Out {
-    Data(Bytes),
-    Ext(u32, Bytes),
-    Eof,
-    Close,
-}
-
-/// How the open handshake ended, seen from the opener.
-#[derive(Debug, Clone)]
-pub(crate) enum OpenPhase {
-    Waiting,
-    Accepted,
-    Rejected(String),
-    Hello(Headers),
-}
 
 pub(crate) struct ChanState {
     // Receiving.
@@ -144,13 +115,6 @@ pub(crate) struct ChanShared {
     answered: AtomicBool,
     /// A plain SSH client's open, answered when the application decides.
     plain_reply: Mutex<Option<OpenReply>>,
-}
-
-/// What the session handler must do after delivering data.
-pub(crate) enum Delivery {
-    Ok,
-    /// Protocol violation: the channel was failed; close it.
-    Violation,
 }
 
 impl ChanShared {
@@ -1028,7 +992,7 @@ impl ChanShared {
                 && st.recv.maybe_grant(|_| false) > 0
             {
                 while let Some(n) = st.recv.take_grant() {
-                    w.grant(session, n);
+                    session.grant(w, n);
                 }
             }
             return;

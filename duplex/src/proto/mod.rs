@@ -3,6 +3,7 @@
 //! `docs/PROTOCOL.md` is the prose description of the same rules.
 
 pub(crate) mod budget;
+pub(crate) mod chan;
 pub(crate) mod control;
 pub(crate) mod flow;
 pub(crate) mod frame;

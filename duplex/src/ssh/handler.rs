@@ -1,5 +1,7 @@
-//! russh event handlers for both roles. They translate callbacks into calls
-//! on [`ConnShared`], which holds the logic shared by both roles.
+//! russh event handlers for both roles. Each checks what is its role's to
+//! check (the host key; the client's key and name), then forwards every
+//! channel event to a [`SessionEvents`], with one body per event for both
+//! roles (the `forward_channel_events` macro).
 
 use std::sync::{Arc, Mutex};
 
@@ -7,38 +9,110 @@ use russh::keys::ssh_key;
 use russh::server::{Auth, Msg as ServerMsg, Session as ServerSession};
 use russh::{Channel, ChannelId, client, server};
 
+use super::channel::{IncomingOpen, OpenReply, WriteHalf};
+use super::config::{KEY_ALGORITHMS, describe};
+use super::events::SessionEvents;
 use super::keys::PublicKey;
 use super::trust::{HostKeyError, KnownHosts};
-use super::{IncomingOpen, OpenReply, WriteHalf};
-use crate::conn::ConnShared;
 
-/// Fires the connection's `ended` token when russh drops the handler, which
-/// it does exactly when the session task finishes.
-struct EndSignal(Arc<ConnShared>);
+/// Tells the events that the session ended when russh drops the handler,
+/// which it does exactly when the session task finishes.
+struct EndSignal<E: SessionEvents>(Arc<E>);
 
-impl Drop for EndSignal {
+impl<E: SessionEvents> Drop for EndSignal<E> {
     fn drop(&mut self) {
-        self.0.ended.cancel();
+        self.0.on_ended();
     }
 }
 
-pub(crate) struct ClientHandler {
-    conn: Arc<ConnShared>,
+/// The open as the handler saw it, either role.
+fn incoming(
+    write: WriteHalf,
+    host_to_connect: &str,
+    port_to_connect: u32,
+    originator_address: &str,
+    originator_port: u32,
+    reply: OpenReply,
+) -> IncomingOpen {
+    IncomingOpen {
+        write,
+        service: host_to_connect.to_owned(),
+        originator: originator_address.to_owned(),
+        port_to_connect,
+        originator_port,
+        reply,
+    }
+}
+
+/// The channel events both roles forward alike; `$session` is the role's
+/// session type.
+macro_rules! forward_channel_events {
+    ($session:ty) => {
+        async fn channel_open_confirmation(
+            &mut self,
+            id: ChannelId,
+            _max_packet_size: u32,
+            _window_size: u32,
+            _session: &mut $session,
+        ) -> Result<(), Self::Error> {
+            E::on_confirm(&self.events, id.number());
+            Ok(())
+        }
+
+        async fn data(
+            &mut self,
+            channel: ChannelId,
+            data: &[u8],
+            _session: &mut $session,
+        ) -> Result<(), Self::Error> {
+            self.events.on_data(channel.number(), data);
+            Ok(())
+        }
+
+        async fn extended_data(
+            &mut self,
+            channel: ChannelId,
+            code: u32,
+            data: &[u8],
+            _session: &mut $session,
+        ) -> Result<(), Self::Error> {
+            self.events.on_ext(channel.number(), code, data);
+            Ok(())
+        }
+
+        async fn channel_eof(
+            &mut self,
+            channel: ChannelId,
+            _session: &mut $session,
+        ) -> Result<(), Self::Error> {
+            self.events.on_eof(channel.number());
+            Ok(())
+        }
+
+        async fn channel_close(
+            &mut self,
+            channel: ChannelId,
+            _session: &mut $session,
+        ) -> Result<(), Self::Error> {
+            self.events.on_close(channel.number());
+            Ok(())
+        }
+    };
+}
+
+pub(crate) struct ClientHandler<E: SessionEvents> {
+    events: Arc<E>,
     known_hosts: Arc<KnownHosts>,
     host_name: String,
     pub(crate) verdict: Arc<Mutex<Option<HostKeyError>>>,
-    _end: EndSignal,
+    _end: EndSignal<E>,
 }
 
-impl ClientHandler {
-    pub(crate) fn new(
-        conn: Arc<ConnShared>,
-        known_hosts: Arc<KnownHosts>,
-        host_name: String,
-    ) -> Self {
+impl<E: SessionEvents> ClientHandler<E> {
+    pub(crate) fn new(events: Arc<E>, known_hosts: Arc<KnownHosts>, host_name: String) -> Self {
         Self {
-            _end: EndSignal(conn.clone()),
-            conn,
+            _end: EndSignal(events.clone()),
+            events,
             known_hosts,
             host_name,
             verdict: Arc::new(Mutex::new(None)),
@@ -46,7 +120,7 @@ impl ClientHandler {
     }
 }
 
-impl client::Handler for ClientHandler {
+impl<E: SessionEvents> client::Handler for ClientHandler<E> {
     type Error = russh::Error;
 
     async fn check_server_key(
@@ -59,7 +133,7 @@ impl client::Handler for ClientHandler {
         let key = PublicKey(key.clone());
         match self.known_hosts.check_name(&self.host_name, &key) {
             Ok(()) => {
-                self.conn.set_remote_key(key.fingerprint());
+                self.events.on_host_key(key.fingerprint());
                 Ok(true)
             }
             Err(e) => {
@@ -81,67 +155,19 @@ impl client::Handler for ClientHandler {
         reply: client::ChannelOpenHandle,
         _session: &mut client::Session,
     ) -> Result<(), Self::Error> {
-        let open = IncomingOpen {
-            write: WriteHalf::from_client(channel),
-            service: host_to_connect.to_owned(),
-            originator: originator_address.to_owned(),
+        let open = incoming(
+            WriteHalf::from_client(channel),
+            host_to_connect,
             port_to_connect,
+            originator_address,
             originator_port,
-            reply: OpenReply::Client(reply),
-        };
-        self.conn.on_open(open).await;
+            OpenReply::Client(reply),
+        );
+        E::on_open(&self.events, open).await;
         Ok(())
     }
 
-    async fn channel_open_confirmation(
-        &mut self,
-        id: ChannelId,
-        _max_packet_size: u32,
-        _window_size: u32,
-        _session: &mut client::Session,
-    ) -> Result<(), Self::Error> {
-        self.conn.on_confirm(id.number());
-        Ok(())
-    }
-
-    async fn data(
-        &mut self,
-        channel: ChannelId,
-        data: &[u8],
-        _session: &mut client::Session,
-    ) -> Result<(), Self::Error> {
-        self.conn.on_data(channel.number(), data).await;
-        Ok(())
-    }
-
-    async fn extended_data(
-        &mut self,
-        channel: ChannelId,
-        ext: u32,
-        data: &[u8],
-        _session: &mut client::Session,
-    ) -> Result<(), Self::Error> {
-        self.conn.on_ext(channel.number(), ext, data);
-        Ok(())
-    }
-
-    async fn channel_eof(
-        &mut self,
-        channel: ChannelId,
-        _session: &mut client::Session,
-    ) -> Result<(), Self::Error> {
-        self.conn.on_eof(channel.number());
-        Ok(())
-    }
-
-    async fn channel_close(
-        &mut self,
-        channel: ChannelId,
-        _session: &mut client::Session,
-    ) -> Result<(), Self::Error> {
-        self.conn.on_close(channel.number());
-        Ok(())
-    }
+    forward_channel_events!(client::Session);
 
     async fn disconnected(
         &mut self,
@@ -151,9 +177,9 @@ impl client::Handler for ClientHandler {
             client::DisconnectReason::ReceivedDisconnect(info) => {
                 format!("the remote disconnected ({})", info.message)
             }
-            client::DisconnectReason::Error(e) => super::describe(&e),
+            client::DisconnectReason::Error(e) => describe(&e),
         };
-        self.conn.set_end_reason(why);
+        self.events.on_disconnect(why);
         Ok(())
     }
 }
@@ -161,55 +187,47 @@ impl client::Handler for ClientHandler {
 /// Whether user authentication may use this signature algorithm (not
 /// `ssh-rsa`, whose signatures use SHA-1).
 fn strong(algorithm: &ssh_key::Algorithm) -> bool {
-    super::KEY_ALGORITHMS.contains(algorithm)
+    KEY_ALGORITHMS.contains(algorithm)
 }
 
-pub(crate) struct ServerHandler {
-    conn: Arc<ConnShared>,
-    _end: EndSignal,
+pub(crate) struct ServerHandler<E: SessionEvents> {
+    events: Arc<E>,
+    _end: EndSignal<E>,
 }
 
-impl ServerHandler {
-    pub(crate) fn new(conn: Arc<ConnShared>) -> Self {
+impl<E: SessionEvents> ServerHandler<E> {
+    pub(crate) fn new(events: Arc<E>) -> Self {
         Self {
-            _end: EndSignal(conn.clone()),
-            conn,
+            _end: EndSignal(events.clone()),
+            events,
         }
     }
 
     fn trusted(&self, key: &ssh_key::PublicKey) -> bool {
-        self.conn.authorizes(&PublicKey(key.clone()))
+        self.events.authorizes(&PublicKey(key.clone()))
     }
 
-    /// Logs a refused key, rate-limited (a scanner can cause this at will),
-    /// with the address, the claimed name and the key's fingerprint.
-    fn log_refused(&self, user: &str, key: &ssh_key::PublicKey, why: &str) {
-        if let Some(n) = self.conn.core.refusals.keys.allow() {
-            tracing::info!(
-                endpoint = %self.conn.endpoint,
-                user,
-                fingerprint = %PublicKey(key.clone()).fingerprint(),
-                "refused a key at authentication: {why}{}",
-                crate::lograte::left_out(n)
-            );
-        }
+    fn refused(&self, user: &str, key: &ssh_key::PublicKey, why: &str) {
+        let fp = PublicKey(key.clone()).fingerprint();
+        self.events.on_key_refused(user, &fp, why);
     }
 
     /// Whether the key may connect under the peer name `user` (names bound
     /// to keys in the authorized keys).
     fn may_use(&self, user: &str, key: &ssh_key::PublicKey) -> bool {
         let fp = PublicKey(key.clone()).fingerprint();
-        match self.conn.check_name(&fp, user) {
+        match self.events.check_name(&fp, user) {
             Ok(()) => true,
             Err(e) => {
-                self.log_refused(user, key, &format!("a name it may not use: {e}"));
+                self.events
+                    .on_key_refused(user, &fp, &format!("a name it may not use: {e}"));
                 false
             }
         }
     }
 }
 
-impl server::Handler for ServerHandler {
+impl<E: SessionEvents> server::Handler for ServerHandler<E> {
     type Error = russh::Error;
 
     async fn auth_none(&mut self, _user: &str) -> Result<Auth, Self::Error> {
@@ -222,11 +240,11 @@ impl server::Handler for ServerHandler {
         offer: server::PublicKeyOffer<'_>,
     ) -> Result<Auth, Self::Error> {
         if !strong(offer.algorithm) {
-            self.log_refused(user, offer.public_key, "a weak signature algorithm");
+            self.refused(user, offer.public_key, "a weak signature algorithm");
             return Ok(Auth::reject());
         }
         if !self.trusted(offer.public_key) {
-            self.log_refused(
+            self.refused(
                 user,
                 offer.public_key,
                 "not in the authorized keys (offered)",
@@ -246,17 +264,17 @@ impl server::Handler for ServerHandler {
         key: server::VerifiedPublicKey<'_>,
     ) -> Result<Auth, Self::Error> {
         if !strong(key.algorithm) {
-            self.log_refused(user, key.public_key, "a weak signature algorithm");
+            self.refused(user, key.public_key, "a weak signature algorithm");
             return Ok(Auth::reject());
         }
         if !self.trusted(key.public_key) {
-            self.log_refused(user, key.public_key, "not in the authorized keys");
+            self.refused(user, key.public_key, "not in the authorized keys");
             return Ok(Auth::reject());
         }
         if !self.may_use(user, key.public_key) {
             return Ok(Auth::reject());
         }
-        self.conn
+        self.events
             .on_authenticated(user, PublicKey(key.public_key.clone()).fingerprint());
         Ok(Auth::Accept)
     }
@@ -271,65 +289,17 @@ impl server::Handler for ServerHandler {
         reply: server::ChannelOpenHandle,
         _session: &mut ServerSession,
     ) -> Result<(), Self::Error> {
-        let open = IncomingOpen {
-            write: WriteHalf::from_server(channel),
-            service: host_to_connect.to_owned(),
-            originator: originator_address.to_owned(),
+        let open = incoming(
+            WriteHalf::from_server(channel),
+            host_to_connect,
             port_to_connect,
+            originator_address,
             originator_port,
-            reply: OpenReply::Server(reply),
-        };
-        self.conn.on_open(open).await;
+            OpenReply::Server(reply),
+        );
+        E::on_open(&self.events, open).await;
         Ok(())
     }
 
-    async fn channel_open_confirmation(
-        &mut self,
-        id: ChannelId,
-        _max_packet_size: u32,
-        _window_size: u32,
-        _session: &mut ServerSession,
-    ) -> Result<(), Self::Error> {
-        self.conn.on_confirm(id.number());
-        Ok(())
-    }
-
-    async fn data(
-        &mut self,
-        channel: ChannelId,
-        data: &[u8],
-        _session: &mut ServerSession,
-    ) -> Result<(), Self::Error> {
-        self.conn.on_data(channel.number(), data).await;
-        Ok(())
-    }
-
-    async fn extended_data(
-        &mut self,
-        channel: ChannelId,
-        code: u32,
-        data: &[u8],
-        _session: &mut ServerSession,
-    ) -> Result<(), Self::Error> {
-        self.conn.on_ext(channel.number(), code, data);
-        Ok(())
-    }
-
-    async fn channel_eof(
-        &mut self,
-        channel: ChannelId,
-        _session: &mut ServerSession,
-    ) -> Result<(), Self::Error> {
-        self.conn.on_eof(channel.number());
-        Ok(())
-    }
-
-    async fn channel_close(
-        &mut self,
-        channel: ChannelId,
-        _session: &mut ServerSession,
-    ) -> Result<(), Self::Error> {
-        self.conn.on_close(channel.number());
-        Ok(())
-    }
+    forward_channel_events!(ServerSession);
 }

@@ -1,0 +1,371 @@
+//! The serving side: [`Router`], the handler traits, [`Server`] and
+//! [`Context`].
+
+mod context;
+mod router;
+
+pub use context::Context;
+pub use router::{
+    BidiHandler, ClientStreamHandler, RawHandler, Router, ServerStreamHandler, UnaryHandler,
+};
+
+use std::collections::HashMap;
+use std::fmt;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use duplex::{Channel, ChannelEnd, ErrorWriter, Peer};
+use futures_util::FutureExt as _;
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::client::{Client, DEFAULT_MAX_MESSAGE_LEN};
+use crate::codec::{self, Codec, SharedCodec};
+use crate::status::{self, Code, Origin, Status};
+use crate::wire::CallHead;
+use context::{Call, CtxInner};
+use router::Route;
+
+/// Default number of calls served at once; beyond it calls are answered at
+/// once with `RESOURCE_EXHAUSTED`.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
+
+/// A router with its limits and codecs, ready to serve a peer.
+///
+/// ```no_run
+/// # async fn demo(peer: duplex::Peer) -> anyhow::Result<()> {
+/// use duplex_rpc::{Context, Router, Server, Status};
+/// let router = Router::new().unary("Calc.Add", |_: Context, (a, b): (i64, i64)| async move {
+///     Ok::<_, Status>(a + b)
+/// });
+/// let server = Server::new(router).max_in_flight(256).serve(&peer)?;
+/// // ... the peer now answers Calc.Add from every connected peer ...
+/// server.shutdown(std::time::Duration::from_secs(5)).await;
+/// # Ok(()) }
+/// ```
+pub struct Server {
+    router: Router,
+    max_in_flight: usize,
+    max_message_len: usize,
+    codecs: Vec<SharedCodec>,
+}
+
+impl fmt::Debug for Server {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Server")
+            .field("router", &self.router)
+            .field("max_in_flight", &self.max_in_flight)
+            .finish()
+    }
+}
+
+/// The router could not be served: an invalid or repeated method name.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("cannot serve the router: {}", .0.join("; "))]
+pub struct RouterError(Vec<String>);
+
+impl Server {
+    /// A server for `router`, speaking the built-in codecs, with the
+    /// default limits.
+    pub fn new(router: Router) -> Self {
+        Server {
+            router,
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            max_message_len: DEFAULT_MAX_MESSAGE_LEN,
+            codecs: codec::builtin_codecs(),
+        }
+    }
+
+    /// Calls served at once (default [`DEFAULT_MAX_IN_FLIGHT`]). A call
+    /// beyond it is answered at once with `RESOURCE_EXHAUSTED` ("overloaded"),
+    /// not queued.
+    pub fn max_in_flight(mut self, calls: usize) -> Self {
+        self.max_in_flight = calls.clamp(1, Semaphore::MAX_PERMITS);
+        self
+    }
+
+    /// Largest encoded request accepted (default 4 MiB); a longer one is
+    /// refused with `RESOURCE_EXHAUSTED` as soon as its length is read,
+    /// before anything is allocated for it. Responses are held to it too.
+    pub fn max_message_len(mut self, bytes: usize) -> Self {
+        self.max_message_len = bytes;
+        self
+    }
+
+    /// Adds a codec clients may choose (a built-in one of the same name is
+    /// replaced).
+    pub fn codec(mut self, codec: impl Codec) -> Self {
+        let codec: SharedCodec = Arc::new(codec);
+        self.codecs.retain(|c| c.name() != codec.name());
+        self.codecs.push(codec);
+        self
+    }
+
+    /// Starts serving the router on `peer`: every channel another peer
+    /// opens to it is a call (the server takes over `Peer::accept`).
+    /// Returns a handle; dropping it stops the server and cancels its
+    /// calls.
+    pub fn serve(self, peer: &Peer) -> Result<ServerHandle, RouterError> {
+        if !self.router.errors.is_empty() {
+            return Err(RouterError(self.router.errors));
+        }
+        let shared = Arc::new(Shared {
+            routes: self.router.routes,
+            codecs: self.codecs,
+            // Within the connection's frame limit, so a message that passes
+            // the check can always be framed.
+            max_message_len: self.max_message_len.min(peer.config().get_max_frame_len()),
+            max_in_flight: self.max_in_flight,
+            in_flight: Arc::new(Semaphore::new(self.max_in_flight)),
+            client: Client::new(peer.clone()),
+            stop_accepting: CancellationToken::new(),
+            cancel_calls: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+        });
+        let s = shared.clone();
+        let peer = peer.clone();
+        shared.tracker.spawn(accept_loop(s, peer));
+        Ok(ServerHandle { shared })
+    }
+}
+
+struct Shared {
+    routes: HashMap<String, Route>,
+    codecs: Vec<SharedCodec>,
+    max_message_len: usize,
+    max_in_flight: usize,
+    in_flight: Arc<Semaphore>,
+    client: Client,
+    stop_accepting: CancellationToken,
+    cancel_calls: CancellationToken,
+    tracker: TaskTracker,
+}
+
+/// A running [`Server`]. Dropping it stops accepting calls and cancels the
+/// ones in flight (their callers get `UNAVAILABLE`); use
+/// [`shutdown`](Self::shutdown) to let them finish first.
+pub struct ServerHandle {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for ServerHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerHandle")
+            .field("in_flight", &self.in_flight())
+            .finish()
+    }
+}
+
+impl ServerHandle {
+    /// Calls being served now.
+    pub fn in_flight(&self) -> usize {
+        self.shared.max_in_flight - self.shared.in_flight.available_permits()
+    }
+
+    /// Stops accepting calls, gives those in flight up to `grace` to
+    /// finish, then cancels the rest (their callers get `UNAVAILABLE`) and
+    /// waits until every task of the server has ended. Cancel-safe: if
+    /// cancelled, dropping the handle cancels what is left.
+    pub async fn shutdown(self, grace: Duration) {
+        let s = &self.shared;
+        s.stop_accepting.cancel();
+        s.tracker.close();
+        if tokio::time::timeout(grace, s.tracker.wait()).await.is_err() {
+            s.cancel_calls.cancel();
+            s.tracker.wait().await;
+        }
+    }
+}
+
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        self.shared.stop_accepting.cancel();
+        self.shared.cancel_calls.cancel();
+        self.shared.tracker.close();
+    }
+}
+
+async fn accept_loop(s: Arc<Shared>, peer: Peer) {
+    loop {
+        let incoming = tokio::select! {
+            biased;
+            _ = s.stop_accepting.cancelled() => {
+                refuse_queued(&s, &peer);
+                break;
+            }
+            i = peer.accept() => i,
+        };
+        let Some(incoming) = incoming else { break };
+        // Accepted at once (cheap: no round trip), so calls do not pile
+        // up against the connection's limit of channels waiting for us.
+        let channel = incoming.accept().await;
+        let Some(route) = s.routes.get(channel.service()).cloned() else {
+            let st = Status::new(
+                Code::UNIMPLEMENTED,
+                format!("{} serves no method {:?}", peer.name(), channel.service()),
+            );
+            s.tracker.spawn(refuse(channel, Origin::UnknownMethod, st));
+            continue;
+        };
+        let Ok(permit) = s.in_flight.clone().try_acquire_owned() else {
+            let st = Status::new(
+                Code::RESOURCE_EXHAUSTED,
+                format!(
+                    "{} is overloaded: {} calls in flight; retry later",
+                    peer.name(),
+                    s.max_in_flight
+                ),
+            );
+            s.tracker.spawn(refuse(channel, Origin::Overloaded, st));
+            continue;
+        };
+        let call = serve_call(s.clone(), route, channel);
+        s.tracker.spawn(async move {
+            call.await;
+            drop(permit);
+        });
+    }
+}
+
+/// When the server stops: answers the calls already queued for it with
+/// `UNAVAILABLE`, rather than leaving them to time out. Calls arriving
+/// later wait for whoever accepts on the peer next (another server, say).
+fn refuse_queued(s: &Shared, peer: &Peer) {
+    while let Some(Some(incoming)) = peer.accept().now_or_never() {
+        let st = Status::unavailable(format!(
+            "{}: the server is shutting down",
+            incoming.service()
+        ));
+        s.tracker.spawn(async move {
+            refuse(incoming.accept().await, Origin::ShuttingDown, st).await;
+        });
+    }
+}
+
+/// How long a status may wait to be sent (for flow-control credit from a
+/// caller that stopped reading) before the call's channel is closed
+/// without it.
+const STATUS_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Sends the status that ends a call, within [`STATUS_WRITE_TIMEOUT`].
+async fn send_status(mut errors: ErrorWriter, method: &str, origin: Origin, st: Status) {
+    let frame = status::encode(origin, &st);
+    match tokio::time::timeout(STATUS_WRITE_TIMEOUT, errors.write_error(&frame)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::debug!(%method, %st, error = %e, "could not send the call's status"),
+        Err(_) => {
+            tracing::debug!(%method, %st, "the caller took no status within {STATUS_WRITE_TIMEOUT:?}; closing")
+        }
+    }
+}
+
+/// Answers a call with a status without serving it.
+async fn refuse(ch: Channel, origin: Origin, st: Status) {
+    tracing::debug!(method = ch.service(), %st, "refusing call");
+    let errors = ch.error_writer();
+    let method = ch.service().to_owned();
+    drop(ch);
+    send_status(errors, &method, origin, st).await;
+}
+
+async fn serve_call(s: Arc<Shared>, route: Route, channel: Channel) {
+    let errors = channel.error_writer();
+    let meta = channel.meta().clone();
+    let method = meta.service();
+    let head = CallHead::parse(method, meta.headers(), route.kind, &s.codecs, |c| c.name());
+    let refused = |origin, st: Status| send_status(errors, method, origin, st);
+    let CallHead {
+        codec,
+        timeout,
+        inline,
+    } = match head {
+        Ok(head) => head,
+        Err((origin, st)) => {
+            drop(channel);
+            return refused(origin, st).await;
+        }
+    };
+    let Some(codec) = s.codecs.get(codec).cloned() else {
+        return; // an index into the names given
+    };
+    let deadline = timeout.map(|t| Instant::now() + t);
+    let cancel = CancellationToken::new();
+    let ctx = Context {
+        inner: Arc::new(CtxInner {
+            meta: meta.clone(),
+            deadline,
+            timeout,
+            cancel: cancel.clone(),
+            client: s.client.clone(),
+            codec: codec.clone(),
+            caller: OnceLock::new(),
+        }),
+    };
+    // The caller going away (not our own close, which a raw handler may do
+    // before it finishes).
+    let caller_gone = {
+        let closed = channel.closed();
+        async move {
+            match closed.await {
+                ChannelEnd::ClosedHere => std::future::pending().await,
+                end => end,
+            }
+        }
+    };
+    let call = Call {
+        ctx,
+        codec,
+        max: s.max_message_len,
+        failure: Arc::new(Mutex::new(None)),
+        inline,
+    };
+    let handler = AssertUnwindSafe((route.serve)(call, channel)).catch_unwind();
+    let expired = async {
+        match deadline {
+            Some(at) => tokio::time::sleep_until(at).await,
+            None => std::future::pending().await,
+        }
+    };
+    let outcome = tokio::select! {
+        biased;
+        done = handler => match done {
+            Ok(Ok(())) => None,
+            Ok(Err(failure)) => Some(failure),
+            Err(panic) => {
+                let what = panic_message(&*panic);
+                tracing::error!(%method, panic = %what, "handler panicked");
+                Some((Origin::Panicked, Status::internal(format!("the handler of {method} panicked: {what}"))))
+            }
+        },
+        _ = expired => {
+            let t = timeout.unwrap_or_default();
+            Some((Origin::DeadlineExceeded, Status::new(Code::DEADLINE_EXCEEDED, format!("{method}: deadline of {t:?} exceeded; the handler was cancelled"))))
+        }
+        end = caller_gone => {
+            cancel.cancel();
+            tracing::debug!(%method, %end, "caller went away; handler cancelled");
+            return;
+        }
+        _ = s.cancel_calls.cancelled() => {
+            Some((Origin::ShuttingDown, Status::unavailable(format!("{method}: the server is shutting down"))))
+        }
+    };
+    if let Some((origin, st)) = outcome {
+        // The call did not succeed: work the handler spawned stops too.
+        cancel.cancel();
+        refused(origin, st).await;
+    }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(a non-string panic payload)".to_owned()
+    }
+}

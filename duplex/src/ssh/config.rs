@@ -1,0 +1,118 @@
+//! russh's configurations for both roles, the algorithms we offer, and
+//! how russh's errors read in ours.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use russh::{MethodKind, MethodSet, client, server};
+
+use super::keys::Identity;
+use crate::config::Config;
+
+/// Ciphers in order of preference: AES-256-GCM first, as it is the fastest
+/// where the CPU has AES instructions (most servers); then
+/// chacha20-poly1305, then CTR modes for old peers.
+const CIPHERS: &[russh::cipher::Name] = &[
+    russh::cipher::AES_256_GCM,
+    russh::cipher::CHACHA20_POLY1305,
+    russh::cipher::AES_256_CTR,
+    russh::cipher::AES_128_CTR,
+];
+
+/// Signature algorithms for host and user keys: russh's defaults without
+/// `ssh-rsa` (RSA with SHA-1 signatures).
+pub(super) const KEY_ALGORITHMS: &[russh::keys::Algorithm] = &[
+    russh::keys::Algorithm::Ed25519,
+    russh::keys::Algorithm::Ecdsa {
+        curve: russh::keys::EcdsaCurve::NistP256,
+    },
+    russh::keys::Algorithm::Ecdsa {
+        curve: russh::keys::EcdsaCurve::NistP384,
+    },
+    russh::keys::Algorithm::Ecdsa {
+        curve: russh::keys::EcdsaCurve::NistP521,
+    },
+    russh::keys::Algorithm::Rsa {
+        hash: Some(russh::keys::HashAlg::Sha512),
+    },
+    russh::keys::Algorithm::Rsa {
+        hash: Some(russh::keys::HashAlg::Sha256),
+    },
+];
+
+/// Algorithms offered: russh's safe defaults for key exchange (with the
+/// strict-kex extension, the Terrapin countermeasure) and MACs (no SHA-1),
+/// our cipher order, and no SHA-1 signatures.
+fn preferred() -> russh::Preferred {
+    russh::Preferred {
+        cipher: Cow::Borrowed(CIPHERS),
+        key: Cow::Borrowed(KEY_ALGORITHMS),
+        ..russh::Preferred::default()
+    }
+}
+
+/// The russh configurations derived from ours, built once per peer.
+pub(crate) struct SshConfigs {
+    pub(crate) server: Arc<server::Config>,
+    pub(crate) client: Arc<client::Config>,
+}
+
+impl SshConfigs {
+    pub(crate) fn new(config: &Config, identity: &Identity) -> Self {
+        let id = || {
+            russh::SshId::Standard(Cow::Owned(format!(
+                "SSH-2.0-duplex_{}",
+                env!("CARGO_PKG_VERSION")
+            )))
+        };
+        let server = server::Config {
+            server_id: id(),
+            methods: MethodSet::from(&[MethodKind::PublicKey][..]),
+            // Rejections take this long, so a scanner learns little by
+            // timing; the initial "none" probe every client sends is free.
+            auth_rejection_time: std::time::Duration::from_millis(250),
+            auth_rejection_time_initial: Some(std::time::Duration::ZERO),
+            keys: vec![(*identity.0).clone()],
+            max_auth_attempts: config.max_auth_attempts,
+            inactivity_timeout: None,
+            keepalive_interval: config.keepalive_interval,
+            keepalive_max: config.keepalive_max,
+            preferred: preferred(),
+            ..server::Config::default()
+        };
+        let client = client::Config {
+            client_id: id(),
+            inactivity_timeout: None,
+            keepalive_interval: config.keepalive_interval,
+            keepalive_max: config.keepalive_max,
+            preferred: preferred(),
+            ..client::Config::default()
+        };
+        Self {
+            server: Arc::new(server),
+            client: Arc::new(client),
+        }
+    }
+}
+
+/// What a russh error means, in words for our errors and logs.
+pub(crate) fn describe(e: &russh::Error) -> String {
+    match e {
+        russh::Error::IO(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
+            "the connection closed without a goodbye (the remote process or the network went away)"
+                .to_owned()
+        }
+        russh::Error::IO(io) => io.to_string(),
+        russh::Error::KeepaliveTimeout => {
+            "the remote stopped answering keepalives (network gone, or the process is frozen)"
+                .to_owned()
+        }
+        russh::Error::Disconnect => "the remote closed the connection".to_owned(),
+        russh::Error::NoCommonAlgo { kind, ours, theirs } => format!(
+            "no common {kind:?} algorithm (ours: {}; theirs: {})",
+            ours.join(","),
+            theirs.join(",")
+        ),
+        other => other.to_string(),
+    }
+}
