@@ -27,7 +27,7 @@ use crate::proto::control::Control;
 use crate::proto::headers::{Headers, with_window};
 use crate::proto::hello::{self, Version};
 use crate::proto::nest::{ParentRef, TOP_LEVEL};
-use crate::proto::open::{self, OPEN_PROHIBITED, OPEN_RESOURCE_SHORTAGE, Verdict};
+use crate::proto::open::{self as rules, OPEN_PROHIBITED, OPEN_RESOURCE_SHORTAGE, Verdict};
 use crate::proto::service::ServiceName;
 use crate::proto::{EXT_CONTROL, EXT_ERROR, HELLO_SERVICE};
 use crate::ssh::keys::{Fingerprint, PublicKey};
@@ -330,7 +330,7 @@ impl ConnShared {
         // once it said hello.
         let inbound = self.direction == Direction::Inbound;
         let duplex = !inbound || self.duplex.load(Ordering::Acquire);
-        let at = open::Conditions {
+        let at = rules::Conditions {
             me: &self.core.name,
             duplex,
             draining: self.core.draining.is_cancelled(),
@@ -338,26 +338,26 @@ impl ConnShared {
             channels: self.channels().len() + self.pending_plain.load(Ordering::Acquire),
             pending: self.pending.load(Ordering::Acquire),
         };
-        let fields = open::OpenFields {
+        let fields = rules::OpenFields {
             service: &open.service,
             originator: &open.originator,
             port_to_connect: open.port_to_connect,
             originator_port: open.originator_port,
         };
-        let verdict = open::verdict(&fields, &at, &self.open_limits(), inbound);
+        let verdict = rules::verdict(&fields, &at, &self.open_limits(), inbound);
         if !duplex && inbound && verdict.ends_hello() {
             self.opened_any.store(true, Ordering::Release);
         }
         let accepted = match verdict {
             Verdict::Hello => return self.on_hello(open).await,
-            Verdict::Refuse(r) if r.cause == open::Cause::Limit => {
+            Verdict::Refuse(r) if r.cause == rules::Cause::Limit => {
                 return self.refuse_limit(open, &r.reason).await;
             }
             Verdict::Refuse(r) => return open.reply.reject(r.code, &r.reason).await,
             Verdict::Reject(why) => return self.refuse(open, why).await,
             Verdict::Accept(a) => a,
         };
-        let open::Accepted {
+        let rules::Accepted {
             service,
             headers,
             window,
@@ -450,18 +450,18 @@ impl ConnShared {
         let Some(parent) = found else {
             let ours = matches!(parent, ParentRef::Yours(n) if self.get(n).is_some());
             return self
-                .refuse(open, open::unknown_parent(parent, me, ours))
+                .refuse(open, rules::unknown_parent(parent, me, ours))
                 .await;
         };
         let parent_meta = parent.meta.get().cloned();
         let closed = parent.closed_reason();
-        let view = open::ParentView {
+        let view = rules::ParentView {
             duplex: parent.kind == Kind::Duplex,
             established: parent.is_established(),
             closed: closed.as_deref(),
             depth: parent_meta.as_ref().map_or(0, |m| m.depth()),
         };
-        if let Err(why) = open::nested_verdict(&view, me, self.config.max_nesting_depth) {
+        if let Err(why) = rules::nested_verdict(&view, me, self.config.max_nesting_depth) {
             return self.refuse(open, why).await;
         }
         let reservation = match self.reserve(u64::from(self.config.channel_window)) {
@@ -526,8 +526,8 @@ impl ConnShared {
     }
 
     /// The limits incoming opens are checked against.
-    fn open_limits(&self) -> open::OpenLimits<'_> {
-        open::OpenLimits {
+    fn open_limits(&self) -> rules::OpenLimits<'_> {
+        rules::OpenLimits {
             max_channels: self.config.max_channels_per_connection,
             max_pending: self.config.max_pending_channels,
             max_nesting_depth: self.config.max_nesting_depth,
@@ -580,13 +580,13 @@ impl ConnShared {
     async fn on_hello(self: &Arc<Self>, open: IncomingOpen) {
         // Whatever the answer, this was the connection's first open: a
         // refused hello leaves it plain for good.
-        let at = open::HelloConditions {
+        let at = rules::HelloConditions {
             opened_before: self.opened_any.swap(true, Ordering::AcqRel),
             elapsed: self.started.elapsed(),
             limit: self.config.handshake_timeout,
             user: self.remote_user.get().map(|u| &**u),
         };
-        let version = match open::hello_verdict(&open.originator, &at, &self.config.limits) {
+        let version = match rules::hello_verdict(&open.originator, &at, &self.config.limits) {
             Ok(v) => v,
             Err(why) => return open.reply.reject(OPEN_PROHIBITED, &why).await,
         };
