@@ -133,3 +133,21 @@ pub fn open_meta(data: &[u8]) {
         }
     }
 }
+
+/// Two channel state machines back to back, driven by a script decoded
+/// from the data (writes, reads, error frames, trailers, half-closes,
+/// closes, partial deliveries, raw records from a hostile remote), with
+/// the pair's invariants checked after every step (see
+/// `proto::chan::pair::run`): a correct remote is never refused, readers
+/// get what was written in order, buffers stay bounded, and hostile input
+/// fails the channel with a reason.
+pub fn chan_pair(data: &[u8]) {
+    use crate::proto::chan::pair;
+    let Some((first, rest)) = data.split_first() else {
+        return;
+    };
+    let ops = pair::ops_from_bytes(rest);
+    if let Err(e) = pair::run(first & 1 == 1, &ops) {
+        panic!("channel pair invariant broken: {e}");
+    }
+}
