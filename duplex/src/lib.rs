@@ -20,16 +20,22 @@
 //!
 //! ## Layout
 //! Imports run down this list (see `CONTRIBUTING.md`):
-//! - [`peer`]: `Peer`, its builder and the connection lifecycle;
+//! - [`peer`]: `Peer`, its builder and the connection lifecycle, split by
+//!   role: `registry` (what the peer shares with its connections: tables,
+//!   budgets, the accept queue), `dial` (connecting and re-dialling) and
+//!   `listen` (accept loops, the handshake bound, serving);
 //! - [`channel`]: `Channel`, its halves, `IncomingChannel`, `ChannelMeta`,
-//!   `Children` (nested channels), `join`/`splice`; `channel/state.rs` is a
-//!   channel's state under its lock, with its wakers;
+//!   `Children` (nested channels), `join`/`splice`; `channel/state.rs` is
+//!   the driver of one channel: its `proto::chan` state under a lock, the
+//!   wakers of its handles, its nested channels and its send turns;
 //! - [`plugin`]: plugin processes over a child's stdin/stdout, host and
 //!   plugin sides;
-//! - `conn`: one connection's channel table, opens and outbox task; it
-//!   implements `ssh::SessionEvents`; `transport`: the decoupled byte
-//!   stream and its send backlog; `pending`: the accept timeout, which
-//!   rejects channels the application left waiting
+//! - `conn`: one connection, split by concern: its state and channel
+//!   table (`mod`), opens from the remote (`accept`), opens from this side
+//!   (`open`), the send turns and outbox task (`outbox`), and the
+//!   `ssh::SessionEvents` both roles call (`session`); `transport`: the
+//!   decoupled byte stream and its send backlog; `pending`: the accept
+//!   timeout, which rejects channels the application left waiting
 //!   ([`Config::accept_timeout`]);
 //! - `ssh`: the only module that talks to `russh`: session setup
 //!   (`session`), the handlers of both roles (`handler`), which forward
@@ -39,8 +45,10 @@
 //!   formats (headers, frames, control records, the hello and its version
 //!   negotiation, service names, parent references), flow control
 //!   (`flow`: receive windows, grants, growth; `budget`: the memory
-//!   budgets), the verdict on incoming opens and hellos (`open`), and a
-//!   channel's vocabulary (`chan`);
+//!   budgets), the verdict on incoming opens and hellos (`open`), and one
+//!   channel's state machine (`chan`: bytes and events in, records and
+//!   `Effects` out, with a pair harness that drives two of them back to
+//!   back);
 //! - `events` ([`PeerEvent`], [`PeerEvents`], [`PeerInfo`]): connections
 //!   coming and going;
 //! - [`config`] ([`Config`], [`Backoff`]), [`error`], [`endpoint`];

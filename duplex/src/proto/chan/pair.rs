@@ -546,7 +546,7 @@ pub(crate) fn ops_from_bytes(mut data: &[u8]) -> Vec<Op> {
     };
     while let Some(head) = take(3, &mut data) {
         let side = if head[0] & 1 == 0 { Side::A } else { Side::B };
-        let n = usize::from(u16::from_be_bytes([head[1], head[2]])) * 8;
+        let n = usize::from(u16::from_be_bytes([head[1], head[2]])) * 2;
         let op = match (head[0] >> 1) % 12 {
             0 | 1 => Op::Write(side, n),
             2 => Op::WriteErr(side, n % MAX_FRAME + 1),
