@@ -6,8 +6,11 @@
 
 use proptest::prelude::*;
 
+use std::task::Poll;
+
 use super::pair::*;
 use super::*;
+use crate::proto::EXT_ERROR;
 
 #[test]
 fn accept_answers_the_opener_and_wakes_it() {
