@@ -312,3 +312,26 @@ impl From<ChannelError> for io::Error {
         io::Error::new(kind, e)
     }
 }
+
+/// How a channel ended, as [`Channel::closed`](crate::Channel::closed) reports it.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum ChannelEnd {
+    /// The remote peer closed it.
+    ClosedByRemote,
+    /// It was closed on this side (every handle dropped, or `close`).
+    ClosedHere,
+    /// It failed: the connection was lost, the remote broke the protocol,
+    /// or its parent channel ended.
+    Failed(ChannelError),
+}
+
+impl std::fmt::Display for ChannelEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ChannelEnd::ClosedByRemote => f.write_str("the channel was closed by the remote peer"),
+            ChannelEnd::ClosedHere => f.write_str("the channel was closed on this side"),
+            ChannelEnd::Failed(e) => write!(f, "the channel failed: {e}"),
+        }
+    }
+}

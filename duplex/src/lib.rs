@@ -21,22 +21,29 @@
 //! ## Layout
 //! Imports run down this list (see `CONTRIBUTING.md`):
 //! - [`peer`]: `Peer`, its builder and the connection lifecycle, split by
-//!   role: `registry` (what the peer shares with its connections: tables,
-//!   budgets, the accept queue), `dial` (connecting and re-dialling) and
-//!   `listen` (accept loops, the handshake bound, serving);
-//! - [`channel`]: `Channel`, its halves, `IncomingChannel`, `ChannelMeta`,
-//!   `Children` (nested channels), `join`/`splice`; `channel/state.rs` is
-//!   the driver of one channel: its `proto::chan` state under a lock, the
-//!   wakers of its handles, its nested channels and its send turns;
+//!   role: `registry` (the peer's tables of connections, listeners and
+//!   dialled endpoints, and the accept queue's receiver), `dial`
+//!   (connecting and re-dialling) and `listen` (accept loops, the handshake
+//!   bound, serving);
+//! - [`channel`]: `Channel`, its halves, `IncomingChannel`, `Children`
+//!   (nested channels), `join`/`splice`: thin handles over the driver's
+//!   channel;
 //! - [`plugin`]: plugin processes over a child's stdin/stdout, host and
 //!   plugin sides;
-//! - `conn`: one connection, split by concern: its state and channel
-//!   table (`mod`), opens from the remote (`accept`), opens from this side
-//!   (`open`), the send turns and outbox task (`outbox`), and the
-//!   `ssh::SessionEvents` both roles call (`session`); `transport`: the
-//!   decoupled byte stream and its send backlog; `pending`: the accept
-//!   timeout, which rejects channels the application left waiting
-//!   ([`Config::accept_timeout`]);
+//! - `conn`: the driver. One connection, split by concern: its state and
+//!   channel table (`mod`), what the peer shares with it and the
+//!   `Registry` it reports to (`host`), opens from the remote (`accept`),
+//!   opens from this side (`open`), the send turns and outbox task
+//!   (`outbox`), the `ssh::SessionEvents` both roles call (`session`);
+//!   one channel's driver (`chan`: its `proto::chan` state under a lock,
+//!   the wakers of its handles, its send turns; `chan/nest` its nested
+//!   channels and their cascade, `chan/answer` the answer to an incoming
+//!   open), what is known of a channel (`meta`, [`ChannelMeta`]), and the
+//!   channels it holds before the application does (`owned`: one we
+//!   opened, closed if dropped; one offered, rejected if dropped);
+//!   `transport`: the decoupled byte stream and its send backlog;
+//!   `pending`: the accept timeout, which rejects channels the application
+//!   left waiting ([`Config::accept_timeout`]);
 //! - `ssh`: the only module that talks to `russh`: session setup
 //!   (`session`), the handlers of both roles (`handler`), which forward
 //!   every event to a `SessionEvents`, Duplex-typed channel adapters

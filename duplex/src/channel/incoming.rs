@@ -1,9 +1,8 @@
 //! Channels the remote opened, waiting for an answer, and the nested
 //! channels of a channel.
 
+use crate::conn::owned::Offer;
 use crate::error::OpenError;
-use crate::proto::chan::Kind;
-use crate::proto::control::Control;
 use crate::proto::headers::Headers;
 use crate::proto::service::ServiceName;
 use std::fmt;
@@ -62,7 +61,7 @@ impl fmt::Debug for Children {
 impl Children {
     /// The parent channel's meta.
     pub fn parent(&self) -> &ChannelMeta {
-        meta_of(&self.parent)
+        self.parent.meta_or_unknown()
     }
 
     /// Opens a channel for `service` nested in the parent, and waits until
@@ -77,7 +76,9 @@ impl Children {
     pub async fn open(&self, service: &str, headers: Headers) -> Result<Channel, OpenError> {
         let service = ServiceName::new(service)?;
         let conn = self.parent.conn.clone();
-        conn.open(service, headers, Some(self.parent.clone())).await
+        conn.open(service, headers, Some(self.parent.clone()))
+            .await
+            .map(Channel::from_owned)
     }
 
     /// Waits for the next channel the remote opened inside the parent.
@@ -88,7 +89,8 @@ impl Children {
     /// [`Config::max_pending_channels`](crate::Config::max_pending_channels)
     /// like top-level ones.
     pub async fn accept(&self) -> Option<IncomingChannel> {
-        self.parent.accept_child().await
+        let child = self.parent.accept_child().await?;
+        Some(IncomingChannel::new(Offer::new(child)))
     }
 }
 
@@ -97,7 +99,7 @@ impl Children {
 /// [`Config::accept_timeout`](crate::Config::accept_timeout) is rejected
 /// for the application (and never handed out by `accept`).
 pub struct IncomingChannel {
-    pub(super) shared: Option<Arc<ChanShared>>,
+    offer: Offer,
 }
 
 impl fmt::Debug for IncomingChannel {
@@ -110,25 +112,13 @@ impl fmt::Debug for IncomingChannel {
 }
 
 impl IncomingChannel {
-    /// `shared` is pending: a plain SSH client's open waits in it (see
-    /// `ChanShared::set_plain_reply`) for our answer.
-    pub(crate) fn new(shared: Arc<ChanShared>) -> Self {
-        Self {
-            shared: Some(shared),
-        }
-    }
-
-    /// The accept timeout rejected it while it waited in a queue.
-    pub(crate) fn is_expired(&self) -> bool {
-        self.shared.as_ref().is_none_or(|s| s.is_answered())
+    pub(crate) fn new(offer: Offer) -> Self {
+        Self { offer }
     }
 
     /// Service, headers and peers.
     pub fn meta(&self) -> &ChannelMeta {
-        match &self.shared {
-            Some(s) => meta_of(s),
-            None => unreachable_meta(),
-        }
+        self.offer.meta()
     }
 
     /// Shortcut for `meta().service()`.
@@ -147,76 +137,22 @@ impl IncomingChannel {
     /// closed when it is dropped. If the accept timeout rejected the
     /// channel a moment before, the channel returned has failed: its reads
     /// and writes return [`ChannelError::NotAccepted`].
-    pub async fn accept(mut self) -> Channel {
-        let Some(shared) = self.shared.take() else {
-            unreachable_incoming()
-        };
-        if !shared.take_answer() {
-            return Channel::new(shared); // rejected by the accept timeout
-        }
-        shared.conn.pending_done(shared.kind);
-        match shared.take_plain_reply() {
-            Some(reply) => {
-                shared.conn.insert(shared.clone());
-                let channel = Channel::new(shared);
-                reply.accept().await;
-                channel
-            }
-            None => {
-                shared.accept_duplex();
-                Channel::new(shared)
-            }
+    pub async fn accept(self) -> Channel {
+        match self.offer.accept().await {
+            Some(owned) => Channel::from_owned(owned),
+            None => unreachable_incoming(),
         }
     }
 
     /// Rejects the channel; the opener's `open` fails with
     /// [`OpenError::Rejected`] carrying `reason`
     /// (at most 1 KiB is sent).
-    pub async fn reject(mut self, reason: &str) {
-        if let Some(shared) = self.shared.take()
-            && shared.take_answer()
-        {
-            shared.conn.pending_done(shared.kind);
-            match shared.take_plain_reply() {
-                Some(reply) => {
-                    reply
-                        .reject(crate::proto::open::OPEN_PROHIBITED, reason)
-                        .await
-                }
-                None => {
-                    shared.send_control(&Control::Reject {
-                        reason: reason.to_owned(),
-                    });
-                    shared.send_close();
-                }
-            }
-        }
+    pub async fn reject(self, reason: &str) {
+        self.offer.reject(reason).await
     }
 }
 
-impl Drop for IncomingChannel {
-    fn drop(&mut self) {
-        if let Some(shared) = self.shared.take()
-            && shared.take_answer()
-        {
-            shared.conn.pending_done(shared.kind);
-            // A plain client's deferred open is refused by russh when the
-            // reply handle drops.
-            if shared.take_plain_reply().is_none() && shared.kind == Kind::Duplex {
-                shared.send_control(&Control::Reject {
-                    reason: "the application did not accept the channel".to_owned(),
-                });
-                shared.send_close();
-            }
-        }
-    }
-}
-
-#[allow(clippy::panic)] // `shared` is only taken by methods that consume self
-pub(super) fn unreachable_incoming() -> ! {
+#[allow(clippy::panic)] // an offer is only consumed by methods that consume it
+fn unreachable_incoming() -> ! {
     panic!("IncomingChannel used after accept/reject")
-}
-
-pub(super) fn unreachable_meta() -> &'static ChannelMeta {
-    unreachable_incoming()
 }

@@ -3,7 +3,6 @@
 mod incoming;
 mod join;
 mod reader;
-pub(crate) mod state;
 mod writer;
 
 pub use incoming::{Children, IncomingChannel};
@@ -11,6 +10,9 @@ pub use join::{JoinError, JoinStats, SpliceError};
 use reader::*;
 pub use reader::{ChannelReader, ReadEvent};
 pub use writer::{ChannelWriter, ErrorWriter};
+
+pub use crate::conn::meta::ChannelMeta;
+pub use crate::error::ChannelEnd;
 
 use std::fmt;
 use std::io;
@@ -21,125 +23,10 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use crate::conn::chan::ChanShared;
+use crate::conn::owned::Owned;
 use crate::error::{ChannelError, OpenError};
 use crate::proto::headers::Headers;
-use crate::proto::service::ServiceName;
-use crate::ssh::keys::Fingerprint;
-use state::ChanShared;
-
-/// What is known about a channel: its service, headers, the two peers, and
-/// its parent if it is nested. The same for channels we opened and channels
-/// we accepted. Trailers come later, from [`Channel::trailers`].
-///
-/// Cheap to clone: clones share one copy.
-#[derive(Debug, Clone)]
-pub struct ChannelMeta {
-    inner: Arc<MetaInner>,
-}
-
-#[derive(Debug)]
-pub(super) struct MetaInner {
-    service: ServiceName,
-    headers: Headers,
-    local_peer: Arc<str>,
-    remote_peer: Arc<str>,
-    remote_fingerprint: Option<Fingerprint>,
-    endpoint: Arc<str>,
-    parent: Option<Arc<ChannelMeta>>,
-}
-
-impl ChannelMeta {
-    pub(crate) fn new(
-        service: ServiceName,
-        headers: Headers,
-        (local_peer, remote_peer, endpoint): (Arc<str>, Arc<str>, Arc<str>),
-        remote_fingerprint: Option<Fingerprint>,
-        parent: Option<Arc<ChannelMeta>>,
-    ) -> Self {
-        ChannelMeta {
-            inner: Arc::new(MetaInner {
-                service,
-                headers,
-                local_peer,
-                remote_peer,
-                remote_fingerprint,
-                endpoint,
-                parent,
-            }),
-        }
-    }
-
-    /// The service the channel was opened for.
-    pub fn service(&self) -> &str {
-        self.inner.service.as_str()
-    }
-
-    /// The headers sent with the open (empty for plain SSH clients).
-    pub fn headers(&self) -> &Headers {
-        &self.inner.headers
-    }
-
-    /// Our peer name.
-    pub fn local_peer(&self) -> &str {
-        &self.inner.local_peer
-    }
-
-    /// The remote peer's name.
-    pub fn remote_peer(&self) -> &str {
-        &self.inner.remote_peer
-    }
-
-    /// The remote peer's key fingerprint.
-    pub fn remote_fingerprint(&self) -> Option<&Fingerprint> {
-        self.inner.remote_fingerprint.as_ref()
-    }
-
-    /// The endpoint of the connection that carries the channel.
-    pub fn endpoint(&self) -> &str {
-        &self.inner.endpoint
-    }
-
-    /// For a nested channel, its parent's meta (whose own `parent` leads
-    /// further up); `None` for a top-level channel.
-    pub fn parent(&self) -> Option<&ChannelMeta> {
-        self.inner.parent.as_deref()
-    }
-
-    /// How deep the channel is nested: 0 for a top-level channel, 1 for a
-    /// channel opened inside one, and so on.
-    pub fn depth(&self) -> u32 {
-        let mut depth = 0;
-        let mut up = self.parent();
-        while let Some(p) = up {
-            depth += 1;
-            up = p.parent();
-        }
-        depth
-    }
-}
-
-/// How a channel ended, as [`Channel::closed`] reports it.
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub enum ChannelEnd {
-    /// The remote peer closed it.
-    ClosedByRemote,
-    /// It was closed on this side (every handle dropped, or `close`).
-    ClosedHere,
-    /// It failed: the connection was lost, the remote broke the protocol,
-    /// or its parent channel ended.
-    Failed(ChannelError),
-}
-
-impl fmt::Display for ChannelEnd {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ChannelEnd::ClosedByRemote => f.write_str("the channel was closed by the remote peer"),
-            ChannelEnd::ClosedHere => f.write_str("the channel was closed on this side"),
-            ChannelEnd::Failed(e) => write!(f, "the channel failed: {e}"),
-        }
-    }
-}
 
 /// Sends EOF when the last of a channel's writing handles (its
 /// [`ChannelWriter`] and any [`ErrorWriter`]s) is dropped.
@@ -205,6 +92,11 @@ impl fmt::Debug for Channel {
 }
 
 impl Channel {
+    /// The channel a driver-held open or accept became.
+    pub(crate) fn from_owned(owned: Owned) -> Self {
+        Channel::new(owned.into_shared())
+    }
+
     pub(crate) fn new(shared: Arc<ChanShared>) -> Self {
         let closer = Arc::new(Closer(shared.clone()));
         Channel {

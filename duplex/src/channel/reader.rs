@@ -3,7 +3,6 @@
 use crate::error::ChannelError;
 use crate::proto::frame::{self, FrameError};
 use crate::proto::headers::Headers;
-use crate::proto::service::ServiceName;
 use bytes::{Bytes, BytesMut};
 use std::fmt;
 use std::io;
@@ -53,32 +52,10 @@ impl Drop for ChannelReader {
     }
 }
 
-pub(super) fn meta_of(shared: &ChanShared) -> &ChannelMeta {
-    // Every channel handed to the application has its meta set before; the
-    // fallback only exists to avoid a panic path.
-    static EMPTY: std::sync::OnceLock<ChannelMeta> = std::sync::OnceLock::new();
-    shared.meta.get().map(|m| &**m).unwrap_or_else(|| {
-        EMPTY.get_or_init(|| {
-            ChannelMeta::new(
-                ServiceName::new_any("@unknown").unwrap_or_else(|_| unreachable_name()),
-                Headers::new(),
-                (Arc::from(""), Arc::from(""), Arc::from("")),
-                None,
-                None,
-            )
-        })
-    })
-}
-
-#[allow(clippy::panic)] // "@unknown" is a valid reserved name by construction
-pub(super) fn unreachable_name() -> ServiceName {
-    panic!("invalid built-in service name")
-}
-
 impl ChannelReader {
     /// Service, headers and peers.
     pub fn meta(&self) -> &ChannelMeta {
-        meta_of(&self.shared)
+        self.shared.meta_or_unknown()
     }
 
     /// A handle for channels nested in this one. See [`Children`].

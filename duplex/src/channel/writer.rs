@@ -33,7 +33,7 @@ impl fmt::Debug for ChannelWriter {
 impl ChannelWriter {
     /// Service, headers and peers.
     pub fn meta(&self) -> &ChannelMeta {
-        meta_of(&self.shared)
+        self.shared.meta_or_unknown()
     }
 
     /// A handle for channels nested in this one. See [`Children`].

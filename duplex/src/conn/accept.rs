@@ -3,8 +3,7 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use crate::channel::state::ChanShared;
-use crate::channel::{ChannelMeta, IncomingChannel};
+use crate::conn::chan::ChanShared;
 use crate::events::Direction;
 use crate::proto::EXT_CONTROL;
 use crate::proto::chan::{Kind, Out};
@@ -16,6 +15,8 @@ use crate::proto::open::{self as rules, OPEN_PROHIBITED, OPEN_RESOURCE_SHORTAGE,
 use crate::proto::service::ServiceName;
 use crate::ssh::IncomingOpen;
 
+use super::meta::ChannelMeta;
+use super::owned::Offer;
 use super::*;
 
 impl ConnShared {
@@ -26,9 +27,9 @@ impl ConnShared {
         let inbound = self.direction == Direction::Inbound;
         let duplex = !inbound || self.duplex.load(Ordering::Acquire);
         let at = rules::Conditions {
-            me: &self.core.name,
+            me: &self.host.name,
             duplex,
-            draining: self.core.draining.is_cancelled(),
+            draining: self.host.draining.is_cancelled(),
             // Pending Duplex channels are in the table already.
             channels: self.channels().len() + self.pending_plain.load(Ordering::Acquire),
             pending: self.pending.load(Ordering::Acquire),
@@ -64,10 +65,10 @@ impl ConnShared {
                 .on_nested_open(open, service, headers, window, parent)
                 .await;
         }
-        let Ok(permit) = self.core.incoming_tx.try_reserve() else {
+        let Ok(permit) = self.host.incoming_tx.try_reserve() else {
             let why = format!(
                 "{}'s accept queue (channels waiting for Peer::accept) is full (limit {}, Config::accept_backlog)",
-                self.core.name, self.config.accept_backlog
+                self.host.name, self.config.accept_backlog
             );
             return self.refuse_limit(open, &why).await;
         };
@@ -113,10 +114,10 @@ impl ConnShared {
             chan.set_plain_reply(open.reply);
         }
         tracing::debug!(channel = id, peer = %self.remote_name(), "incoming channel");
-        self.core
+        self.host
             .pending
-            .watch(watched(&chan), &self.core.tracker, &self.core.cancel);
-        permit.send(IncomingChannel::new(chan));
+            .watch(watched(&chan), &self.host.tracker, &self.host.cancel);
+        permit.send(Offer::new(chan));
     }
 
     /// The remote opened a channel inside one of this connection's
@@ -131,7 +132,7 @@ impl ConnShared {
         window: Option<u32>,
         parent: ParentRef,
     ) {
-        let me = &self.core.name;
+        let me = &self.host.name;
         let found = match parent {
             // A channel the remote opened: our own number for it.
             ParentRef::Yours(n) => self.get(n).filter(|c| !c.outgoing),
@@ -185,11 +186,11 @@ impl ConnShared {
         }
         self.pending.fetch_add(1, Ordering::AcqRel);
         tracing::debug!(channel = id, parent = parent.id, "incoming nested channel");
-        self.core
+        self.host
             .pending
-            .watch(watched(&chan), &self.core.tracker, &self.core.cancel);
-        if let Some(child) = parent.offer_child(IncomingChannel::new(chan)) {
-            child.reject("the parent channel closed").await;
+            .watch(watched(&chan), &self.host.tracker, &self.host.cancel);
+        if let Some(child) = parent.offer_child(chan) {
+            Offer::new(child).reject("the parent channel closed").await;
         }
     }
 
@@ -199,7 +200,7 @@ impl ConnShared {
     /// logs it, rate-limited, with who asked.
     pub(super) async fn refuse_limit(&self, open: IncomingOpen, why: &str) {
         let service = &open.service;
-        if let Some(n) = self.core.refusals.opens.allow() {
+        if let Some(n) = self.host.refusals.opens.allow() {
             tracing::warn!(
                 remote = %self.remote_label(),
                 %service,
@@ -244,14 +245,14 @@ impl ConnShared {
                 .meta_names
                 .get_or_init(|| {
                     (
-                        self.core.name.clone(),
+                        self.host.name.clone(),
                         r.name.clone(),
                         self.endpoint.as_str().into(),
                     )
                 })
                 .clone(),
             None => (
-                self.core.name.clone(),
+                self.host.name.clone(),
                 self.remote_name().into(),
                 self.endpoint.as_str().into(),
             ),
@@ -305,18 +306,18 @@ impl ConnShared {
         self.duplex.store(true, Ordering::Release);
         self.channels().insert(id, chan.clone());
         open.reply.accept().await;
-        let ours = hello::listener_hello(&self.core.name, version);
+        let ours = hello::listener_hello(&self.host.name, version);
         let encoded = ours.encode(&self.config.limits).unwrap_or_default();
         // Send the answer before the application can learn of the peer (and
         // open channels to it): our opens share the session queue with this
         // data, so they cannot overtake it. Not awaited here, in the session
         // loop, since that queue is drained by this very loop.
         let conn = self.clone();
-        self.core.tracker.spawn(async move {
+        self.host.tracker.spawn(async move {
             if let Some(w) = chan.writer.get() {
                 let hello = Out::Ext(EXT_CONTROL, Control::Hello { headers: encoded }.encode());
                 if w.send(hello).await.is_ok() {
-                    conn.core.register(conn.clone());
+                    conn.registry.register(conn.clone());
                 }
             }
             chan.send_close();

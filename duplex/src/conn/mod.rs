@@ -11,11 +11,10 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::channel::state::{ChanShared, Turn};
 use crate::config::{CLOSE_GRACE, Config};
+use crate::conn::chan::{ChanShared, Turn};
 use crate::error::ChannelError;
 use crate::events::{Direction, PeerInfo};
-use crate::peer::PeerCore;
 use crate::proto::budget::{self, Budget, Level, Reservation, Share};
 use crate::proto::chan::Kind;
 use crate::proto::headers::Headers;
@@ -23,10 +22,15 @@ use crate::proto::hello::{self, Version};
 use crate::ssh::SessionHandle;
 use crate::ssh::keys::Fingerprint;
 use crate::transport::Backlog;
+use host::{Host, Registry};
 
 mod accept;
+pub(crate) mod chan;
+pub(crate) mod host;
+pub(crate) mod meta;
 mod open;
 mod outbox;
+pub(crate) mod owned;
 mod session;
 
 pub(crate) use outbox::drain;
@@ -44,7 +48,11 @@ pub(crate) struct Remote {
 pub(crate) struct ConnShared {
     pub(crate) id: u64,
     pub(crate) config: Arc<Config>,
-    pub(crate) core: Arc<PeerCore>,
+    /// What the peer shares with all its connections.
+    pub(crate) host: Arc<Host>,
+    /// The peer's tables, told when the remote becomes a peer and when the
+    /// connection ends.
+    registry: Arc<dyn Registry>,
     pub(crate) endpoint: String,
     pub(crate) direction: Direction,
     remote_key: OnceLock<Fingerprint>,
@@ -118,20 +126,26 @@ impl ConnShared {
             stream,
             self.config.max_send_buffer,
             self.backlog.clone(),
-            &self.core.tracker,
+            &self.host.tracker,
             self.transport_stop.clone(),
             self.activity.clone(),
         )
     }
 
-    pub(crate) fn new(core: Arc<PeerCore>, endpoint: String, direction: Direction) -> Arc<Self> {
-        let config_buffer = core.config.max_connection_buffer;
-        let backlog = Backlog::new(core.config.max_send_buffer);
+    pub(crate) fn new(
+        host: Arc<Host>,
+        registry: Arc<dyn Registry>,
+        endpoint: String,
+        direction: Direction,
+    ) -> Arc<Self> {
+        let config_buffer = host.config.max_connection_buffer;
+        let backlog = Backlog::new(host.config.max_send_buffer);
         Arc::new(Self {
-            id: core.next_conn_id(),
-            config: core.config.clone(),
-            cancel: core.cancel.child_token(),
-            core,
+            id: host.next_conn_id(),
+            config: host.config.clone(),
+            cancel: host.cancel.child_token(),
+            host,
+            registry,
             endpoint,
             direction,
             remote_key: OnceLock::new(),
@@ -221,20 +235,20 @@ impl ConnShared {
     fn reserve_share(&self, bytes: u64, share: Share) -> Result<Reservation, budget::Refused> {
         let peer = self.remote_key.get().map(|fp| {
             self.peer_budget
-                .get_or_init(|| self.core.budget_for(fp))
+                .get_or_init(|| self.host.budget_for(fp))
                 .clone()
         });
         let levels = [
             Some(self.budget.clone()),
             peer,
-            Some(self.core.total_budget.clone()),
+            Some(self.host.total_budget.clone()),
         ];
         budget::reserve(levels, bytes, share)
     }
 
     /// Which budget is spent, and the knob that raises it.
     fn budget_refusal(&self, r: budget::Refused) -> String {
-        let me = &self.core.name;
+        let me = &self.host.name;
         let (used, limit) = (r.used, r.limit);
         match r.level {
             Level::Connection => format!(
@@ -336,7 +350,7 @@ impl ConnShared {
         if chans.get(&chan.id).is_some_and(|c| Arc::ptr_eq(c, chan)) {
             chans.remove(&chan.id);
             drop(chans);
-            self.core.channels_changed.notify_waiters();
+            self.host.channels_changed.notify_waiters();
         }
     }
 
@@ -358,8 +372,8 @@ impl ConnShared {
         }
         self.cancel.cancel();
         self.transport_stop.cancel();
-        self.core.unregister(self, self.end_reason().into());
-        self.core.channels_changed.notify_waiters();
+        self.registry.unregister(self, self.end_reason().into());
+        self.host.channels_changed.notify_waiters();
         self.finished.cancel();
     }
 

@@ -6,8 +6,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use crate::channel::Channel;
-use crate::channel::state::ChanShared;
 use crate::error::{ChannelError, OpenError};
 use crate::proto::HELLO_SERVICE;
 use crate::proto::chan::{Kind, OpenPhase};
@@ -18,6 +16,8 @@ use crate::proto::open::{OPEN_PROHIBITED, OPEN_RESOURCE_SHORTAGE};
 use crate::proto::service::ServiceName;
 use crate::ssh::{OpenFailed, WriteHalf};
 
+use super::chan::ChanShared;
+use super::owned::Owned;
 use super::*;
 
 impl ConnShared {
@@ -26,20 +26,20 @@ impl ConnShared {
     /// Opens a channel (nested in `parent` if given), in the caller's task.
     /// Dropping the returned future never strands a half-open channel: the
     /// SSH open is seen through by `PendingOpen`, and every later step holds
-    /// a `Channel`, whose drop closes it.
+    /// an `Owned`, whose drop closes it.
     pub(crate) async fn open(
         self: &Arc<Self>,
         service: ServiceName,
         headers: Headers,
         parent: Option<Arc<ChanShared>>,
-    ) -> Result<Channel, OpenError> {
+    ) -> Result<Owned, OpenError> {
         // Our initial receive window leads the block, so the remote may
         // answer with data at once (no `WINDOW` record to wait for).
         let encoded = with_window(
             self.config.channel_window,
             &headers.encode(&self.config.limits)?,
         );
-        if self.core.draining.is_cancelled() {
+        if self.host.draining.is_cancelled() {
             return Err(OpenError::Shutdown);
         }
         let wire = match &parent {
@@ -107,7 +107,7 @@ impl ConnShared {
         encoded: String,
         wire: (u32, u32),
         parent: Option<Arc<ChanShared>>,
-    ) -> Result<Channel, OpenError> {
+    ) -> Result<Owned, OpenError> {
         // The remote's name is only formatted for an error.
         let lost = |reason: String| OpenError::ConnectionLost {
             peer: self.remote_name(),
@@ -174,7 +174,7 @@ impl ConnShared {
         let _ = chan
             .meta
             .set(Arc::new(self.meta(service.clone(), headers, parent_meta)));
-        let channel = Channel::new(chan.clone());
+        let channel = Owned::new(chan.clone());
         if let Some(p) = &parent
             && let Err(reason) = p.adopt(&chan)
         {
@@ -227,7 +227,7 @@ impl ConnShared {
     /// Dialler side of the hello: open `@hello`, return the listener's name
     /// (and remember the connection's version).
     pub(crate) async fn hello(self: &Arc<Self>) -> Result<String, String> {
-        let encoded = hello::dialler_hello(&self.core.name)
+        let encoded = hello::dialler_hello(&self.host.name)
             .encode(&self.config.limits)
             .map_err(|e| e.to_string())?;
         let Some(handle) = self.handle.get() else {
@@ -244,7 +244,7 @@ impl ConnShared {
         let chan = self.claim(id);
         let _ = chan.writer.set(write);
         chan.kick();
-        let guard = Channel::new(chan.clone());
+        let guard = Owned::new(chan.clone());
         loop {
             let notified = chan.opened.notified();
             let (phase, failed, closed) = chan.open_phase();
@@ -273,7 +273,7 @@ impl ConnShared {
 /// The SSH open of a channel we open. If it is dropped before the remote
 /// answered (the caller gave up, or the open timed out), a task sees the
 /// open through and closes the channel, so none is left half-open at the
-/// remote. Every step after it holds a `Channel`, whose drop closes it:
+/// remote. Every step after it holds an `Owned`, whose drop closes it:
 /// so `open` needs no task of its own.
 pub(super) struct PendingOpen {
     conn: Arc<ConnShared>,
@@ -325,13 +325,13 @@ impl Drop for PendingOpen {
             return;
         };
         let conn = self.conn.clone();
-        self.conn.core.tracker.spawn_on(
+        self.conn.host.tracker.spawn_on(
             async move {
                 if let Ok(write) = fut.await {
                     let chan = conn.claim(write.id());
                     let _ = chan.writer.set(write);
                     chan.kick();
-                    drop(Channel::new(chan)); // closes it
+                    drop(Owned::new(chan)); // closes it
                 }
             },
             &rt,

@@ -8,8 +8,8 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 
-use crate::channel::state::{ChanShared, Turn};
 use crate::config::CLOSE_GRACE;
+use crate::conn::chan::{ChanShared, Turn};
 use crate::error::ChannelError;
 use crate::proto::EXT_ERROR;
 use crate::proto::chan::Out;

@@ -15,15 +15,15 @@ impl SessionEvents for ConnShared {
     }
 
     fn authorizes(&self, key: &PublicKey) -> bool {
-        self.core.authorized().authorizes(key)
+        self.host.authorized().authorizes(key)
     }
 
     fn check_name(&self, fp: &Fingerprint, claimed: &str) -> Result<(), crate::NameBindingError> {
-        self.core.authorized().check_name(fp, claimed)
+        self.host.authorized().check_name(fp, claimed)
     }
 
     fn on_key_refused(&self, user: &str, fp: &Fingerprint, why: &str) {
-        if let Some(n) = self.core.refusals.keys.allow() {
+        if let Some(n) = self.host.refusals.keys.allow() {
             tracing::info!(
                 endpoint = %self.endpoint,
                 user,
@@ -78,7 +78,7 @@ impl SessionEvents for ConnShared {
         tracing::trace!(channel = id, known = chan.is_some(), "remote closed");
         if let Some(chan) = chan {
             chan.on_close();
-            self.core.channels_changed.notify_waiters();
+            self.host.channels_changed.notify_waiters();
         }
     }
 

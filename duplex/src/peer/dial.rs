@@ -36,7 +36,7 @@ pub(super) async fn dial(
     endpoint: &Endpoint,
 ) -> Result<Arc<ConnShared>, ConnectError> {
     let label = endpoint.to_string();
-    let timeout = core.config.handshake_timeout;
+    let timeout = core.host.config.handshake_timeout;
     let attempt = async {
         match endpoint {
             Endpoint::Tcp { host, port } => {
@@ -70,7 +70,7 @@ pub(super) async fn dial(
             endpoint: label.clone(),
             after: timeout,
         })??,
-        _ = core.draining.cancelled() => return Err(ConnectError::Shutdown),
+        _ = core.host.draining.cancelled() => return Err(ConnectError::Shutdown),
     };
     Ok(conn)
 }
@@ -84,14 +84,19 @@ pub(super) async fn handshake<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let conn = ConnShared::new(core.clone(), endpoint.clone(), Direction::Outbound);
+    let conn = ConnShared::new(
+        core.host.clone(),
+        core.clone(),
+        endpoint.clone(),
+        Direction::Outbound,
+    );
     let handler = ClientHandler::new(conn.clone(), core.known_hosts.clone(), host_name);
     // Until the connection is handed to its supervisor, failing (or being
     // cancelled) must stop its tasks.
     let abort = conn.cancel.clone().drop_guard();
     let stop_transport = conn.transport_stop.clone().drop_guard();
     let stream = conn.transport(stream);
-    let handle = ssh::client_handshake(&core.ssh, stream, handler, &core.name, &core.identity)
+    let handle = ssh::client_handshake(&core.ssh, stream, handler, &core.host.name, &core.identity)
         .await
         .map_err(|e| match e {
             HandshakeError::HostKey(source) => ConnectError::HostKey {
@@ -101,7 +106,7 @@ where
             HandshakeError::AuthRejected => ConnectError::AuthRejected {
                 endpoint: endpoint.clone(),
                 fingerprint: core.identity.fingerprint(),
-                name: core.name.to_string(),
+                name: core.host.name.to_string(),
             },
             HandshakeError::Ssh(reason) => ConnectError::Handshake {
                 endpoint: endpoint.clone(),
@@ -110,8 +115,8 @@ where
         })?;
     let _ = conn.handle.set(handle);
     lock(&core.all).insert(conn.id, conn.clone());
-    core.tracker.spawn(conn.clone().run_outbox());
-    core.tracker.spawn(supervise(conn.clone()));
+    core.host.tracker.spawn(conn.clone().run_outbox());
+    core.host.tracker.spawn(supervise(conn.clone()));
     let name = match conn.hello().await {
         Ok(n) => n,
         Err(reason) => {
@@ -153,7 +158,7 @@ pub(super) async fn redial(
     mut conn: Arc<ConnShared>,
 ) {
     let label = endpoint.to_string();
-    let backoff = core.config.connect_backoff.clone();
+    let backoff = core.host.config.connect_backoff.clone();
     loop {
         tokio::select! {
             _ = conn.finished.cancelled() => {}

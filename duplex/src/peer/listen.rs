@@ -21,17 +21,22 @@ pub(super) async fn serve<S>(core: Arc<PeerCore>, stream: S, endpoint: String)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let conn = ConnShared::new(core.clone(), endpoint, Direction::Inbound);
+    let conn = ConnShared::new(
+        core.host.clone(),
+        core.clone(),
+        endpoint,
+        Direction::Inbound,
+    );
     lock(&core.all).insert(conn.id, conn.clone());
     let handshaking = Handshaking::enter(&core, &conn);
     let handler = ServerHandler::new(conn.clone());
     let stream = conn.transport(stream);
-    let timeout = core.config.handshake_timeout;
+    let timeout = core.host.config.handshake_timeout;
     let handshake = async {
         match ssh::server_start(&core.ssh, stream, handler).await {
             Ok(handle) => {
                 let _ = conn.handle.set(handle);
-                core.tracker.spawn(conn.clone().run_outbox());
+                core.host.tracker.spawn(conn.clone().run_outbox());
                 tokio::select! {
                     _ = conn.authenticated.notified() => true,
                     _ = conn.ended.cancelled() => false,
@@ -98,7 +103,7 @@ impl Handshaking {
                 cancel: conn.cancel.clone(),
                 activity: conn.activity.clone(),
             });
-            if list.len() > core.config.max_unauthenticated {
+            if list.len() > core.host.config.max_unauthenticated {
                 // The first minimum: the list is in arrival order.
                 let idlest = list
                     .iter()
@@ -111,11 +116,11 @@ impl Handshaking {
             }
         };
         if let Some(u) = evicted {
-            if let Some(n) = core.refusals.evicted.allow() {
+            if let Some(n) = core.host.refusals.evicted.allow() {
                 tracing::warn!(
-                    limit = core.config.max_unauthenticated,
+                    limit = core.host.config.max_unauthenticated,
                     "more than {} unfinished handshakes: ending the one idle the longest (connection {}) to make room (Config::max_unauthenticated){}",
-                    core.config.max_unauthenticated,
+                    core.host.config.max_unauthenticated,
                     u.id,
                     crate::lograte::left_out(n)
                 );
@@ -142,7 +147,9 @@ pub(super) async fn accept_tcp(
     label: String,
 ) {
     let _closed = closed.drop_guard();
-    let slots = Arc::new(tokio::sync::Semaphore::new(core.config.max_connections));
+    let slots = Arc::new(tokio::sync::Semaphore::new(
+        core.host.config.max_connections,
+    ));
     let mut errors = AcceptErrors::new(label.clone());
     loop {
         let accepted = tokio::select! {
@@ -159,14 +166,14 @@ pub(super) async fn accept_tcp(
                     &slots,
                     &stream,
                     (&label, &from),
-                    core.config.max_connections,
-                    &core.refusals.connections,
+                    core.host.config.max_connections,
+                    &core.host.refusals.connections,
                 ) else {
                     continue;
                 };
                 let endpoint = format!("{label}{from}");
                 let serving = serve(core.clone(), stream, endpoint);
-                core.tracker.spawn(async move {
+                core.host.tracker.spawn(async move {
                     serving.await;
                     drop(slot);
                 });
@@ -185,7 +192,9 @@ pub(super) async fn accept_unix(
 ) {
     let _closed = closed.drop_guard();
     let label = format!("unix://{}", path.display());
-    let slots = Arc::new(tokio::sync::Semaphore::new(core.config.max_connections));
+    let slots = Arc::new(tokio::sync::Semaphore::new(
+        core.host.config.max_connections,
+    ));
     let mut errors = AcceptErrors::new(label.clone());
     loop {
         let accepted = tokio::select! {
@@ -200,13 +209,13 @@ pub(super) async fn accept_unix(
                     &slots,
                     &stream,
                     (&label, ""),
-                    core.config.max_connections,
-                    &core.refusals.connections,
+                    core.host.config.max_connections,
+                    &core.host.refusals.connections,
                 ) else {
                     continue;
                 };
                 let serving = serve(core.clone(), stream, label.clone());
-                core.tracker.spawn(async move {
+                core.host.tracker.spawn(async move {
                     serving.await;
                     drop(slot);
                 });

@@ -15,6 +15,7 @@ use tokio_util::task::TaskTracker;
 use crate::channel::{Channel, IncomingChannel};
 use crate::config::Config;
 use crate::conn::ConnShared;
+use crate::conn::host::{Host, Registry};
 use crate::endpoint::{Endpoint, EndpointError};
 use crate::error::{BindError, ConnectError, OpenError};
 pub use crate::events::{Direction, PeerInfo};
@@ -124,7 +125,7 @@ pub struct Peer {
 impl fmt::Debug for Peer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Peer")
-            .field("name", &self.core.name)
+            .field("name", &self.core.host.name)
             .field("fingerprint", &self.core.identity.fingerprint())
             .finish()
     }
@@ -192,27 +193,16 @@ impl PeerBuilder {
             self.config.max_total_buffer,
             crate::proto::budget::Level::Total,
         );
-        let core = Arc::new(PeerCore {
+        let config = Arc::new(self.config);
+        let host = Arc::new(Host {
             name: name.into(),
-            ssh: SshConfigs::new(&self.config, &identity),
-            identity,
             authorized: Mutex::new(Arc::new(self.authorized)),
-            known_hosts: Arc::new(self.known_hosts),
-            config: Arc::new(self.config),
-            peers: Mutex::new(Vec::new()),
-            all: Mutex::new(HashMap::new()),
-            listeners: Mutex::new(HashMap::new()),
-            dialed: Mutex::new(HashMap::new()),
-            events: broadcast::channel(EVENT_BUFFER).0,
-            peers_changed: Notify::new(),
+            config: config.clone(),
             channels_changed: Notify::new(),
             // Also cancelled when the peer stops without `shutdown` (last
             // handle dropped), which stops re-dialling too.
             draining: cancel.child_token(),
             incoming_tx: tx,
-            incoming_rx: tokio::sync::Mutex::new(rx),
-            rr: AtomicUsize::new(0),
-            handshaking: Mutex::new(Vec::new()),
             conn_ids: AtomicU64::new(1),
             cancel: cancel.clone(),
             tracker: TaskTracker::new(),
@@ -220,6 +210,21 @@ impl PeerBuilder {
             refusals: Default::default(),
             total_budget,
             peer_budgets: Mutex::new(HashMap::new()),
+        });
+        let core = Arc::new(PeerCore {
+            host,
+            ssh: SshConfigs::new(&config, &identity),
+            identity,
+            known_hosts: Arc::new(self.known_hosts),
+            peers: Mutex::new(Vec::new()),
+            all: Mutex::new(HashMap::new()),
+            listeners: Mutex::new(HashMap::new()),
+            dialed: Mutex::new(HashMap::new()),
+            events: broadcast::channel(EVENT_BUFFER).0,
+            peers_changed: Notify::new(),
+            incoming_rx: tokio::sync::Mutex::new(rx),
+            rr: AtomicUsize::new(0),
+            handshaking: Mutex::new(Vec::new()),
         });
         Ok(Peer {
             core,
@@ -242,7 +247,7 @@ impl Peer {
 
     /// This peer's name.
     pub fn name(&self) -> &str {
-        &self.core.name
+        &self.core.host.name
     }
 
     /// This peer's key fingerprint.
@@ -252,7 +257,7 @@ impl Peer {
 
     /// The configuration.
     pub fn config(&self) -> &Config {
-        &self.core.config
+        &self.core.host.config
     }
 
     /// Listens on `endpoint` (`tcp://HOST:PORT`, port 0 for any free port,
@@ -261,14 +266,14 @@ impl Peer {
     /// A stale Unix socket file (nobody listening) is replaced. Cancel-safe.
     pub async fn bind(&self, endpoint: impl IntoEndpoint) -> Result<Endpoint, BindError> {
         let endpoint = endpoint.into_endpoint()?;
-        if self.core.cancel.is_cancelled() {
+        if self.core.host.cancel.is_cancelled() {
             return Err(BindError::Shutdown);
         }
         let io = |source| BindError::Io {
             endpoint: endpoint.to_string(),
             source,
         };
-        let token = self.core.cancel.child_token();
+        let token = self.core.host.cancel.child_token();
         let closed = CancellationToken::new();
         let bound = match &endpoint {
             Endpoint::Tcp { host, port } => {
@@ -283,6 +288,7 @@ impl Peer {
                 let core = self.core.clone();
                 let stop = (token.clone(), closed.clone());
                 self.core
+                    .host
                     .tracker
                     .spawn(accept_tcp(core, listener, stop, bound.to_string()));
                 bound
@@ -293,6 +299,7 @@ impl Peer {
                 let stop = (token.clone(), closed.clone());
                 let p = path.clone();
                 self.core
+                    .host
                     .tracker
                     .spawn(accept_unix(core, listener, stop, p));
                 endpoint.clone()
@@ -344,10 +351,10 @@ impl Peer {
     pub async fn connect(&self, endpoint: impl IntoEndpoint) -> Result<PeerInfo, ConnectError> {
         let endpoint = endpoint.into_endpoint()?;
         let core = &self.core;
-        if core.draining.is_cancelled() {
+        if core.host.draining.is_cancelled() {
             return Err(ConnectError::Shutdown);
         }
-        let backoff = &core.config.connect_backoff;
+        let backoff = &core.host.config.connect_backoff;
         let label = endpoint.to_string();
         let start = tokio::time::Instant::now();
         let mut attempt = 1;
@@ -378,7 +385,7 @@ impl Peer {
                     });
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => {}
-                        _ = core.draining.cancelled() => return Err(ConnectError::Shutdown),
+                        _ = core.host.draining.cancelled() => return Err(ConnectError::Shutdown),
                     }
                 }
             }
@@ -389,15 +396,16 @@ impl Peer {
         })?;
         let dialer = Arc::new(Dialer {
             conn: Mutex::new(Some(conn.clone())),
-            stop: core.draining.child_token(),
+            stop: core.host.draining.child_token(),
         });
         // A second connect to the same endpoint: both connections stay up,
         // but only the newest is re-dialled and `disconnect` acts on it.
         if let Some(old) = lock(&core.dialed).insert(endpoint.clone(), dialer.clone()) {
             old.stop.cancel();
         }
-        if core.config.reconnect {
-            core.tracker
+        if core.host.config.reconnect {
+            core.host
+                .tracker
                 .spawn(redial(core.clone(), endpoint, dialer, conn));
         }
         Ok(info)
@@ -412,8 +420,8 @@ impl Peer {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let timeout = self.core.config.handshake_timeout;
-        if self.core.draining.is_cancelled() {
+        let timeout = self.core.host.config.handshake_timeout;
+        if self.core.host.draining.is_cancelled() {
             return Err(ConnectError::Shutdown);
         }
         tokio::select! {
@@ -421,7 +429,7 @@ impl Peer {
                 r.map_err(|_| ConnectError::Timeout { endpoint: label.to_owned(), after: timeout })?
                     .map(|(_, info)| info)
             }
-            _ = self.core.cancel.cancelled() => Err(ConnectError::Shutdown),
+            _ = self.core.host.cancel.cancelled() => Err(ConnectError::Shutdown),
         }
     }
 
@@ -432,10 +440,11 @@ impl Peer {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        if self.core.draining.is_cancelled() {
+        if self.core.host.draining.is_cancelled() {
             return; // dropping the stream closes it
         }
         self.core
+            .host
             .tracker
             .spawn(serve(self.core.clone(), stream, label.to_owned()));
     }
@@ -469,13 +478,13 @@ impl Peer {
     /// peer.set_authorized_keys(duplex::AuthorizedKeys::new().with(plugin.public_key()));
     /// ```
     pub fn set_authorized_keys(&self, keys: AuthorizedKeys) {
-        *lock(&self.core.authorized) = Arc::new(keys);
+        *lock(&self.core.host.authorized) = Arc::new(keys);
     }
 
     /// Subscribes to this peer's events: peers connecting and disconnecting
     /// (with the reason), and endpoints being re-dialled. See [`PeerEvent`].
     pub fn events(&self) -> PeerEvents {
-        PeerEvents::new(self.core.events.subscribe(), self.core.cancel.clone())
+        PeerEvents::new(self.core.events.subscribe(), self.core.host.cancel.clone())
     }
 
     /// The connected peers (remotes that completed the Duplex handshake),
@@ -521,11 +530,11 @@ impl Peer {
         loop {
             let ch = tokio::select! {
                 ch = rx.recv() => ch?,
-                _ = self.core.cancel.cancelled() => return None,
+                _ = self.core.host.cancel.cancelled() => return None,
             };
             // One the accept timeout rejected while it waited is skipped.
             if !ch.is_expired() {
-                return Some(ch);
+                return Some(IncomingChannel::new(ch));
             }
         }
     }
@@ -555,7 +564,9 @@ impl Peer {
                 },
             )
             .await?;
-        conn.open(service, headers, None).await
+        conn.open(service, headers, None)
+            .await
+            .map(Channel::from_owned)
     }
 
     /// Opens a channel for `service` to the next connected peer in
@@ -593,7 +604,9 @@ impl Peer {
                 |waited| OpenError::NoPeer { waited },
             )
             .await?;
-        conn.open(service, headers, None).await
+        conn.open(service, headers, None)
+            .await
+            .map(Channel::from_owned)
     }
 
     /// Waits up to the peer-wait timeout for `pick` to find a connection.
@@ -603,13 +616,13 @@ impl Peer {
         missing: impl FnOnce(Duration) -> OpenError,
     ) -> Result<Arc<ConnShared>, OpenError> {
         let core = &self.core;
-        let waited = core.config.peer_wait_timeout;
+        let waited = core.host.config.peer_wait_timeout;
         let deadline = tokio::time::Instant::now() + waited;
         loop {
             let changed = core.peers_changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
-            if core.draining.is_cancelled() {
+            if core.host.draining.is_cancelled() {
                 return Err(OpenError::Shutdown);
             }
             if let Some(conn) = pick(core) {
@@ -618,7 +631,7 @@ impl Peer {
             tokio::select! {
                 _ = changed => {}
                 _ = tokio::time::sleep_until(deadline) => return Err(missing(waited)),
-                _ = core.draining.cancelled() => return Err(OpenError::Shutdown),
+                _ = core.host.draining.cancelled() => return Err(OpenError::Shutdown),
             }
         }
     }
@@ -635,23 +648,23 @@ impl Peer {
     /// background only as far as it got (call again to finish it).
     pub async fn shutdown(&self) {
         let core = &self.core;
-        if !core.draining.is_cancelled() {
-            core.draining.cancel();
-            tracing::debug!(peer = %core.name, "shutting down: draining channels");
+        if !core.host.draining.is_cancelled() {
+            core.host.draining.cancel();
+            tracing::debug!(peer = %core.host.name, "shutting down: draining channels");
             let listeners: Vec<_> = lock(&core.listeners).drain().map(|(_, l)| l).collect();
             for (stop, _) in &listeners {
                 stop.cancel();
             }
-            let deadline = tokio::time::Instant::now() + core.config.drain_timeout;
+            let deadline = tokio::time::Instant::now() + core.host.config.drain_timeout;
             loop {
-                let changed = core.channels_changed.notified();
+                let changed = core.host.channels_changed.notified();
                 tokio::pin!(changed);
                 changed.as_mut().enable();
-                if core.channel_total() == 0 || core.cancel.is_cancelled() {
+                if core.channel_total() == 0 || core.host.cancel.is_cancelled() {
                     break;
                 }
                 if tokio::time::timeout_at(deadline, changed).await.is_err() {
-                    tracing::debug!(peer = %core.name, "drain timeout: closing open channels");
+                    tracing::debug!(peer = %core.host.name, "drain timeout: closing open channels");
                     break;
                 }
             }
@@ -659,9 +672,9 @@ impl Peer {
                 closed.cancelled().await;
             }
         }
-        core.cancel.cancel();
-        core.tracker.close();
-        core.tracker.wait().await;
+        core.host.cancel.cancel();
+        core.host.tracker.close();
+        core.host.tracker.wait().await;
         // Reject channels nobody accepted (also breaks reference cycles).
         let mut rx = core.incoming_rx.lock().await;
         rx.close();

@@ -8,7 +8,7 @@
 //! and writes go in (`poll_read`, `poll_write`, `send_*`); records to send
 //! come out of [`Chan::next_out`], and after every call
 //! [`Chan::take_effects`] says which of the handle's waiters to wake and
-//! whether a send turn is needed. The driver (`channel/state.rs`) keeps the
+//! whether a send turn is needed. The driver (`conn/chan.rs`) keeps the
 //! wakers, takes its lock around each call, and acts on the effects once
 //! it has let go of the lock.
 //!

@@ -7,17 +7,22 @@
 //! turn if one is needed. Nothing runs from a guard's `Drop`; no lock is
 //! held across an `.await`.
 
+mod answer;
+mod nest;
+
+use nest::{Ending, take_children};
+
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 use tokio::sync::Notify;
 
-use crate::conn::ConnShared;
+use super::ConnShared;
 use crate::error::ChannelError;
 use crate::proto::Limits;
 use crate::proto::budget::Reservation;
@@ -26,11 +31,11 @@ use crate::proto::chan::{
 };
 use crate::proto::control::Control;
 use crate::proto::headers::Headers;
-use crate::proto::open::OPEN_PROHIBITED;
 use crate::ssh::{OpenReply, WriteHalf};
 
-use super::ChannelEnd;
-use super::{ChannelMeta, IncomingChannel};
+use crate::error::ChannelEnd;
+
+use super::meta::ChannelMeta;
 
 /// The locked part of a channel.
 struct Inner {
@@ -40,7 +45,7 @@ struct Inner {
     /// were sent.
     children: Vec<Weak<ChanShared>>,
     /// Nested channels the remote opened, waiting for `Children::accept`.
-    incoming: VecDeque<IncomingChannel>,
+    incoming: VecDeque<Arc<ChanShared>>,
 }
 
 /// The wakers of the application's reads, writes and flushes.
@@ -243,78 +248,12 @@ impl ChanShared {
         }
     }
 
-    /// Keeps a plain SSH client's open until the application answers.
-    pub(crate) fn set_plain_reply(&self, reply: OpenReply) {
-        *self.plain_reply.lock().unwrap_or_else(|p| p.into_inner()) = Some(reply);
-    }
-
-    /// Takes the plain SSH client's open, to answer it.
-    pub(crate) fn take_plain_reply(&self) -> Option<OpenReply> {
-        self.plain_reply
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-    }
-
-    /// Claims the right to answer an incoming channel: true exactly once
-    /// (accept, reject, drop and the accept timeout race for it).
-    pub(crate) fn take_answer(&self) -> bool {
-        let won = !self.answered.swap(true, Ordering::AcqRel);
-        if won {
-            self.conn.core.pending.answered();
-        }
-        won
-    }
-
-    /// Whether an incoming channel was answered already (the accept
-    /// timeout rejected it while it sat in a queue).
-    pub(crate) fn is_answered(&self) -> bool {
-        self.answered.load(Ordering::Acquire)
-    }
-
-    /// The accept timeout passed with the channel still pending: reject
-    /// it, saying which service, which peer and which setting.
-    fn expire_now(&self, after: std::time::Duration) {
-        if !self.take_answer() {
-            return;
-        }
-        self.conn.pending_done(self.kind);
-        // Its share of the connection's buffer goes back now, not when the
-        // entry is finally dropped from a queue nobody reads.
-        drop(
-            self.reservation
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .take(),
-        );
-        let me = self.local_peer();
-        let reason = match self.meta.get().and_then(|m| m.parent()) {
-            Some(parent) => format!(
-                "{:?} was not accepted within {after:?}: the application on {me} did not take the nested channels of {:?} (Config::accept_timeout)",
-                self.service(),
-                parent.service()
-            ),
-            None => format!(
-                "{:?} was not accepted within {after:?}: the application on {me} did not take it (Config::accept_timeout)",
-                self.service()
-            ),
-        };
-        tracing::info!(channel = self.id, "{reason}");
-        // Should the application take it after all (it lost the race), its
-        // reads and writes fail with the reason rather than wait.
-        self.with(|st, _| {
-            st.chan
-                .set_failed(ChannelError::NotAccepted(reason.clone().into()))
-        });
-        match self.take_plain_reply() {
-            Some(reply) => {
-                // The reply goes through the session's queue: not awaited in
-                // the timer's task.
-                self.conn.core.tracker.spawn(async move {
-                    reply.reject(OPEN_PROHIBITED, &reason).await;
-                });
-            }
-            None => self.with(|st, _| st.chan.force_reject(reason)),
+    /// Service, headers and peers (see [`ChannelMeta::unknown`] for a
+    /// channel whose meta is not set yet).
+    pub(crate) fn meta_or_unknown(&self) -> &ChannelMeta {
+        match self.meta.get() {
+            Some(m) => m,
+            None => ChannelMeta::unknown(),
         }
     }
 
@@ -433,34 +372,6 @@ impl ChanShared {
         });
     }
 
-    /// Ends this channel because an ancestor ended: fails it with
-    /// `ending.local`, tells the remote why (a `PARENT_CLOSED` record) and
-    /// closes it, then does the same to its own children.
-    fn end_by_parent(&self, ending: &Ending) {
-        let nested = self.with(|st, _| {
-            let remote = ending.remote.as_deref();
-            st.chan
-                .end_by_parent(ending.local.clone(), remote, ending.close)
-                .then(|| take_children(st))
-        });
-        if let Some(nested) = nested {
-            self.end_children(nested, || ending.clone());
-        }
-    }
-
-    /// Ends the children taken from this channel, and rejects the nested
-    /// channels nobody accepted yet.
-    fn end_children(&self, nested: Nested, ending: impl FnOnce() -> Ending) {
-        let (children, pending) = nested;
-        if !children.is_empty() {
-            let ending = ending();
-            for c in &children {
-                c.end_by_parent(&ending);
-            }
-        }
-        drop(pending); // already ended: dropping them sends nothing more
-    }
-
     fn fail_protocol(&self, why: &str) {
         tracing::warn!(channel = self.id, "closing channel: remote {why}");
         // For the `PROTOCOL_ERROR` record: what the remote did, as this
@@ -509,66 +420,6 @@ impl ChanShared {
     /// Whether the application holds this channel (accepted on both sides).
     pub(crate) fn is_established(&self) -> bool {
         self.lock().chan.is_established()
-    }
-
-    /// Records `child` as nested in this channel, unless this one is
-    /// closed (then the reason).
-    pub(crate) fn adopt(&self, child: &Arc<ChanShared>) -> Result<(), Arc<str>> {
-        let mut st = self.lock();
-        if let Some(why) = closed_reason(&st.chan) {
-            return Err(why);
-        }
-        st.children.retain(|w| w.strong_count() > 0);
-        st.children.push(Arc::downgrade(child));
-        Ok(())
-    }
-
-    /// Queues a nested channel the remote opened for `accept_child`; gives
-    /// it back if this channel closed meanwhile.
-    pub(crate) fn offer_child(&self, child: IncomingChannel) -> Option<IncomingChannel> {
-        let mut st = self.lock();
-        if closed_reason(&st.chan).is_some() {
-            return Some(child);
-        }
-        // Children the accept timeout rejected while nobody accepted here
-        // leave the queue now (dropped after the lock: they send nothing).
-        let mut expired = Vec::new();
-        if st.incoming.iter().any(IncomingChannel::is_expired) {
-            for c in std::mem::take(&mut st.incoming) {
-                if c.is_expired() {
-                    expired.push(c);
-                } else {
-                    st.incoming.push_back(c);
-                }
-            }
-        }
-        st.incoming.push_back(child);
-        drop(st);
-        drop(expired);
-        self.children_ready.notify_waiters();
-        None
-    }
-
-    /// The next nested channel the remote opened; `None` once this channel
-    /// is closed. Cancel-safe.
-    pub(crate) async fn accept_child(&self) -> Option<IncomingChannel> {
-        loop {
-            let notified = self.children_ready.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            {
-                let mut st = self.lock();
-                while let Some(c) = st.incoming.pop_front() {
-                    if !c.is_expired() {
-                        return Some(c);
-                    }
-                }
-                if closed_reason(&st.chan).is_some() {
-                    return None;
-                }
-            }
-            notified.await;
-        }
     }
 
     /// Resolves once the channel has ended in any way (closed either
@@ -769,16 +620,6 @@ impl ChanShared {
     }
 }
 
-impl crate::pending::Waiting for ChanShared {
-    fn is_answered(&self) -> bool {
-        ChanShared::is_answered(self)
-    }
-
-    fn expire(&self, after: std::time::Duration) {
-        self.expire_now(after);
-    }
-}
-
 /// A channel's send turn (see `ChanShared::start_turn`).
 pub(crate) type Turn = Pin<Box<dyn Future<Output = ()> + Send>>;
 
@@ -807,27 +648,4 @@ fn ended(st: &Chan<ChannelError>) -> Option<ChannelEnd> {
         return Some(ChannelEnd::ClosedHere);
     }
     None
-}
-
-/// A channel's children and its unaccepted nested channels.
-type Nested = (Vec<Arc<ChanShared>>, VecDeque<IncomingChannel>);
-
-/// Takes the live children and the unaccepted nested channels.
-fn take_children(st: &mut Inner) -> Nested {
-    let children = std::mem::take(&mut st.children)
-        .iter()
-        .filter_map(Weak::upgrade)
-        .collect();
-    (children, std::mem::take(&mut st.incoming))
-}
-
-/// How the descendants of an ended channel end.
-#[derive(Clone)]
-struct Ending {
-    /// The error their local handles get.
-    local: ChannelError,
-    /// The reason sent to the remote in a `PARENT_CLOSED` record, if any.
-    remote: Option<Arc<str>>,
-    /// Whether we close them (not when the connection is gone).
-    close: bool,
 }
