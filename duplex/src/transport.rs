@@ -89,6 +89,17 @@ impl Backlog {
         }
     }
 
+    /// Counts `n` more bytes of channel data if they fit now (what `admit`
+    /// would let through at once); never waits.
+    pub(crate) fn try_admit(&self, n: usize) -> bool {
+        self.inside
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |inside| {
+                let held = self.buffered.load(Ordering::SeqCst) + inside;
+                (held == 0 || held + n <= self.threshold).then_some(inside + n)
+            })
+            .is_ok()
+    }
+
     /// The session wrote `n` bytes to the transport.
     fn written(&self, n: usize) {
         let _ = self
@@ -230,7 +241,14 @@ pub(crate) struct Decoupled<S> {
     /// it (a handshake we ended, a session we gave up on).
     stopped: Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
     activity: Arc<Activity>,
+    /// Small writes held back until the session runs out of input (see
+    /// `uncork`), so the packets one wake-up of the session produces leave
+    /// in one system call. At most `CORK_MAX` bytes.
+    cork: Vec<u8>,
 }
+
+/// The most small writes are held back for: a few dozen small packets.
+const CORK_MAX: usize = 16 << 10;
 
 /// The read buffer's size: a few small packets (control records, short
 /// messages), and small enough not to weigh on an idle connection.
@@ -274,6 +292,7 @@ where
         shared,
         stopped,
         activity,
+        cork: Vec::new(),
     }
 }
 
@@ -369,21 +388,59 @@ async fn drain<S: AsyncWrite>(shared: Arc<Shared<S>>, cancel: CancellationToken)
     st.wake_waiter();
 }
 
-/// Writes up to this size go straight to the stream when they can. Larger
-/// ones (bulk transfers) are handed to the drain task even then: its system
-/// call runs in parallel with the session encrypting the next batch, which
-/// is worth more than the copy it costs (measured: bulk throughput fell by
-/// a third with every write made inline).
-const DIRECT_MAX: usize = 16 << 10;
-
 impl<S> Drop for Decoupled<S> {
     fn drop(&mut self) {
-        // Lets the writer finish the buffer and close the stream.
+        // What the session wrote last (its disconnect message) joins the
+        // buffer, and the writer finishes the buffer and closes the stream.
+        if !self.cork.is_empty() {
+            let mut st = self.shared.lock();
+            if !st.done {
+                st.buf.extend_from_slice(&self.cork);
+            }
+        }
         self.shared.wake_writer.notify_one();
     }
 }
 
-impl<S: AsyncRead> AsyncRead for Decoupled<S> {
+/// Sends what the cork holds: straight to the stream while nothing is
+/// buffered or in flight, else into the buffer for the drain task. Never
+/// waits, so the buffer may pass its limit by at most `CORK_MAX`.
+fn uncork<S: AsyncWrite>(shared: &Shared<S>, cork: &mut Vec<u8>, st: &mut State) -> io::Result<()> {
+    if cork.is_empty() {
+        return Ok(());
+    }
+    let mut rest: &[u8] = cork;
+    if st.buf.is_empty() && !st.in_flight {
+        // The no-op waker is fine: if the stream is full, the drain task
+        // takes over and waits with its own.
+        let mut noop = Context::from_waker(Waker::noop());
+        let res = match shared.write.try_lock() {
+            Ok(mut w) => Pin::new(&mut *w).poll_write(&mut noop, rest),
+            Err(_) => Poll::Pending,
+        };
+        match res {
+            Poll::Ready(Ok(n)) if n > 0 => {
+                st.flush_owed = true;
+                rest = rest.get(n..).unwrap_or_default();
+            }
+            Poll::Ready(Err(e)) => {
+                st.fail(&e);
+                cork.clear();
+                return Err(e);
+            }
+            Poll::Ready(Ok(_)) | Poll::Pending => {}
+        }
+    }
+    if !rest.is_empty() {
+        st.buf.extend_from_slice(rest);
+        shared.backlog.set_buffered(st.buf.len() + st.in_flight_len);
+    }
+    cork.clear();
+    shared.wake_writer.notify_one();
+    Ok(())
+}
+
+impl<S: AsyncRead + AsyncWrite> AsyncRead for Decoupled<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -400,6 +457,14 @@ impl<S: AsyncRead> AsyncRead for Decoupled<S> {
         if buf.filled().len() > before {
             self.activity.touch();
         }
+        if res.is_pending() && !self.cork.is_empty() {
+            // The session has read everything that arrived and is about to
+            // wait: what it wrote meanwhile goes now, in one system call.
+            // A write error is recorded and returned by the next write.
+            let this = &mut *self;
+            let mut st = this.shared.lock();
+            let _ = uncork(&this.shared, &mut this.cork, &mut st);
+        }
         res
     }
 }
@@ -410,7 +475,8 @@ impl<S: AsyncWrite> AsyncWrite for Decoupled<S> {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let shared = &*self.shared;
+        let this = self.get_mut();
+        let shared = &*this.shared;
         let mut st = shared.lock();
         if let Some(e) = st.error() {
             return Poll::Ready(Err(e));
@@ -418,37 +484,31 @@ impl<S: AsyncWrite> AsyncWrite for Decoupled<S> {
         if st.shutdown || st.done {
             return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
         }
-        let mut rest = data;
-        if st.buf.is_empty() && !st.in_flight && data.len() <= DIRECT_MAX {
-            // Straight to the stream. The no-op waker is fine: if the
-            // stream is full, the drain task takes over and waits with
-            // its own.
-            let mut noop = Context::from_waker(Waker::noop());
-            let res = match shared.write.try_lock() {
-                Ok(mut w) => Pin::new(&mut *w).poll_write(&mut noop, data),
-                Err(_) => Poll::Pending,
-            };
-            match res {
-                Poll::Ready(Ok(n)) if n > 0 => {
-                    st.flush_owed = true;
-                    rest = data.get(n..).unwrap_or_default();
-                }
-                Poll::Ready(Err(e)) => {
-                    st.fail(&e);
-                    return Poll::Ready(Err(e));
-                }
-                Poll::Ready(Ok(_)) | Poll::Pending => {}
+        if this.cork.len() + data.len() > CORK_MAX && !this.cork.is_empty() {
+            // What the cork holds goes first, so bytes keep their order.
+            if !st.buf.is_empty() && st.buf.len() + this.cork.len() > shared.limit {
+                st.waiter = Some(cx.waker().clone());
+                return Poll::Pending;
             }
-            if rest.is_empty() {
-                drop(st);
-                shared.backlog.written(data.len());
-                return Poll::Ready(Ok(data.len()));
+            if let Err(e) = uncork(shared, &mut this.cork, &mut st) {
+                return Poll::Ready(Err(e));
             }
-        } else if !st.buf.is_empty() && st.buf.len() + rest.len() > shared.limit {
+        }
+        if this.cork.len() + data.len() <= CORK_MAX {
+            this.cork.extend_from_slice(data);
+            drop(st);
+            shared.backlog.written(data.len());
+            return Poll::Ready(Ok(data.len()));
+        }
+        // A large write (bulk data): to the drain task, whose system call
+        // runs in parallel with the session encrypting the next batch,
+        // which is worth more than the copy it costs (measured: bulk
+        // throughput fell by a third with every write made inline).
+        if !st.buf.is_empty() && st.buf.len() + data.len() > shared.limit {
             st.waiter = Some(cx.waker().clone());
             return Poll::Pending;
         }
-        st.buf.extend_from_slice(rest);
+        st.buf.extend_from_slice(data);
         let buffered = st.buf.len() + st.in_flight_len;
         drop(st);
         shared.backlog.set_buffered(buffered);
@@ -473,14 +533,17 @@ impl<S: AsyncWrite> AsyncWrite for Decoupled<S> {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let mut st = self.shared.lock();
+        let this = self.get_mut();
+        let mut st = this.shared.lock();
         if st.done {
             return Poll::Ready(Ok(()));
         }
+        // The session's last words first; an error is the drain task's too.
+        let _ = uncork(&this.shared, &mut this.cork, &mut st);
         st.shutdown = true;
         st.waiter = Some(cx.waker().clone());
         drop(st);
-        self.shared.wake_writer.notify_one();
+        this.shared.wake_writer.notify_one();
         Poll::Pending
     }
 }
@@ -512,17 +575,7 @@ mod tests {
             b.read_to_end(&mut got).await.unwrap();
             got
         });
-        let sizes = [
-            1usize,
-            100,
-            DIRECT_MAX + 1,
-            7,
-            3000,
-            200_000,
-            1,
-            DIRECT_MAX,
-            5,
-        ];
+        let sizes = [1usize, 100, CORK_MAX + 1, 7, 3000, 200_000, 1, CORK_MAX, 5];
         let mut sent = Vec::new();
         let mut n = 0u8;
         for round in 0..50 {
@@ -545,6 +598,109 @@ mod tests {
         let got = reader.await.unwrap();
         assert_eq!(got.len(), sent.len());
         assert!(got == sent, "bytes reordered or corrupted");
+        tracker.close();
+        tracker.wait().await;
+    }
+
+    /// Counts the writes that reach the stream (the system calls, on a
+    /// socket).
+    struct Counting<S> {
+        inner: S,
+        writes: Arc<AtomicUsize>,
+    }
+
+    impl<S: AsyncRead + Unpin> AsyncRead for Counting<S> {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.inner).poll_read(cx, buf)
+        }
+    }
+
+    impl<S: AsyncWrite + Unpin> AsyncWrite for Counting<S> {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            data: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            let res = Pin::new(&mut self.inner).poll_write(cx, data);
+            if matches!(res, Poll::Ready(Ok(_))) {
+                self.writes.fetch_add(1, Ordering::SeqCst);
+            }
+            res
+        }
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.inner).poll_flush(cx)
+        }
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.inner).poll_shutdown(cx)
+        }
+    }
+
+    /// Small writes wait in the cork until the session finds nothing more
+    /// to read, then leave in one write; a write too big for the cork
+    /// sends what it holds first; the last of it is not lost when the
+    /// transport is dropped.
+    #[tokio::test]
+    async fn small_writes_leave_together_when_reads_run_dry() {
+        let (a, mut b) = tokio::io::duplex(1 << 20);
+        let writes = Arc::new(AtomicUsize::new(0));
+        let tracker = TaskTracker::new();
+        let cancel = CancellationToken::new();
+        let mut a = decouple(
+            Counting {
+                inner: a,
+                writes: writes.clone(),
+            },
+            1 << 20,
+            Backlog::new(1 << 20),
+            &tracker,
+            cancel.clone(),
+            Arc::default(),
+        );
+        for i in 0..10u8 {
+            a.write_all(&[i; 100]).await.unwrap();
+            a.flush().await.unwrap(); // russh flushes after each batch
+        }
+        assert_eq!(
+            writes.load(Ordering::SeqCst),
+            0,
+            "small writes went out one by one"
+        );
+        // The session polls for input and finds none: the cork goes.
+        let mut byte = [0u8; 1];
+        let mut read = std::pin::pin!(a.read(&mut byte));
+        assert!(futures_util::poll!(read.as_mut()).is_pending());
+        assert_eq!(
+            writes.load(Ordering::SeqCst),
+            1,
+            "the cork did not leave in one write"
+        );
+        let mut got = vec![0u8; 1000];
+        b.read_exact(&mut got).await.unwrap();
+        let want: Vec<u8> = (0..10u8).flat_map(|i| [i; 100]).collect();
+        assert_eq!(got, want);
+        // Input arrives: the read completes, and nothing is owed.
+        b.write_all(b"x").await.unwrap();
+        assert_eq!(read.await.unwrap(), 1);
+
+        // Corked bytes, then a write too big for the cork: the cork first.
+        a.write_all(b"head").await.unwrap();
+        let big = vec![9u8; CORK_MAX + 1];
+        a.write_all(&big).await.unwrap();
+        let mut got = vec![0u8; 4 + big.len()];
+        b.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got[..4], b"head");
+        assert!(got[4..].iter().all(|&x| x == 9));
+
+        // Dropped with bytes in the cork: they still arrive, then EOF.
+        a.write_all(b"last words").await.unwrap();
+        drop(a);
+        let mut rest = Vec::new();
+        b.read_to_end(&mut rest).await.unwrap();
+        assert_eq!(rest, b"last words");
         tracker.close();
         tracker.wait().await;
     }

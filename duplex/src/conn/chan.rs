@@ -607,7 +607,9 @@ impl ChanShared {
     /// per channel sends the queue in order.
     fn start_turn(&self) {
         let Some(me) = self.me.upgrade() else { return };
-        let mut turn: Turn = Box::pin(crate::conn::drain(me));
+        let Some(mut turn) = crate::conn::turn(me) else {
+            return; // all of it went at once
+        };
         let mut cx = Context::from_waker(Waker::noop());
         if turn.as_mut().poll(&mut cx).is_pending() {
             self.conn.resume(turn);

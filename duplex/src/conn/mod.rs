@@ -33,7 +33,7 @@ mod outbox;
 pub(crate) mod owned;
 mod session;
 
-pub(crate) use outbox::drain;
+pub(crate) use outbox::turn;
 
 /// A running session whose events go to a connection.
 pub(crate) type Session = SessionHandle<ConnShared>;

@@ -13,7 +13,7 @@ use crate::conn::chan::{ChanShared, Turn};
 use crate::error::ChannelError;
 use crate::proto::EXT_ERROR;
 use crate::proto::chan::Out;
-use crate::ssh::{SendFailed, WriteHalf};
+use crate::ssh::{NotNow, SendFailed, WriteHalf};
 
 use super::*;
 
@@ -77,14 +77,51 @@ impl ConnShared {
 }
 
 /// One send turn of a channel: sends what it queued until the queue is
-/// empty (see `ChanShared::start_turn`).
-pub(crate) async fn drain(chan: Arc<ChanShared>) {
+/// empty (see `ChanShared::start_turn`). What can go without waiting (room
+/// in the session's queue, the remote's window, the connection's backlog)
+/// goes now, in the caller's task, with no future allocated; the rest of
+/// the turn comes back as a future, for the caller to poll and then hand
+/// to the outbox.
+pub(crate) fn turn(chan: Arc<ChanShared>) -> Option<Turn> {
     let Some(writer) = chan.writer.get() else {
         chan.unschedule(); // the opener reschedules once it sets the writer
+        return None;
+    };
+    let idle = IdleOnDrop(&chan.conn);
+    let stopped = loop {
+        let Some(item) = chan.next_out() else {
+            break None;
+        };
+        let closing = matches!(item, Out::Close);
+        let len = match &item {
+            Out::Data(b) | Out::Ext(_, b) => b.len(),
+            Out::Eof | Out::Close => 0,
+        };
+        // Channel data counts against the connection's backlog, as in
+        // `send_admitted`; control records and closes go at once.
+        let backlog = &chan.conn.backlog;
+        match writer.try_send(item, || len == 0 || backlog.try_admit(len)) {
+            Ok(()) if closing => chan.conn.forget(&chan),
+            Ok(()) => {}
+            Err(stop) => break Some(stop),
+        }
+    };
+    drop(idle);
+    match stopped? {
+        NotNow::Wait(item) => Some(Box::pin(drain(chan, Some(item)))),
+        NotNow::Gone(e) => Some(Box::pin(failed(chan, e))),
+    }
+}
+
+/// The rest of a send turn, from `first` on, waiting where it must.
+async fn drain(chan: Arc<ChanShared>, mut first: Option<Out>) {
+    let Some(writer) = chan.writer.get() else {
+        chan.unschedule();
         return;
     };
-    let _idle = IdleOnDrop(&chan.conn);
-    while let Some(item) = chan.next_out() {
+    let idle = IdleOnDrop(&chan.conn);
+    let mut lost = None;
+    while let Some(item) = first.take().or_else(|| chan.next_out()) {
         let closing = matches!(item, Out::Close);
         let sent = match item {
             // Channel data goes a packet at a time, each admitted by the
@@ -95,29 +132,38 @@ pub(crate) async fn drain(chan: Arc<ChanShared>) {
             Out::Ext(EXT_ERROR, b) => send_admitted(&chan, writer, Some(EXT_ERROR), b).await,
             other => writer.send(other).await,
         };
-        if closing && sent.is_ok() {
-            // russh forgets a channel once it has sent our close, and never
-            // reports the remote's answering close: forget it too.
-            chan.conn.forget(&chan);
-        }
-        if let Err(e) = sent {
-            // The session is gone, and its end is being recorded: channels
-            // fail with the remote, the endpoint and the cause (what
-            // `on_session_end` gives them) whichever path sees it first.
-            let conn = &chan.conn;
-            if tokio::time::timeout(CLOSE_GRACE, conn.finished.cancelled())
-                .await
-                .is_err()
-            {
-                let _ = conn
-                    .end_reason
-                    .set(format!("the session stopped taking data ({})", e.0));
+        match sent {
+            // russh forgets a channel once it has sent our close, and
+            // never reports the remote's answering close: forget it too.
+            Ok(()) if closing => chan.conn.forget(&chan),
+            Ok(()) => {}
+            Err(e) => {
+                lost = Some(e);
+                break;
             }
-            chan.fail(ChannelError::ConnectionLost(conn.lost_reason().into()));
-            while chan.next_out().is_some() {} // discards; clears `scheduled`
-            return;
         }
     }
+    drop(idle);
+    if let Some(e) = lost {
+        failed(chan, e).await;
+    }
+}
+
+/// The session is gone, and its end is being recorded: the channel fails
+/// with the remote, the endpoint and the cause (what `on_session_end`
+/// gives it) whichever path sees it first, and its queue is discarded.
+async fn failed(chan: Arc<ChanShared>, e: SendFailed) {
+    let conn = &chan.conn;
+    if tokio::time::timeout(CLOSE_GRACE, conn.finished.cancelled())
+        .await
+        .is_err()
+    {
+        let _ = conn
+            .end_reason
+            .set(format!("the session stopped taking data ({})", e.0));
+    }
+    chan.fail(ChannelError::ConnectionLost(conn.lost_reason().into()));
+    while chan.next_out().is_some() {} // discards; clears `scheduled`
 }
 
 /// Sends `data` in packets the connection's backlog admits one by one.

@@ -2,7 +2,7 @@
 //! a channel, the deferred answer to an incoming open, and the open as the
 //! handler saw it.
 
-use russh::{ChannelId, ChannelOpenFailure, ChannelWriteHalf, client, server};
+use russh::{ChannelId, ChannelMsg, ChannelOpenFailure, ChannelWriteHalf, TrySend, client, server};
 
 use super::config::describe;
 use crate::proto::chan::Out;
@@ -10,6 +10,13 @@ use crate::proto::chan::Out;
 /// The session took no more data: it is gone, for this reason.
 #[derive(Debug, Clone)]
 pub(crate) struct SendFailed(pub(crate) String);
+
+/// Why `WriteHalf::try_send` did not send.
+pub(crate) enum NotNow {
+    /// It would have had to wait: the item, unsent.
+    Wait(Out),
+    Gone(SendFailed),
+}
 
 /// The sending side of one SSH channel.
 pub(crate) enum WriteHalf {
@@ -46,6 +53,34 @@ impl WriteHalf {
             WriteHalf::Server(w) => send(w, item).await,
         };
         sent.map_err(|e| SendFailed(describe(&e)))
+    }
+
+    /// Hands one item to the session if that needs no waiting: room in the
+    /// session's queue, and for data the remote's window for all of it in
+    /// one packet; `admit` runs last and may refuse (the connection's
+    /// backlog). Nothing is consumed when it returns `NotNow::Wait`.
+    pub(crate) fn try_send(&self, item: Out, admit: impl FnOnce() -> bool) -> Result<(), NotNow> {
+        let msg = match item {
+            Out::Data(data) => ChannelMsg::Data { data },
+            Out::Ext(ext, data) => ChannelMsg::ExtendedData { data, ext },
+            Out::Eof => ChannelMsg::Eof,
+            Out::Close => ChannelMsg::Close,
+        };
+        let tried = match self {
+            WriteHalf::Client(w) => w.try_send_now(msg, admit),
+            WriteHalf::Server(w) => w.try_send_now(msg, admit),
+        };
+        match tried {
+            Ok(()) => Ok(()),
+            Err(TrySend::Gone) => Err(NotNow::Gone(SendFailed(describe(&russh::Error::SendError)))),
+            Err(TrySend::WouldWait(msg)) => Err(NotNow::Wait(match msg {
+                ChannelMsg::Data { data } => Out::Data(data),
+                ChannelMsg::ExtendedData { data, ext } => Out::Ext(ext, data),
+                ChannelMsg::Eof => Out::Eof,
+                // Only the four kinds above go in.
+                _ => Out::Close,
+            })),
+        }
     }
 
     /// The channel's SSH number, as russh's handles name it.

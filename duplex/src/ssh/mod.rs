@@ -17,7 +17,7 @@ pub(crate) mod keys;
 mod session;
 pub(crate) mod trust;
 
-pub(crate) use channel::{IncomingOpen, OpenFailed, OpenReply, SendFailed, WriteHalf};
+pub(crate) use channel::{IncomingOpen, NotNow, OpenFailed, OpenReply, SendFailed, WriteHalf};
 pub(crate) use config::SshConfigs;
 pub(crate) use events::SessionEvents;
 pub(crate) use session::{HandshakeError, SessionHandle, client_handshake, server_start};

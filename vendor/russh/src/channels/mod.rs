@@ -172,6 +172,16 @@ impl ChannelReadHalf {
     }
 }
 
+/// Why [`ChannelWriteHalf::try_send_now`] did not send (Duplex patch).
+#[derive(Debug)]
+pub enum TrySend {
+    /// It would have had to wait (queue, window or the caller's `admit`):
+    /// the message, unsent.
+    WouldWait(ChannelMsg),
+    /// The session is gone.
+    Gone,
+}
+
 /// A handle to the writing part of a session channel.
 ///
 /// Allows you to write to a channel without borrowing the session
@@ -415,6 +425,53 @@ impl<S: From<(ChannelId, ChannelMsg)> + Send + Sync + 'static> ChannelWriteHalf<
     /// Request that the channel be closed.
     pub async fn close(&self) -> Result<(), Error> {
         self.send_msg(ChannelMsg::Close).await
+    }
+
+    /// Hands `msg` to the session without waiting (Duplex patch): if the
+    /// session's queue has room and, for `Data` and `ExtendedData`, the
+    /// remote's window covers the whole message in one packet. `admit` runs
+    /// last, once both are known to have room, and may still refuse. A
+    /// refused message comes back in [`TrySend::WouldWait`], with nothing
+    /// consumed, for the caller to send with the waiting methods.
+    pub fn try_send_now(
+        &self,
+        msg: ChannelMsg,
+        admit: impl FnOnce() -> bool,
+    ) -> Result<(), TrySend> {
+        let permit = match self.sender.try_reserve() {
+            Ok(permit) => permit,
+            Err(tokio::sync::mpsc::error::TrySendError::Full(())) => {
+                return Err(TrySend::WouldWait(msg));
+            }
+            Err(tokio::sync::mpsc::error::TrySendError::Closed(())) => return Err(TrySend::Gone),
+        };
+        let len = match &msg {
+            ChannelMsg::Data { data } | ChannelMsg::ExtendedData { data, .. } => data.len(),
+            _ => 0,
+        };
+        if len == 0 {
+            if !admit() {
+                return Err(TrySend::WouldWait(msg));
+            }
+            permit.send((self.id, msg).into());
+            return Ok(());
+        }
+        if len > self.max_packet_size as usize {
+            return Err(TrySend::WouldWait(msg));
+        }
+        let Ok(mut window) = self.window_size.value.try_lock() else {
+            return Err(TrySend::WouldWait(msg));
+        };
+        if (*window as usize) < len || !admit() {
+            return Err(TrySend::WouldWait(msg));
+        }
+        *window -= len as u32;
+        if *window > 0 {
+            self.window_size.notifier.notify_one();
+        }
+        drop(window);
+        permit.send((self.id, msg).into());
+        Ok(())
     }
 
     async fn send_msg(&self, msg: ChannelMsg) -> Result<(), Error> {
