@@ -41,7 +41,9 @@
 //!   open), what is known of a channel (`meta`, [`ChannelMeta`]), and the
 //!   channels it holds before the application does (`owned`: one we
 //!   opened, closed if dropped; one offered, rejected if dropped);
-//!   `transport`: the decoupled byte stream and its send backlog;
+//!   `transport`: the decoupled byte stream (small writes corked until the
+//!   session runs out of input, one system call per wake-up) and its send
+//!   backlog;
 //!   `pending`: the accept timeout, which rejects channels the application
 //!   left waiting ([`Config::accept_timeout`]);
 //! - `ssh`: the only module that talks to `russh`: session setup

@@ -8,11 +8,17 @@
 //! the stream cannot take at once lands in a buffer that a task of our own
 //! drains to the stream, so the loop always comes back to reading.
 //!
-//! While the buffer is empty, writes go straight to the stream (a
-//! non-blocking attempt): in the common case, a socket with room, no byte
-//! is copied and no task is woken. Only what the stream refuses is
-//! buffered, and once anything is buffered every later write queues
-//! behind it, so bytes keep their order.
+//! Small writes (up to 16 KiB in all) first wait in a cork, until the
+//! session has read everything that arrived and is about to wait for more:
+//! then they leave together, so the packets one wake-up of the session
+//! produces (its replies to a burst of packets, a batch of channel
+//! messages) cost one system call rather than one each, and a lone write
+//! leaves as soon as the session has nothing else to do, with no timer
+//! and no task switch. While the buffer is empty, the cork goes straight
+//! to the stream (a non-blocking attempt): in the common case, a socket
+//! with room, no task is woken. Only what the stream refuses is buffered,
+//! and once anything is buffered every later write queues behind it, so
+//! bytes keep their order.
 //!
 //! The buffer is bounded by [`Config::max_send_buffer`](crate::Config),
 //! past which the session's writes wait (and the deadlock above would be
@@ -464,6 +470,9 @@ impl<S: AsyncRead + AsyncWrite> AsyncRead for Decoupled<S> {
             let this = &mut *self;
             let mut st = this.shared.lock();
             let _ = uncork(&this.shared, &mut this.cork, &mut st);
+            drop(st);
+            // An idle connection keeps no cork: its memory is for busy ones.
+            this.cork = Vec::new();
         }
         res
     }
