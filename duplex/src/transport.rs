@@ -331,7 +331,10 @@ async fn drain<S: AsyncWrite>(shared: Arc<Shared<S>>, cancel: CancellationToken)
         let next = {
             let mut st = shared.lock();
             if st.done {
+                // Failed (here or in a direct write): whoever waits on us
+                // (the session's shutdown, a write over the limit) sees it.
                 shared.backlog.set_buffered(0);
+                st.wake_waiter();
                 return;
             }
             if !st.buf.is_empty() {
@@ -547,8 +550,11 @@ impl<S: AsyncWrite> AsyncWrite for Decoupled<S> {
         if st.done {
             return Poll::Ready(Ok(()));
         }
-        // The session's last words first; an error is the drain task's too.
-        let _ = uncork(&this.shared, &mut this.cork, &mut st);
+        // The session's last words first. If the stream failed taking
+        // them, it is finished: nothing is left to drain or close.
+        if uncork(&this.shared, &mut this.cork, &mut st).is_err() || st.done {
+            return Poll::Ready(Ok(()));
+        }
         st.shutdown = true;
         st.waiter = Some(cx.waker().clone());
         drop(st);
@@ -749,6 +755,69 @@ mod tests {
         a.read_to_end(&mut rest).await.unwrap();
         assert!(rest.is_empty());
         drop((a, b));
+        tracker.close();
+        tracker.wait().await;
+    }
+
+    /// The remote is gone (a killed process) while small writes wait in
+    /// the cork: the session's shutdown, which sends them first, fails to
+    /// and must finish at once rather than wait for a drain task that has
+    /// nothing left to do (it did wait, for ever: a killed peer's
+    /// connection was noticed only when the application gave up on it).
+    #[tokio::test]
+    async fn shutdown_finishes_when_the_stream_failed_taking_the_cork() {
+        let (a, b) = tokio::io::duplex(1 << 16);
+        let tracker = TaskTracker::new();
+        let mut a = decouple(
+            a,
+            1 << 20,
+            Backlog::new(1 << 20),
+            &tracker,
+            CancellationToken::new(),
+            Arc::default(),
+        );
+        drop(b);
+        a.write_all(b"corked").await.unwrap();
+        // (A timeout would poll the shutdown once more when it fires, and
+        // find it done: what counts is how long it took.)
+        let started = std::time::Instant::now();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), a.shutdown()).await;
+        let took = started.elapsed();
+        assert!(
+            took < std::time::Duration::from_secs(4),
+            "shutdown hung for {took:?}"
+        );
+        drop(a);
+        tracker.close();
+        tracker.wait().await;
+    }
+
+    /// The same when the drain task is the one that finds the stream gone
+    /// (a large write, buffered) while the session waits to shut down.
+    #[tokio::test]
+    async fn shutdown_finishes_when_the_drain_task_finds_the_stream_gone() {
+        let (a, b) = tokio::io::duplex(1024);
+        let tracker = TaskTracker::new();
+        let mut a = decouple(
+            a,
+            1 << 20,
+            Backlog::new(1 << 20),
+            &tracker,
+            CancellationToken::new(),
+            Arc::default(),
+        );
+        a.write_all(&vec![1u8; 100_000]).await.unwrap(); // fills the pipe
+        drop(b);
+        // (A timeout would poll the shutdown once more when it fires, and
+        // find it done: what counts is how long it took.)
+        let started = std::time::Instant::now();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), a.shutdown()).await;
+        let took = started.elapsed();
+        assert!(
+            took < std::time::Duration::from_secs(4),
+            "shutdown hung for {took:?}"
+        );
+        drop(a);
         tracker.close();
         tracker.wait().await;
     }
