@@ -18,6 +18,7 @@ use std::fmt;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -29,21 +30,54 @@ use crate::error::{ChannelError, OpenError};
 use crate::proto::headers::Headers;
 
 /// Sends EOF when the last of a channel's writing handles (its
-/// [`ChannelWriter`] and any [`ErrorWriter`]s) is dropped.
+/// [`ChannelWriter`] and any [`ErrorWriter`]s) is dropped. A count in the
+/// channel's driver, not an allocation of its own.
 pub(super) struct EofOnDrop(Arc<ChanShared>);
 
-impl Drop for EofOnDrop {
-    fn drop(&mut self) {
-        self.0.send_eof();
+impl EofOnDrop {
+    fn new(shared: Arc<ChanShared>) -> Self {
+        shared.writers.fetch_add(1, Ordering::Relaxed);
+        EofOnDrop(shared)
     }
 }
 
-/// Closes the SSH channel when the last half of a [`Channel`] is dropped.
+impl Clone for EofOnDrop {
+    fn clone(&self) -> Self {
+        EofOnDrop::new(self.0.clone())
+    }
+}
+
+impl Drop for EofOnDrop {
+    fn drop(&mut self) {
+        if self.0.writers.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.send_eof();
+        }
+    }
+}
+
+/// Closes the SSH channel when the last handle of a [`Channel`] (its
+/// halves and their `ErrorWriter`s) is dropped. A count in the channel's
+/// driver, not an allocation of its own.
 pub(super) struct Closer(Arc<ChanShared>);
+
+impl Closer {
+    fn new(shared: Arc<ChanShared>) -> Self {
+        shared.handles.fetch_add(1, Ordering::Relaxed);
+        Closer(shared)
+    }
+}
+
+impl Clone for Closer {
+    fn clone(&self) -> Self {
+        Closer::new(self.0.clone())
+    }
+}
 
 impl Drop for Closer {
     fn drop(&mut self) {
-        self.0.send_close();
+        if self.0.handles.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.send_close();
+        }
     }
 }
 
@@ -98,7 +132,7 @@ impl Channel {
     }
 
     pub(crate) fn new(shared: Arc<ChanShared>) -> Self {
-        let closer = Arc::new(Closer(shared.clone()));
+        let closer = Closer::new(shared.clone());
         Channel {
             reader: ChannelReader {
                 shared: shared.clone(),
@@ -108,7 +142,7 @@ impl Channel {
             },
             writer: ChannelWriter {
                 shared: shared.clone(),
-                eof: Arc::new(EofOnDrop(shared)),
+                eof: EofOnDrop::new(shared),
                 _closer: closer,
             },
         }

@@ -26,7 +26,7 @@ pub struct ChannelReader {
     pub(super) frame: FrameReadState,
     /// Streams `read_event` has seen end: (data, error frames).
     pub(super) ended: (bool, bool),
-    pub(super) _closer: Arc<Closer>,
+    pub(super) _closer: Closer,
 }
 
 /// What [`ChannelReader::read_event`] found next.

@@ -18,8 +18,8 @@ use super::*;
 /// The sending half of a [`Channel`].
 pub struct ChannelWriter {
     pub(super) shared: Arc<ChanShared>,
-    pub(super) eof: Arc<EofOnDrop>,
-    pub(super) _closer: Arc<Closer>,
+    pub(super) eof: EofOnDrop,
+    pub(super) _closer: Closer,
 }
 
 impl fmt::Debug for ChannelWriter {
@@ -157,8 +157,8 @@ async fn write_error_frame(shared: &ChanShared, payload: &[u8]) -> Result<(), Ch
 /// ```
 pub struct ErrorWriter {
     pub(super) shared: Arc<ChanShared>,
-    pub(super) _eof: Arc<EofOnDrop>,
-    pub(super) _closer: Arc<Closer>,
+    pub(super) _eof: EofOnDrop,
+    pub(super) _closer: Closer,
 }
 
 impl fmt::Debug for ErrorWriter {

@@ -15,7 +15,7 @@ use nest::{Ending, take_children};
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::task::{Context, Poll, Waker};
 
@@ -114,6 +114,12 @@ pub(crate) struct ChanShared {
     /// opened only): how the remote names it as a parent.
     pub(crate) remote_id: OnceLock<u32>,
     pub(crate) meta: OnceLock<Arc<ChannelMeta>>,
+    /// The application's handles that keep the channel open (the halves
+    /// of its `Channel` and their `ErrorWriter`s): the last one closes it.
+    pub(crate) handles: AtomicUsize,
+    /// The handles that keep its sending side open (its `ChannelWriter`
+    /// and `ErrorWriter`s): the last one sends EOF.
+    pub(crate) writers: AtomicUsize,
     pub(crate) writer: OnceLock<WriteHalf>,
     /// Its share of the connection's receive-buffer budget.
     reservation: Mutex<Option<Reservation>>,
@@ -197,6 +203,8 @@ impl ChanShared {
             outgoing,
             remote_id: OnceLock::new(),
             meta: OnceLock::new(),
+            handles: AtomicUsize::new(0),
+            writers: AtomicUsize::new(0),
             writer: OnceLock::new(),
             reservation: Mutex::new(None),
             st: Mutex::new(Inner {
