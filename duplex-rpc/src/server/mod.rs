@@ -126,8 +126,15 @@ impl Server {
             tracker: TaskTracker::new(),
         });
         let s = shared.clone();
+        // Every call to a method it serves is accepted by the session as it
+        // arrives; the guards go with the accept loop.
+        let at_once = shared
+            .routes
+            .keys()
+            .map(|m| peer.accept_at_once(m))
+            .collect();
         let peer = peer.clone();
-        shared.tracker.spawn(accept_loop(s, peer));
+        shared.tracker.spawn(accept_loop(s, peer, at_once));
         Ok(ServerHandle { shared })
     }
 }
@@ -188,11 +195,12 @@ impl Drop for ServerHandle {
     }
 }
 
-async fn accept_loop(s: Arc<Shared>, peer: Peer) {
+async fn accept_loop(s: Arc<Shared>, peer: Peer, mut at_once: Vec<duplex::AcceptAtOnce>) {
     loop {
         let incoming = tokio::select! {
             biased;
             _ = s.stop_accepting.cancelled() => {
+                at_once.clear(); // calls arriving from now on wait
                 refuse_queued(&s, &peer);
                 break;
             }

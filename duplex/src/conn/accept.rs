@@ -83,6 +83,7 @@ impl ConnShared {
         };
         let id = open.write.id();
         let kind = if duplex { Kind::Duplex } else { Kind::Plain };
+        let at_once = duplex && self.host.accepts_at_once(service.as_str());
         // A plain client's credit is the SSH window we offer it (granted
         // back as the application reads, see `Kind::Plain`).
         let mut open = open;
@@ -108,6 +109,14 @@ impl ConnShared {
         if duplex {
             self.channels().insert(id, chan.clone());
             open.reply.accept().await;
+            if at_once {
+                // The application takes every channel of this service: the
+                // `ACCEPT` leaves now, with the confirmation, rather than
+                // from its task after a wake-up. The channel still waits in
+                // the accept queue, and the accept timeout closes it if the
+                // application does not take it in time.
+                chan.accept_duplex();
+            }
         } else {
             // A plain client learns the application's answer from the SSH
             // open reply itself, so it waits for `accept`/`reject`.

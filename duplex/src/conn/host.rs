@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -55,6 +55,9 @@ pub(crate) struct Host {
     pub(crate) total_budget: Arc<Budget>,
     /// Per remote key, over its connections (`Config::max_peer_buffer`).
     pub(crate) peer_budgets: Mutex<HashMap<Fingerprint, Weak<Budget>>>,
+    /// The services whose channels the session accepts as they arrive
+    /// (`Peer::accept_at_once`), each with the number of registrations.
+    pub(crate) at_once: RwLock<HashMap<Box<str>, usize>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -77,6 +80,26 @@ impl Host {
 
     pub(crate) fn next_conn_id(&self) -> u64 {
         self.conn_ids.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Whether channels for `service` are accepted as they arrive.
+    pub(crate) fn accepts_at_once(&self, service: &str) -> bool {
+        let map = self.at_once.read().unwrap_or_else(|p| p.into_inner());
+        !map.is_empty() && map.contains_key(service)
+    }
+
+    /// Counts a registration of `service` for acceptance at once, in
+    /// (`on`) or out.
+    pub(crate) fn set_at_once(&self, service: &str, on: bool) {
+        let mut map = self.at_once.write().unwrap_or_else(|p| p.into_inner());
+        if on {
+            *map.entry(service.into()).or_insert(0) += 1;
+        } else if let Some(n) = map.get_mut(service) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(service);
+            }
+        }
     }
 
     /// The keys allowed to connect now.

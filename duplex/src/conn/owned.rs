@@ -6,7 +6,6 @@
 
 use std::sync::Arc;
 
-use crate::proto::control::Control;
 use crate::proto::open::OPEN_PROHIBITED;
 
 use super::chan::ChanShared;
@@ -102,12 +101,7 @@ impl Offer {
             shared.conn.pending_done(shared.kind);
             match shared.take_plain_reply() {
                 Some(reply) => reply.reject(OPEN_PROHIBITED, reason).await,
-                None => {
-                    shared.send_control(&Control::Reject {
-                        reason: reason.to_owned(),
-                    });
-                    shared.send_close();
-                }
+                None => shared.refuse(reason),
             }
         }
     }

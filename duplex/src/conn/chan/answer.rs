@@ -46,12 +46,27 @@ impl ChanShared {
             // A plain client's deferred open is refused by russh when the
             // reply handle drops.
             if self.take_plain_reply().is_none() && self.kind == Kind::Duplex {
-                self.send_control(&Control::Reject {
-                    reason: "the application did not accept the channel".to_owned(),
-                });
-                self.send_close();
+                self.refuse("the application did not accept the channel");
             }
         }
+    }
+
+    /// Refuses a Duplex channel the application did not take: `REJECT`
+    /// with `reason`, then the close. One the session accepted at once
+    /// (`Peer::accept_at_once`) is only closed, with its nested channels:
+    /// no `REJECT` may follow an `ACCEPT`.
+    pub(crate) fn refuse(&self, reason: &str) {
+        if self.is_established() {
+            tracing::debug!(
+                channel = self.id,
+                "closing a channel accepted at once: {reason}"
+            );
+        } else {
+            self.send_control(&Control::Reject {
+                reason: reason.to_owned(),
+            });
+        }
+        self.send_close();
     }
 
     /// Whether an incoming channel was answered already (the accept
@@ -101,6 +116,12 @@ impl ChanShared {
                 self.conn.host.tracker.spawn(async move {
                     reply.reject(OPEN_PROHIBITED, &reason).await;
                 });
+            }
+            None if self.is_established() => {
+                // Accepted at once: its nested channels end with it, and it
+                // is closed without a `REJECT` (see `refuse`).
+                self.fail(ChannelError::NotAccepted(reason.clone().into()));
+                self.with(|st, _| st.chan.force_reject(reason));
             }
             None => self.with(|st, _| st.chan.force_reject(reason)),
         }

@@ -209,8 +209,12 @@ impl<F: Clone> Chan<F> {
         if !self.may_send_record() {
             return;
         }
-        self.out
-            .push_back(Out::Ext(EXT_CONTROL, Control::Reject { reason }.encode()));
+        // Accepted already (at once, by the session): no `REJECT` may
+        // follow an `ACCEPT`, so the channel is only closed.
+        if !self.established {
+            self.out
+                .push_back(Out::Ext(EXT_CONTROL, Control::Reject { reason }.encode()));
+        }
         if !self.ssh_eof_out {
             self.eof_out = true;
             self.ssh_eof_out = true;
@@ -229,7 +233,9 @@ impl<F: Clone> Chan<F> {
     /// Accepts the remote's open, naming the channel `id`: gives the remote
     /// its initial credit in the `ACCEPT` record.
     pub(crate) fn accept_duplex(&mut self, id: u32) {
-        if self.close_in || self.failed.is_some() {
+        // Once: a channel the session accepted at once is accepted again
+        // when the application takes it.
+        if self.established || self.close_in || self.failed.is_some() {
             return;
         }
         self.recv.open();
