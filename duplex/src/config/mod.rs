@@ -44,6 +44,8 @@ pub struct Config {
     pub(crate) keepalive_interval: Option<Duration>,
     pub(crate) keepalive_max: usize,
     pub(crate) max_send_buffer: usize,
+    pub(crate) rekey_bytes: u64,
+    pub(crate) rekey_interval: Duration,
     pub(crate) connect_backoff: Backoff,
     pub(crate) reconnect: bool,
     pub(crate) peer_wait_timeout: Duration,
@@ -75,6 +77,8 @@ impl Default for Config {
             keepalive_interval: Some(Duration::from_secs(15)),
             keepalive_max: 3,
             max_send_buffer: 64 << 20,
+            rekey_bytes: 1 << 30,
+            rekey_interval: Duration::from_secs(3600),
             connect_backoff: Backoff::default(),
             reconnect: true,
             peer_wait_timeout: Duration::from_secs(10),
@@ -475,6 +479,27 @@ impl Config {
             format!("{bytes} is less than 1 MiB")
         })?;
         self.max_send_buffer = bytes;
+        Ok(self)
+    }
+
+    /// When a connection re-exchanges its keys: after it has sent or
+    /// received `bytes`, or after `interval`, whichever comes first.
+    /// Default 1 GiB and 1 hour, RFC 4253's recommendation (section 9).
+    ///
+    /// Either side may start a re-exchange; channels keep their data and
+    /// order through it, whatever is in flight. Lower limits bound how much
+    /// traffic one set of keys protects, at the cost of a key exchange (a
+    /// round trip and about a millisecond of CPU on each side) each time.
+    /// `bytes` must be between 64 KiB and 1 GiB, `interval` at least 1 s.
+    pub fn rekey_limit(mut self, bytes: u64, interval: Duration) -> Result<Self, ConfigError> {
+        check("rekey_limit", (64 << 10..=1 << 30).contains(&bytes), || {
+            format!("{bytes} bytes is not between 64 KiB and 1 GiB")
+        })?;
+        check("rekey_limit", interval >= Duration::from_secs(1), || {
+            format!("an interval of {interval:?} is less than 1 s")
+        })?;
+        self.rekey_bytes = bytes;
+        self.rekey_interval = interval;
         Ok(self)
     }
 

@@ -51,6 +51,24 @@ fn preferred() -> russh::Preferred {
     }
 }
 
+/// How many messages russh's session queue holds (channel messages and
+/// the handle's requests) before their senders wait.
+const SESSION_QUEUE: usize = 256;
+
+/// Most channel data a well-behaved remote can have in flight towards us:
+/// every byte it may send on a channel is credit we granted (a Duplex
+/// channel's window, a plain channel's SSH window), and all of it is
+/// reserved from `Config::max_connection_buffer`; a sixteenth more covers
+/// the framing around it (SSH's message header per packet, Duplex's frame
+/// and record headers). While a key re-exchange we started waits for the
+/// remote's `KEXINIT`, the remote may send all of it (its send buffer and
+/// the sockets between us hold it when ours arrives: megabytes on a busy
+/// connection with many channels), so russh's own bound, twice its window
+/// size (4 MiB), would end such a connection at a re-exchange.
+fn data_in_flight(config: &Config) -> u64 {
+    config.max_connection_buffer + config.max_connection_buffer / 16 + (1 << 20)
+}
+
 /// The russh configurations derived from ours, built once per peer.
 pub(crate) struct SshConfigs {
     pub(crate) server: Arc<server::Config>,
@@ -65,6 +83,12 @@ impl SshConfigs {
                 env!("CARGO_PKG_VERSION")
             )))
         };
+        let limits = russh::Limits {
+            rekey_write_limit: config.rekey_bytes as usize,
+            rekey_read_limit: config.rekey_bytes as usize,
+            rekey_time_limit: config.rekey_interval,
+        };
+        let data_during_rekey = Some(data_in_flight(config));
         let server = server::Config {
             server_id: id(),
             methods: MethodSet::from(&[MethodKind::PublicKey][..]),
@@ -78,6 +102,9 @@ impl SshConfigs {
             keepalive_interval: config.keepalive_interval,
             keepalive_max: config.keepalive_max,
             preferred: preferred(),
+            limits: limits.clone(),
+            event_buffer_size: SESSION_QUEUE,
+            max_channel_data_during_rekey: data_during_rekey,
             ..server::Config::default()
         };
         let client = client::Config {
@@ -86,6 +113,9 @@ impl SshConfigs {
             keepalive_interval: config.keepalive_interval,
             keepalive_max: config.keepalive_max,
             preferred: preferred(),
+            limits,
+            event_buffer_size: SESSION_QUEUE,
+            max_channel_data_during_rekey: data_during_rekey,
             ..client::Config::default()
         };
         Self {

@@ -123,6 +123,16 @@ impl<E: SessionEvents> ClientHandler<E> {
 impl<E: SessionEvents> client::Handler for ClientHandler<E> {
     type Error = russh::Error;
 
+    async fn kex_done(
+        &mut self,
+        _shared_secret: Option<&[u8]>,
+        names: &russh::Names,
+        _session: &mut client::Session,
+    ) -> Result<(), Self::Error> {
+        tracing::debug!(host = %self.host_name, kex = ?names.kex, "keys exchanged");
+        Ok(())
+    }
+
     async fn check_server_key(
         &mut self,
         key: &russh::keys::PublicKeyOrCertificate,

@@ -95,6 +95,7 @@ pub struct Session {
     target_window_size: u32,
     pending_reads: Vec<Vec<u8>>,
     pending_len: u32,
+    pending_data_len: u64,
     priority_sender: UnboundedSender<Msg>,
     priority_receiver: UnboundedReceiver<Msg>,
     inbound_channel_sender: Sender<Msg>,
@@ -1226,7 +1227,7 @@ where
     let mut stream = SshRead::new(stream);
     let sshid = stream.read_ssh_id().await?;
 
-    let (handle_sender, session_receiver) = channel(10);
+    let (handle_sender, session_receiver) = channel(config.event_buffer_size.max(1));
     let (session_sender, handle_receiver) = unbounded_channel();
     if config.maximum_packet_size > 65535 {
         error!(
@@ -1332,6 +1333,7 @@ impl Session {
             channels: HashMap::new(),
             pending_reads: Vec::new(),
             pending_len: 0,
+            pending_data_len: 0,
             open_global_requests: VecDeque::new(),
             server_sig_algs: None,
             ext_info_count: 0,
@@ -1872,6 +1874,7 @@ impl Session {
     fn begin_rekey(&mut self) -> Result<(), crate::Error> {
         debug!("beginning re-key");
         self.pending_len = 0;
+        self.pending_data_len = 0;
         let mut kex = ClientKex::new(
             self.common.config.clone(),
             &self.common.config.client_id,
@@ -2000,9 +2003,22 @@ async fn reply<H: Handler>(
                 if kex.peer_kexinit_received() {
                     return Err(crate::Error::Inconsistent.into());
                 }
-                session.pending_len = session.pending_len.saturating_add(pkt.buffer.len() as u32);
-                if u64::from(session.pending_len) > 2 * u64::from(session.common.config.window_size)
-                {
+                let data_limit = session.common.config.max_channel_data_during_rekey;
+                let is_data = matches!(msg_type, msg::CHANNEL_DATA | msg::CHANNEL_EXTENDED_DATA);
+                let over = match data_limit {
+                    Some(limit) if is_data => {
+                        session.pending_data_len =
+                            session.pending_data_len.saturating_add(pkt.buffer.len() as u64);
+                        session.pending_data_len > limit
+                    }
+                    _ => {
+                        session.pending_len =
+                            session.pending_len.saturating_add(pkt.buffer.len() as u32);
+                        u64::from(session.pending_len)
+                            > 2 * u64::from(session.common.config.window_size)
+                    }
+                };
+                if over {
                     return Err(crate::Error::Pending.into());
                 }
             }
@@ -2056,6 +2072,7 @@ async fn reply<H: Handler>(
                         }
                         session.pending_reads = pending;
                         session.pending_len = 0;
+                        session.pending_data_len = 0;
                     } else {
                         // This is the initial kex
                         // A certificate replaces the key check rather than
@@ -2746,6 +2763,22 @@ pub struct Config {
     pub gex: GexParams,
     /// If active, invoke `set_nodelay(true)` on the ssh socket; disabled by default (i.e. Nagle's algorithm is active).
     pub nodelay: bool,
+    /// How many messages from the handle and the channels the session's
+    /// queue holds before their senders wait (the server's
+    /// `event_buffer_size`). Default 10.
+    pub event_buffer_size: usize,
+    /// While a key re-exchange we started waits for the server's `KEXINIT`,
+    /// the server may still send what it had sent before ours reached it;
+    /// russh bounds those connection-layer messages (channel data and
+    /// requests) to twice `window_size` in all, and ends the session with
+    /// [`Error::Pending`](crate::Error::Pending) beyond it. With `Some(n)`,
+    /// channel data (`CHANNEL_DATA`, `CHANNEL_EXTENDED_DATA`) counts against
+    /// `n` instead, and other messages keep the shared bound. For
+    /// applications that bound what channels may receive in all (the
+    /// windows they grant), whose servers may have more than twice
+    /// `window_size` of data in flight (many channels, large buffers or a
+    /// long fat link). Default `None`.
+    pub max_channel_data_during_rekey: Option<u64>,
 }
 
 impl Default for Config {
@@ -2768,6 +2801,8 @@ impl Default for Config {
             anonymous: false,
             gex: Default::default(),
             nodelay: false,
+            event_buffer_size: 10,
+            max_channel_data_during_rekey: None,
         }
     }
 }

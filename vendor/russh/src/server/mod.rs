@@ -99,6 +99,18 @@ pub struct Config {
     pub keepalive_max: usize,
     /// If active, invoke `set_nodelay(true)` on client sockets; disabled by default (i.e. Nagle's algorithm is active).
     pub nodelay: bool,
+    /// While a key re-exchange we started waits for the client's `KEXINIT`,
+    /// the client may still send what it had sent before ours reached it;
+    /// russh bounds those connection-layer messages (channel data and
+    /// requests) to twice `window_size` in all, and ends the session with
+    /// [`Error::Pending`](crate::Error::Pending) beyond it. With `Some(n)`,
+    /// channel data (`CHANNEL_DATA`, `CHANNEL_EXTENDED_DATA`) counts against
+    /// `n` instead, and other messages keep the shared bound. For
+    /// applications that bound what channels may receive in all (the
+    /// windows they grant), whose clients may have more than twice
+    /// `window_size` of data in flight (many channels, large buffers or a
+    /// long fat link). Default `None`.
+    pub max_channel_data_during_rekey: Option<u64>,
 }
 
 impl Default for Config {
@@ -126,6 +138,7 @@ impl Default for Config {
             keepalive_interval: None,
             keepalive_max: 3,
             nodelay: false,
+            max_channel_data_during_rekey: None,
         }
     }
 }
@@ -153,6 +166,11 @@ impl Debug for Config {
             .field("inactivity_timeout", &self.inactivity_timeout)
             .field("keepalive_interval", &self.keepalive_interval)
             .field("keepalive_max", &self.keepalive_max)
+            .field("nodelay", &self.nodelay)
+            .field(
+                "max_channel_data_during_rekey",
+                &self.max_channel_data_during_rekey,
+            )
             .finish()
     }
 }
@@ -1123,6 +1141,7 @@ where
         sender: handle.clone(),
         pending_reads: Vec::new(),
         pending_len: 0,
+        pending_data_len: 0,
         channels: HashMap::new(),
         open_global_requests: VecDeque::new(),
         kex: SessionKexState::Idle,
@@ -1227,9 +1246,22 @@ async fn reply<H: Handler + Send>(
                 if kex.peer_kexinit_received() {
                     return Err(crate::Error::Inconsistent.into());
                 }
-                session.pending_len = session.pending_len.saturating_add(pkt.buffer.len() as u32);
-                if u64::from(session.pending_len) > 2 * u64::from(session.common.config.window_size)
-                {
+                let data_limit = session.common.config.max_channel_data_during_rekey;
+                let is_data = matches!(msg_type, msg::CHANNEL_DATA | msg::CHANNEL_EXTENDED_DATA);
+                let over = match data_limit {
+                    Some(limit) if is_data => {
+                        session.pending_data_len =
+                            session.pending_data_len.saturating_add(pkt.buffer.len() as u64);
+                        session.pending_data_len > limit
+                    }
+                    _ => {
+                        session.pending_len =
+                            session.pending_len.saturating_add(pkt.buffer.len() as u32);
+                        u64::from(session.pending_len)
+                            > 2 * u64::from(session.common.config.window_size)
+                    }
+                };
+                if over {
                     return Err(crate::Error::Pending.into());
                 }
             }
@@ -1277,6 +1309,7 @@ async fn reply<H: Handler + Send>(
                         }
                         session.pending_reads = pending;
                         session.pending_len = 0;
+                        session.pending_data_len = 0;
                         session.flush()?;
                     } else {
                         // This is the initial kex
