@@ -232,6 +232,7 @@ async fn a_plain_client_that_does_not_read_is_held_to_the_bound() {
     let dir = TempDir::new("attack-plain");
     let server = serve(&dir, 1024, &[]).await;
     let base = server.rss_kib();
+    let idle_fds = server.fds();
     for reads_per_second in [1usize, 0] {
         let mut ssh = ssh_w(&dir, &server);
         let mut stdin = ssh.stdin.take().unwrap();
@@ -278,6 +279,13 @@ async fn a_plain_client_that_does_not_read_is_held_to_the_bound() {
         ssh.kill().await.unwrap();
         writer.abort();
         reader.abort();
+        // The next round starts once the server has let this connection
+        // go (its socket closed), so the rounds' buffers never add up.
+        assert!(
+            eventually(10, || server.fds() <= idle_fds).await,
+            "the server still holds {} descriptors (idle: {idle_fds}) 10 s after the ssh client was killed",
+            server.fds()
+        );
     }
     // A client that reads gets its 16 MiB echoed.
     let mut ssh = ssh_w(&dir, &server);

@@ -44,7 +44,8 @@ use tokio_util::task::TaskTracker;
 /// The channel data a connection holds for the network: in its send
 /// buffer, plus what channels handed to the session that has not reached
 /// the transport yet. Channels are admitted a packet at a time while the
-/// sum stays under half of `Config::max_send_buffer`.
+/// sum stays under half of `Config::max_send_buffer`, and while what is
+/// inside the session stays under `INSIDE_MAX`.
 pub(crate) struct Backlog {
     /// In the send buffer (being written included).
     buffered: AtomicUsize,
@@ -57,7 +58,21 @@ pub(crate) struct Backlog {
     room: Notify,
 }
 
+/// The most channel data admitted to the session and not yet written by
+/// it: ten packets. The session's queue holds many more messages (small
+/// ones, an RPC call's, are worth batching), but channel data waiting
+/// there is memory no window accounts for: a plain client that stops
+/// reading held its server 1-2 MiB higher with 256 packets allowed in
+/// (`attack::a_plain_client_that_does_not_read_is_held_to_the_bound`).
+const INSIDE_MAX: usize = 10 * (32 << 10);
+
 impl Backlog {
+    /// Whether `n` more bytes fit, with `inside` admitted and not written.
+    fn fits(&self, inside: usize, n: usize) -> bool {
+        let held = self.buffered.load(Ordering::SeqCst) + inside;
+        held == 0 || (held + n <= self.threshold && (inside == 0 || inside + n <= INSIDE_MAX))
+    }
+
     pub(crate) fn new(limit: usize) -> Arc<Self> {
         Arc::new(Backlog {
             buffered: AtomicUsize::new(0),
@@ -68,7 +83,7 @@ impl Backlog {
         })
     }
 
-    /// Waits until `n` more bytes of channel data fit under the threshold
+    /// Waits until `n` more bytes of channel data fit under both bounds
     /// (or nothing is held: one packet always goes), then counts them.
     /// Cancel-safe, but bytes admitted and never sent stay counted, so
     /// admit only right before sending.
@@ -84,8 +99,7 @@ impl Backlog {
             let admitted = self
                 .inside
                 .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |inside| {
-                    let held = self.buffered.load(Ordering::SeqCst) + inside;
-                    (held == 0 || held + n <= self.threshold).then_some(inside + n)
+                    self.fits(inside, n).then_some(inside + n)
                 })
                 .is_ok();
             if admitted {
@@ -100,8 +114,7 @@ impl Backlog {
     pub(crate) fn try_admit(&self, n: usize) -> bool {
         self.inside
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |inside| {
-                let held = self.buffered.load(Ordering::SeqCst) + inside;
-                (held == 0 || held + n <= self.threshold).then_some(inside + n)
+                self.fits(inside, n).then_some(inside + n)
             })
             .is_ok()
     }

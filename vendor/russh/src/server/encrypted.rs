@@ -33,6 +33,28 @@ use crate::map_err;
 use crate::parsing::{ChannelOpenConfirmation, ChannelType, OpenChannelMessage, ensure_end};
 
 impl Session {
+    /// Duplex patch: a `CHANNEL_CLOSE` for a channel whose parameters are
+    /// gone answers a close we sent (RFC 4254, section 5.3): the channel is
+    /// closed both ways now, and its `ChannelRef` (the channel's queue and
+    /// window) is dropped; upstream keeps it until the session ends. A
+    /// channel whose parameters are still there (not yet confirmed) keeps
+    /// everything: the message is ignored, as before. The close reaches a
+    /// reader of the channel only if its queue has room: the session never
+    /// waits for one here.
+    fn forget_closed_channel(&mut self, id: ChannelId) {
+        let known = self
+            .common
+            .encrypted
+            .as_ref()
+            .is_some_and(|enc| enc.channels.contains_key(&id));
+        if known {
+            return;
+        }
+        if let Some(chan) = self.channels.remove(&id) {
+            let _ = chan.try_send(ChannelMsg::Close);
+        }
+    }
+
     /// Returns false iff a request was rejected.
     pub(crate) async fn server_read_encrypted<H: Handler + Send>(
         &mut self,
@@ -1469,6 +1491,10 @@ impl Session {
                 let channel_num = map_err!(ChannelId::decode(r))?;
                 map_err!(ensure_end(r))?;
                 if !self.common.is_established_channel(channel_num) {
+                    // Duplex patch: the answer to a close we sent. The
+                    // channel's parameters went when we sent it; its
+                    // `ChannelRef` goes now.
+                    self.forget_closed_channel(channel_num);
                     return Ok(());
                 }
                 if let Some(ref mut enc) = self.common.encrypted {
