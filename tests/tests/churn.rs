@@ -8,14 +8,8 @@ use duplex::Peer;
 use duplex_rpc::{Client, Context, Router, Server, Status};
 use duplex_tests::{Transport, echo_once, echo_server, pair, within};
 
-#[global_allocator]
-static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
-/// Live heap bytes, as jemalloc counts them.
-fn heap_kib() -> u64 {
-    tikv_jemalloc_ctl::epoch::advance().unwrap();
-    tikv_jemalloc_ctl::stats::allocated::read().unwrap() as u64 / 1024
-}
+mod jemalloc;
+use jemalloc::heap_kib;
 
 /// Heap growth allowed over a batch, whatever its size: allocator and
 /// table slack (hash maps keep their capacity), far below what a

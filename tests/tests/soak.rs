@@ -18,14 +18,8 @@ use duplex::{Backoff, Config, Headers, Identity, Peer, ReadEvent};
 use duplex_tests::{init_tracing, open_fds, peer_trusting, rss_kib, within};
 use rand::{RngExt, SeedableRng};
 
-#[global_allocator]
-static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
-/// Live heap bytes, as jemalloc counts them.
-fn heap_kib() -> u64 {
-    tikv_jemalloc_ctl::epoch::advance().unwrap();
-    tikv_jemalloc_ctl::stats::allocated::read().unwrap() as u64 / 1024
-}
+mod jemalloc;
+use jemalloc::heap_kib;
 
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name)
