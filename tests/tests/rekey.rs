@@ -4,6 +4,7 @@
 //! re-exchanges through a tracing layer installed as the global subscriber.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -16,6 +17,12 @@ use tracing_subscriber::util::SubscriberInitExt;
 
 /// Key exchanges the client peers finished (the first one included).
 static EXCHANGES: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    /// Key exchanges the client peers finished on this thread: a test on a
+    /// current-thread runtime counts its own, not the other test's.
+    static HERE: Cell<usize> = const { Cell::new(0) };
+}
 
 struct CountExchanges;
 
@@ -33,6 +40,7 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for CountExchanges {
         event.record(&mut m);
         if m.0 {
             EXCHANGES.fetch_add(1, Ordering::Relaxed);
+            HERE.set(HERE.get() + 1);
         }
     }
 }
@@ -137,6 +145,38 @@ async fn channels_keep_their_bytes_through_rekeys_under_two_way_load() {
     // about 200 of them.
     assert!(rekeys >= 50, "only {rekeys} key re-exchanges happened");
     assert_eq!(p.client.peers().len(), 1, "the connection ended");
+    p.shutdown().await;
+}
+
+/// With tokio's clock paused, three and a half hours pass in an instant
+/// with keys due for re-exchange every hour: three re-exchanges happen (the
+/// client's handler counts them), and no more (russh's timer used the system
+/// clock, so a paused clock never reached it; a timer that did not move
+/// after firing would start one exchange after another).
+#[tokio::test(start_paused = true)]
+async fn keys_are_exchanged_again_each_time_the_interval_passes() {
+    install();
+    let config = || {
+        Config::default()
+            .rekey_limit(1 << 30, Duration::from_secs(3600))
+            .unwrap()
+    };
+    let p = pair_with(Transport::Memory, config(), config()).await;
+    echo_server(&p.server);
+    let before = HERE.get();
+    tokio::time::sleep(Duration::from_secs(3 * 3600 + 1800)).await;
+    let finished = HERE.get() - before;
+    assert_eq!(finished, 3, "{finished} re-exchanges finished, not 3");
+    let mut ch = p
+        .client
+        .open("server", "echo", Headers::new())
+        .await
+        .unwrap();
+    ch.write_all(b"rekeyed").await.unwrap();
+    ch.close_write().await.unwrap();
+    let mut back = Vec::new();
+    ch.read_to_end(&mut back).await.unwrap();
+    assert_eq!(back, b"rekeyed");
     p.shutdown().await;
 }
 

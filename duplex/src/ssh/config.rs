@@ -55,6 +55,12 @@ fn preferred() -> russh::Preferred {
 /// the handle's requests) before their senders wait.
 const SESSION_QUEUE: usize = 256;
 
+/// russh's queue per channel: none (russh patch 9). Duplex takes every
+/// channel message in the handler's callbacks and never reads the queue,
+/// which cost each channel on each end about 2.7 KB of allocations and
+/// a copy of every data packet.
+const CHANNEL_QUEUE: usize = 0;
+
 /// Most channel data a well-behaved remote can have in flight towards us:
 /// every byte it may send on a channel is credit we granted (a Duplex
 /// channel's window, a plain channel's SSH window), and all of it is
@@ -104,6 +110,7 @@ impl SshConfigs {
             preferred: preferred(),
             limits: limits.clone(),
             event_buffer_size: SESSION_QUEUE,
+            channel_buffer_size: CHANNEL_QUEUE,
             max_channel_data_during_rekey: data_during_rekey,
             ..server::Config::default()
         };
@@ -115,6 +122,7 @@ impl SshConfigs {
             preferred: preferred(),
             limits,
             event_buffer_size: SESSION_QUEUE,
+            channel_buffer_size: CHANNEL_QUEUE,
             max_channel_data_during_rekey: data_during_rekey,
             ..client::Config::default()
         };

@@ -784,6 +784,43 @@ impl Encrypted {
         Some(limits.rekey_time_limit.saturating_sub(elapsed))
     }
 
+    /// Duplex patch 10: what the session's rekey timer is set from, read
+    /// without the clock (the session loop asks once per turn and moves its
+    /// timer only when the answer changes): the last exchange, and whether
+    /// the write limit is passed. `None` when no exchange can be made.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub(crate) fn rekey_timer_key(
+        &self,
+        limits: &Limits,
+        writer: &PacketWriter,
+    ) -> Option<(russh_util::time::Instant, bool)> {
+        if self.kex.skip_exchange() {
+            return None;
+        }
+        Some((
+            self.last_rekey,
+            writer.bytes_written() >= limits.rekey_write_limit,
+        ))
+    }
+
+    /// Duplex patch 10: when the rekey timer set from
+    /// [`Self::rekey_timer_key`] fires, on tokio's clock (so a paused clock
+    /// moves it): now when the write limit is passed, else what is left of
+    /// the time limit from now. Reads the clock.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub(crate) fn rekey_timer_deadline(
+        &self,
+        limits: &Limits,
+        write_limit_passed: bool,
+    ) -> tokio::time::Instant {
+        let now = tokio::time::Instant::now();
+        if write_limit_passed {
+            return now;
+        }
+        let elapsed = russh_util::time::Instant::now().duration_since(self.last_rekey);
+        now + limits.rekey_time_limit.saturating_sub(elapsed)
+    }
+
     pub fn new_channel_id(&mut self) -> ChannelId {
         self.last_channel_id += Wrapping(1);
         while self

@@ -11,6 +11,7 @@ pub mod io;
 
 mod channel_ref;
 pub use channel_ref::ChannelRef;
+pub(crate) use channel_ref::{OpenAnswer, no_queue};
 
 mod channel_stream;
 pub use channel_stream::ChannelStream;
@@ -144,7 +145,10 @@ impl WindowSizeRef {
 ///
 /// Allows you to read from a channel without borrowing the session
 pub struct ChannelReadHalf {
-    pub(crate) receiver: Receiver<ChannelMsg>,
+    /// `None` for a channel with no queue (`channel_buffer_size` 0, Duplex
+    /// patch 9): its messages reach the application through the handler
+    /// only, and a reader sees the channel closed.
+    pub(crate) receiver: Option<Receiver<ChannelMsg>>,
 }
 
 impl std::fmt::Debug for ChannelReadHalf {
@@ -156,7 +160,10 @@ impl std::fmt::Debug for ChannelReadHalf {
 impl ChannelReadHalf {
     /// Awaits an incoming [`ChannelMsg`], this method returns [`None`] if the channel has been closed.
     pub async fn wait(&mut self) -> Option<ChannelMsg> {
-        self.receiver.recv().await
+        match &mut self.receiver {
+            Some(receiver) => receiver.recv().await,
+            None => None,
+        }
     }
 
     /// Make a reader for the [`Channel`] to receive [`ChannelMsg::Data`]
@@ -525,7 +532,13 @@ impl<S: From<(ChannelId, ChannelMsg)> + Send + Sync + 'static> Channel<S> {
         window_size: u32,
         channel_buffer_size: usize,
     ) -> (Self, ChannelRef) {
-        let (tx, rx) = tokio::sync::mpsc::channel(channel_buffer_size);
+        // Duplex patch 9: a buffer size of 0 means no queue for the channel.
+        let (tx, rx) = if channel_buffer_size == 0 {
+            (no_queue(), None)
+        } else {
+            let (tx, rx) = tokio::sync::mpsc::channel(channel_buffer_size);
+            (tx, Some(rx))
+        };
         let window_size = WindowSizeRef::new(window_size);
         let read_half = ChannelReadHalf { receiver: rx };
         let write_half = ChannelWriteHalf {
@@ -543,6 +556,7 @@ impl<S: From<(ChannelId, ChannelMsg)> + Send + Sync + 'static> Channel<S> {
             ChannelRef {
                 sender: tx,
                 window_size,
+                answer: None,
             },
         )
     }

@@ -522,15 +522,14 @@ impl Session {
                     return Err(crate::Error::Inconsistent.into());
                 };
 
-                if let Some(channel) = self.channels.get(&local_id) {
+                if let Some(channel) = self.channels.get_mut(&local_id) {
                     channel
-                        .send(ChannelMsg::Open {
+                        .answer(ChannelMsg::Open {
                             id: local_id,
                             max_packet_size: msg.maximum_packet_size,
                             window_size: msg.initial_window_size,
                         })
-                        .await
-                        .unwrap_or(());
+                        .await;
                 } else {
                     error!("no channel for id {local_id:?}");
                 }
@@ -601,9 +600,9 @@ impl Session {
                     return Ok(());
                 }
 
-                if let Some(sender) = self.channels.remove(&channel_num) {
-                    let _ = sender
-                        .send(ChannelMsg::OpenFailure(reason_code.clone().described(&descr)))
+                if let Some(mut sender) = self.channels.remove(&channel_num) {
+                    sender
+                        .answer(ChannelMsg::OpenFailure(reason_code.clone().described(&descr)))
                         .await;
                 }
 
@@ -633,7 +632,10 @@ impl Session {
                     }
                 }
 
-                if let Some(chan) = self.channels.get(&channel_num) {
+                // Duplex patch 9: no copy for a channel with no queue.
+                if let Some(chan) = self.channels.get(&channel_num)
+                    && !chan.is_closed()
+                {
                     let _ = chan.send(ChannelMsg::Data { data: data.clone() }).await;
                 }
 
@@ -660,7 +662,9 @@ impl Session {
                     }
                 }
 
-                if let Some(chan) = self.channels.get(&channel_num) {
+                if let Some(chan) = self.channels.get(&channel_num)
+                    && !chan.is_closed()
+                {
                     let _ = chan
                         .send(ChannelMsg::ExtendedData {
                             ext: extended_code,

@@ -59,7 +59,7 @@ use tokio::sync::oneshot;
 pub use crate::auth::AuthResult;
 use crate::cert::PublicKeyOrCertificate;
 use crate::channels::{
-    Channel, ChannelMsg, ChannelReadHalf, ChannelRef, ChannelWriteHalf, WindowSizeRef,
+    Channel, ChannelMsg, ChannelReadHalf, ChannelRef, ChannelWriteHalf, OpenAnswer, WindowSizeRef,
 };
 use crate::cipher::{self, OpeningKey, clear};
 use crate::kex::{KexAlgorithmImplementor, KexCause, KexProgress, SessionKexState};
@@ -741,7 +741,7 @@ impl<H: Handler> Handle<H> {
     /// Wait for confirmation that a channel is open
     async fn wait_channel_confirmation(
         &self,
-        mut receiver: Receiver<ChannelMsg>,
+        mut receiver: OpenAnswer,
         window_size_ref: WindowSizeRef,
     ) -> Result<Channel<Msg>, crate::Error> {
         loop {
@@ -760,7 +760,9 @@ impl<H: Handler> Handle<H> {
                             max_packet_size,
                             window_size: window_size_ref,
                         },
-                        read_half: ChannelReadHalf { receiver },
+                        read_half: ChannelReadHalf {
+                            receiver: receiver.into_queue(),
+                        },
                     });
                 }
                 Some(ChannelMsg::OpenFailure(reason)) => {
@@ -843,8 +845,7 @@ impl<H: Handler> Handle<H> {
     /// usable when it's confirmed by the server, as indicated by the
     /// `confirmed` field of the corresponding `Channel`.
     pub async fn channel_open_session(&self) -> Result<Channel<Msg>, crate::Error> {
-        let (sender, receiver) = channel(self.channel_buffer_size);
-        let channel_ref = ChannelRef::new(sender);
+        let (channel_ref, receiver) = OpenAnswer::new(self.channel_buffer_size);
         let window_size_ref = channel_ref.window_size().clone();
 
         self.sender
@@ -861,8 +862,7 @@ impl<H: Handler> Handle<H> {
         originator_address: A,
         originator_port: u32,
     ) -> Result<Channel<Msg>, crate::Error> {
-        let (sender, receiver) = channel(self.channel_buffer_size);
-        let channel_ref = ChannelRef::new(sender);
+        let (channel_ref, receiver) = OpenAnswer::new(self.channel_buffer_size);
         let window_size_ref = channel_ref.window_size().clone();
 
         self.sender
@@ -892,8 +892,7 @@ impl<H: Handler> Handle<H> {
         originator_address: B,
         originator_port: u32,
     ) -> Result<Channel<Msg>, crate::Error> {
-        let (sender, receiver) = channel(self.channel_buffer_size);
-        let channel_ref = ChannelRef::new(sender);
+        let (channel_ref, receiver) = OpenAnswer::new(self.channel_buffer_size);
         let window_size_ref = channel_ref.window_size().clone();
 
         self.sender
@@ -914,8 +913,7 @@ impl<H: Handler> Handle<H> {
         &self,
         socket_path: S,
     ) -> Result<Channel<Msg>, crate::Error> {
-        let (sender, receiver) = channel(self.channel_buffer_size);
-        let channel_ref = ChannelRef::new(sender);
+        let (channel_ref, receiver) = OpenAnswer::new(self.channel_buffer_size);
         let window_size_ref = channel_ref.window_size().clone();
 
         self.sender
@@ -1419,6 +1417,10 @@ impl Session {
         let reading = start_reading(stream_read, buffer, opening_cipher);
         pin!(reading);
 
+        let rekey_timer = tokio::time::sleep(Duration::ZERO);
+        pin!(rekey_timer);
+        let mut rekey_armed = None;
+
         #[allow(clippy::panic)] // false positive in select! macro
         while !self.common.disconnected {
             self.common.received_data = false;
@@ -1429,9 +1431,20 @@ impl Session {
             // application output in its bounded receivers while a channel is
             // window-blocked.
             let can_receive_outbound = !self.kex.active() && !self.common.has_any_pending_data();
-            let rekey_timer =
-                crate::future_or_pending(self.rekey_time_remaining(), tokio::time::sleep);
-            pin!(rekey_timer);
+            // Duplex patch 10: one rekey timer for the session, moved only
+            // when its deadline moves (a timer per turn cost a timer-wheel
+            // insertion, a removal and a clock read for every packet).
+            let rekey_key = self.rekey_timer_key();
+            if rekey_key != rekey_armed {
+                if let (Some((_, write_limit_passed)), Some(enc)) =
+                    (rekey_key, self.common.encrypted.as_ref())
+                {
+                    rekey_timer.as_mut().reset(
+                        enc.rekey_timer_deadline(&self.common.config.limits, write_limit_passed),
+                    );
+                }
+                rekey_armed = rekey_key;
+            }
             tokio::select! {
                 r = &mut reading => {
                     let (stream_read, mut buffer, mut opening_cipher) = match r {
@@ -1474,9 +1487,16 @@ impl Session {
                     std::mem::swap(&mut opening_cipher, &mut self.common.remote_to_local);
                     reading.set(start_reading(stream_read, buffer, opening_cipher));
                 }
-                () = &mut rekey_timer => {
-                    // The flush after the select sees the elapsed limit.
+                () = &mut rekey_timer, if rekey_armed.is_some() => {
                     debug!("rekey time limit reached");
+                    // Duplex patch 10: the timer runs on tokio's clock (which
+                    // a test may pause), so it asks for the exchange itself;
+                    // the flush after the select starts it. Set again from
+                    // the next exchange.
+                    if let Some(enc) = self.common.encrypted.as_mut() {
+                        enc.rekey_wanted = true;
+                    }
+                    rekey_armed = None;
                 }
                 () = &mut keepalive_timer => {
                     keepalive_elapsed = true;
@@ -1902,6 +1922,23 @@ impl Session {
                 .is_some_and(|enc| matches!(enc.state, EncryptedState::Authenticated))
     }
 
+    /// Duplex patch 10: see `Encrypted::rekey_timer_key`.
+    fn rekey_timer_key(&self) -> Option<(russh_util::time::Instant, bool)> {
+        #[cfg(target_arch = "wasm32")]
+        return None;
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            if !self.automatic_rekey_allowed() {
+                return None;
+            }
+            self.common
+                .encrypted
+                .as_ref()?
+                .rekey_timer_key(&self.common.config.limits, &self.common.packet_writer)
+        }
+    }
+
+    #[cfg_attr(not(test), allow(dead_code))]
     fn rekey_time_remaining(&self) -> Option<Duration> {
         if cfg!(target_arch = "wasm32") || !self.automatic_rekey_allowed() {
             return None;
@@ -2747,7 +2784,10 @@ pub struct Config {
     pub window_size: u32,
     /// The maximal size of a single packet.
     pub maximum_packet_size: u32,
-    /// Buffer size for each channel (a number of unprocessed messages to store before propagating backpressure to the TCP stream)
+    /// Buffer size for each channel (a number of unprocessed messages to store before propagating backpressure to the TCP stream).
+    /// 0 (Duplex patch 9): no queue per channel; the channel's messages reach
+    /// the application through the handler's callbacks only, and the
+    /// channel's read half reads nothing.
     pub channel_buffer_size: usize,
     /// Lists of preferred algorithms.
     pub preferred: negotiation::Preferred,

@@ -1550,7 +1550,9 @@ impl Session {
                 }
                 self.flush()?;
                 if let Some(ext) = ext {
-                    if let Some(chan) = self.channels.get(&channel_num) {
+                    if let Some(chan) = self.channels.get(&channel_num)
+                        && !chan.is_closed()
+                    {
                         chan.send(ChannelMsg::ExtendedData {
                             ext,
                             data: data.clone(),
@@ -1560,7 +1562,10 @@ impl Session {
                     }
                     handler.extended_data(channel_num, ext, &data, self).await
                 } else {
-                    if let Some(chan) = self.channels.get(&channel_num) {
+                    // Duplex patch 9: no copy for a channel with no queue.
+                    if let Some(chan) = self.channels.get(&channel_num)
+                        && !chan.is_closed()
+                    {
                         chan.send(ChannelMsg::Data { data: data.clone() })
                             .await
                             .unwrap_or(())
@@ -1622,15 +1627,14 @@ impl Session {
                     return Err(Error::Inconsistent.into());
                 };
 
-                if let Some(channel) = self.channels.get(&local_id) {
+                if let Some(channel) = self.channels.get_mut(&local_id) {
                     channel
-                        .send(ChannelMsg::Open {
+                        .answer(ChannelMsg::Open {
                             id: local_id,
                             max_packet_size: msg.maximum_packet_size,
                             window_size: msg.initial_window_size,
                         })
-                        .await
-                        .unwrap_or(());
+                        .await;
                 } else {
                     error!("no channel for id {local_id:?}");
                 }
@@ -1991,11 +1995,12 @@ impl Session {
                     enc.channels.remove(&channel_num);
                 }
 
-                if let Some(channel_sender) = self.channels.remove(&channel_num) {
+                // Duplex patch 9: an opener that gave up no longer ends
+                // the session.
+                if let Some(mut channel_sender) = self.channels.remove(&channel_num) {
                     channel_sender
-                        .send(ChannelMsg::OpenFailure(reason.described(&description)))
-                        .await
-                        .map_err(|_| crate::Error::SendError)?;
+                        .answer(ChannelMsg::OpenFailure(reason.described(&description)))
+                        .await;
                 }
 
                 Ok(())

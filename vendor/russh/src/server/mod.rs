@@ -83,7 +83,10 @@ pub struct Config {
     pub window_size: u32,
     /// The maximal size of a single packet.
     pub maximum_packet_size: u32,
-    /// Buffer size for each channel (a number of unprocessed messages to store before propagating backpressure to the TCP stream)
+    /// Buffer size for each channel (a number of unprocessed messages to store before propagating backpressure to the TCP stream).
+    /// 0 (Duplex patch 9): no queue per channel; the channel's messages reach
+    /// the application through the handler's callbacks only, and the
+    /// channel's read half reads nothing.
     pub channel_buffer_size: usize,
     /// Internal event buffer size
     pub event_buffer_size: usize,

@@ -7,11 +7,11 @@ use channels::WindowSizeRef;
 use kex::ServerKex;
 use log::debug;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc::{Receiver, Sender, UnboundedReceiver, UnboundedSender, channel};
+use tokio::sync::mpsc::{Receiver, Sender, UnboundedReceiver, UnboundedSender};
 use tokio::sync::oneshot;
 
 use super::*;
-use crate::channels::{Channel, ChannelMsg, ChannelReadHalf, ChannelRef, ChannelWriteHalf};
+use crate::channels::{Channel, ChannelMsg, ChannelReadHalf, ChannelRef, ChannelWriteHalf, OpenAnswer};
 use crate::helpers::NameList;
 use crate::kex::{EXTENSION_SUPPORT_AS_CLIENT, KexCause, SessionKexState};
 use crate::{ChannelOpenFailure, map_err, msg};
@@ -263,8 +263,7 @@ impl Handle {
     /// confirmed that it allows agent forwarding. See
     /// [PROTOCOL.agent](https://datatracker.ietf.org/doc/html/draft-miller-ssh-agent).
     pub async fn channel_open_agent(&self) -> Result<Channel<Msg>, Error> {
-        let (sender, receiver) = channel(self.channel_buffer_size);
-        let channel_ref = ChannelRef::new(sender);
+        let (channel_ref, receiver) = OpenAnswer::new(self.channel_buffer_size);
         let window_size_ref = channel_ref.window_size().clone();
 
         self.sender
@@ -282,8 +281,7 @@ impl Handle {
     /// usable when it's confirmed by the server, as indicated by the
     /// `confirmed` field of the corresponding `Channel`.
     pub async fn channel_open_session(&self) -> Result<Channel<Msg>, Error> {
-        let (sender, receiver) = channel(self.channel_buffer_size);
-        let channel_ref = ChannelRef::new(sender);
+        let (channel_ref, receiver) = OpenAnswer::new(self.channel_buffer_size);
         let window_size_ref = channel_ref.window_size().clone();
 
         self.sender
@@ -307,8 +305,7 @@ impl Handle {
         originator_address: B,
         originator_port: u32,
     ) -> Result<Channel<Msg>, Error> {
-        let (sender, receiver) = channel(self.channel_buffer_size);
-        let channel_ref = ChannelRef::new(sender);
+        let (channel_ref, receiver) = OpenAnswer::new(self.channel_buffer_size);
         let window_size_ref = channel_ref.window_size().clone();
 
         self.sender
@@ -330,8 +327,7 @@ impl Handle {
         &self,
         socket_path: A,
     ) -> Result<Channel<Msg>, Error> {
-        let (sender, receiver) = channel(self.channel_buffer_size);
-        let channel_ref = ChannelRef::new(sender);
+        let (channel_ref, receiver) = OpenAnswer::new(self.channel_buffer_size);
         let window_size_ref = channel_ref.window_size().clone();
 
         self.sender
@@ -352,8 +348,7 @@ impl Handle {
         originator_address: B,
         originator_port: u32,
     ) -> Result<Channel<Msg>, Error> {
-        let (sender, receiver) = channel(self.channel_buffer_size);
-        let channel_ref = ChannelRef::new(sender);
+        let (channel_ref, receiver) = OpenAnswer::new(self.channel_buffer_size);
         let window_size_ref = channel_ref.window_size().clone();
 
         self.sender
@@ -374,8 +369,7 @@ impl Handle {
         &self,
         server_socket_path: A,
     ) -> Result<Channel<Msg>, Error> {
-        let (sender, receiver) = channel(self.channel_buffer_size);
-        let channel_ref = ChannelRef::new(sender);
+        let (channel_ref, receiver) = OpenAnswer::new(self.channel_buffer_size);
         let window_size_ref = channel_ref.window_size().clone();
 
         self.sender
@@ -394,8 +388,7 @@ impl Handle {
         originator_address: A,
         originator_port: u32,
     ) -> Result<Channel<Msg>, Error> {
-        let (sender, receiver) = channel(self.channel_buffer_size);
-        let channel_ref = ChannelRef::new(sender);
+        let (channel_ref, receiver) = OpenAnswer::new(self.channel_buffer_size);
         let window_size_ref = channel_ref.window_size().clone();
 
         self.sender
@@ -412,7 +405,7 @@ impl Handle {
 
     async fn wait_channel_confirmation(
         &self,
-        mut receiver: Receiver<ChannelMsg>,
+        mut receiver: OpenAnswer,
         window_size_ref: WindowSizeRef,
     ) -> Result<Channel<Msg>, Error> {
         loop {
@@ -431,7 +424,9 @@ impl Handle {
                             max_packet_size,
                             window_size: window_size_ref,
                         },
-                        read_half: ChannelReadHalf { receiver },
+                        read_half: ChannelReadHalf {
+                            receiver: receiver.into_queue(),
+                        },
                     });
                 }
                 Some(ChannelMsg::OpenFailure(reason)) => {
@@ -682,6 +677,9 @@ impl Session {
         let reading = start_reading(stream_read, buffer, opening_cipher);
         pin!(reading);
         let mut is_reading = None;
+        let rekey_timer = tokio::time::sleep(Duration::ZERO);
+        pin!(rekey_timer);
+        let mut rekey_armed = None;
 
         #[allow(clippy::panic)] // false positive in macro
         while !self.common.disconnected {
@@ -733,8 +731,18 @@ impl Session {
                 }
             }
 
-            let rekey_timer = future_or_pending(self.rekey_time_remaining(), tokio::time::sleep);
-            pin!(rekey_timer);
+            // Duplex patch 10: see the client's loop.
+            let rekey_key = self.rekey_timer_key();
+            if rekey_key != rekey_armed {
+                if let (Some((_, write_limit_passed)), Some(enc)) =
+                    (rekey_key, self.common.encrypted.as_ref())
+                {
+                    rekey_timer.as_mut().reset(
+                        enc.rekey_timer_deadline(&self.common.config.limits, write_limit_passed),
+                    );
+                }
+                rekey_armed = rekey_key;
+            }
 
             tokio::select! {
                 r = &mut reading => {
@@ -785,9 +793,16 @@ impl Session {
                     }
                     reading.set(start_reading(stream_read, buffer, opening_cipher));
                 }
-                () = &mut rekey_timer => {
-                    // The flush after the select sees the elapsed limit.
+                () = &mut rekey_timer, if rekey_armed.is_some() => {
                     debug!("rekey time limit reached");
+                    // Duplex patch 10: the timer runs on tokio's clock (which
+                    // a test may pause), so it asks for the exchange itself;
+                    // the flush after the select starts it. Set again from
+                    // the next exchange.
+                    if let Some(enc) = self.common.encrypted.as_mut() {
+                        enc.rekey_wanted = true;
+                    }
+                    rekey_armed = None;
                 }
                 () = &mut keepalive_timer => {
                     self.common.alive_timeouts = self.common.alive_timeouts.saturating_add(1);
@@ -978,6 +993,23 @@ impl Session {
                 .is_some_and(|enc| Self::automatic_rekey_eligible(&enc.state))
     }
 
+    /// Duplex patch 10: see `Encrypted::rekey_timer_key`.
+    fn rekey_timer_key(&self) -> Option<(russh_util::time::Instant, bool)> {
+        #[cfg(target_arch = "wasm32")]
+        return None;
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            if !self.automatic_rekey_allowed() {
+                return None;
+            }
+            self.common
+                .encrypted
+                .as_ref()?
+                .rekey_timer_key(&self.common.config.limits, &self.common.packet_writer)
+        }
+    }
+
+    #[cfg_attr(not(test), allow(dead_code))]
     fn rekey_time_remaining(&self) -> Option<Duration> {
         if !self.automatic_rekey_allowed() {
             return None;

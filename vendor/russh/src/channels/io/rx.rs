@@ -36,8 +36,12 @@ where
     ) -> Poll<io::Result<()>> {
         let (msg, mut idx) = match self.buffer.take() {
             Some(msg) => msg,
-            None => match ready!(self.channel.borrow_mut().receiver.poll_recv(cx)) {
-                Some(msg) => (msg, 0),
+            None => match self.channel.borrow_mut().receiver.as_mut() {
+                Some(receiver) => match ready!(receiver.poll_recv(cx)) {
+                    Some(msg) => (msg, 0),
+                    None => return Poll::Ready(Ok(())),
+                },
+                // No queue (Duplex patch 9): nothing ever arrives here.
                 None => return Poll::Ready(Ok(())),
             },
         };
@@ -72,7 +76,9 @@ where
                 Poll::Ready(Ok(()))
             }
             (ChannelMsg::Eof, _) => {
-                self.channel.borrow_mut().receiver.close();
+                if let Some(receiver) = self.channel.borrow_mut().receiver.as_mut() {
+                    receiver.close();
+                }
 
                 Poll::Ready(Ok(()))
             }
