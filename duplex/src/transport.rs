@@ -31,7 +31,7 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
@@ -164,9 +164,13 @@ impl Drop for Waiting<'_> {
 /// When a connection last read anything, for choosing which unfinished
 /// handshake to end (`Config::max_unauthenticated`): a client working
 /// through its handshake reads every few milliseconds, a connection that
-/// stalls does not.
+/// stalls does not. Only a connection in the list of unfinished handshakes
+/// is watched; others read no clock per read.
 #[derive(Debug, Default)]
-pub(crate) struct Activity(AtomicU64);
+pub(crate) struct Activity {
+    last: AtomicU64,
+    watched: AtomicBool,
+}
 
 /// A clock for `Activity`, shared by every connection of the process.
 fn epoch() -> std::time::Instant {
@@ -175,15 +179,33 @@ fn epoch() -> std::time::Instant {
 }
 
 impl Activity {
-    /// Something was read now.
+    /// Something was read now (noted only while watched).
     pub(crate) fn touch(&self) {
-        let ms = u64::try_from(epoch().elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.0.store(ms, Ordering::Relaxed);
+        if self.watched.load(Ordering::Relaxed) {
+            self.stamp();
+        }
     }
 
-    /// When something was last read (milliseconds on a process-wide clock).
+    fn stamp(&self) {
+        let ms = u64::try_from(epoch().elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last.store(ms, Ordering::Relaxed);
+    }
+
+    /// From now on reads are noted; counts as one now.
+    pub(crate) fn watch(&self) {
+        self.stamp();
+        self.watched.store(true, Ordering::Relaxed);
+    }
+
+    /// Reads are no longer noted.
+    pub(crate) fn unwatch(&self) {
+        self.watched.store(false, Ordering::Relaxed);
+    }
+
+    /// When something was last read while watched (milliseconds on a
+    /// process-wide clock).
     pub(crate) fn last(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
+        self.last.load(Ordering::Relaxed)
     }
 }
 
@@ -822,5 +844,24 @@ mod tests {
     #[tokio::test]
     async fn shutdown_finishes_when_the_drain_task_finds_the_stream_gone() {
         shutdown_after_the_remote_went(1024, &[1u8; 100_000], false).await;
+    }
+
+    /// Reads are noted only while the connection is watched (an unfinished
+    /// handshake); others read no clock.
+    #[test]
+    fn activity_is_noted_only_while_watched() {
+        let a = Activity::default();
+        a.last.store(u64::MAX, Ordering::Relaxed);
+        a.touch();
+        assert_eq!(a.last(), u64::MAX, "an unwatched read was stamped");
+        a.watch();
+        assert_ne!(a.last(), u64::MAX, "watch() counts as a read now");
+        a.last.store(u64::MAX, Ordering::Relaxed);
+        a.touch();
+        assert_ne!(a.last(), u64::MAX, "a watched read was not stamped");
+        a.unwatch();
+        a.last.store(u64::MAX, Ordering::Relaxed);
+        a.touch();
+        assert_eq!(a.last(), u64::MAX, "a read after unwatch() was stamped");
     }
 }

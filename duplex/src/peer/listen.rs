@@ -95,7 +95,7 @@ impl Handshaking {
     /// milliseconds, so a flood of connections that stall ends each other,
     /// not the clients that make progress.
     pub(super) fn enter(core: &Arc<PeerCore>, conn: &Arc<ConnShared>) -> Self {
-        conn.activity.touch();
+        conn.activity.watch();
         let evicted = {
             let mut list = lock(&core.handshaking);
             list.push(Unfinished {
@@ -136,7 +136,13 @@ impl Handshaking {
 
 impl Drop for Handshaking {
     fn drop(&mut self) {
-        lock(&self.core.handshaking).retain(|u| u.id != self.id);
+        lock(&self.core.handshaking).retain(|u| {
+            let done = u.id == self.id;
+            if done {
+                u.activity.unwatch();
+            }
+            !done
+        });
     }
 }
 
