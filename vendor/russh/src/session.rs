@@ -57,6 +57,10 @@ pub(crate) struct Encrypted {
     pub client_compression: crate::compression::Compression,
     pub decompress: crate::compression::Decompress,
     pub rekey_wanted: bool,
+    /// Duplex patch 11: false only when no channel has `pending_data`
+    /// (set by every push, cleared by a scan that finds none), so the
+    /// session loops' check per turn does not walk every channel.
+    pub(crate) pending_hint: std::sync::atomic::AtomicBool,
     pub received_extensions: Vec<String>,
     pub extension_info_awaiters: HashMap<String, Vec<oneshot::Sender<()>>>,
 }
@@ -187,6 +191,7 @@ impl<C> CommonSession<C> {
             client_compression: newkeys.names.client_compression,
             decompress: crate::compression::Decompress::None,
             rekey_wanted: false,
+            pending_hint: Default::default(),
             received_extensions: Vec::new(),
             extension_info_awaiters: HashMap::new(),
         });
@@ -492,9 +497,20 @@ impl Encrypted {
     }
 
     pub(crate) fn has_any_pending_data(&self) -> bool {
-        self.channels
+        use std::sync::atomic::Ordering::Relaxed;
+        // Duplex patch 11: pending data appears only through a push, which
+        // sets the hint first.
+        if !self.pending_hint.load(Relaxed) {
+            return false;
+        }
+        let any = self
+            .channels
             .values()
-            .any(|channel| !channel.pending_data.is_empty())
+            .any(|channel| !channel.pending_data.is_empty());
+        if !any {
+            self.pending_hint.store(false, Relaxed);
+        }
+        any
     }
 
     /// Push the largest amount of `&buf0[from..]` that can fit into
@@ -628,11 +644,13 @@ impl Encrypted {
         if let Some(channel) = self.channels.get_mut(&channel) {
             assert!(channel.confirmed);
             if !channel.pending_data.is_empty() || is_rekeying {
+                self.pending_hint.store(true, std::sync::atomic::Ordering::Relaxed);
                 channel.pending_data.push_back((buf0, None, 0));
                 return Ok(());
             }
             let buf_len = Self::data_noqueue(&mut self.write, channel, &buf0, None, 0)?;
             if buf_len < buf0.len() {
+                self.pending_hint.store(true, std::sync::atomic::Ordering::Relaxed);
                 channel.pending_data.push_back((buf0, None, buf_len))
             }
         } else {
@@ -652,6 +670,7 @@ impl Encrypted {
         if let Some(channel) = self.channels.get_mut(&channel) {
             assert!(channel.confirmed);
             if !channel.pending_data.is_empty() || is_rekeying {
+                self.pending_hint.store(true, std::sync::atomic::Ordering::Relaxed);
                 channel.pending_data.push_back((buf0, None, 0));
                 return Ok(());
             }
@@ -661,6 +680,7 @@ impl Encrypted {
                 Self::data_noqueue(&mut self.write, channel, &buf0, None, 0)?
             };
             if buf_len < buf0.len() {
+                self.pending_hint.store(true, std::sync::atomic::Ordering::Relaxed);
                 channel.pending_data.push_back((buf0, None, buf_len))
             }
         } else {
@@ -681,11 +701,13 @@ impl Encrypted {
         if let Some(channel) = self.channels.get_mut(&channel) {
             assert!(channel.confirmed);
             if !channel.pending_data.is_empty() || is_rekeying {
+                self.pending_hint.store(true, std::sync::atomic::Ordering::Relaxed);
                 channel.pending_data.push_back((buf0, Some(ext), 0));
                 return Ok(());
             }
             let buf_len = Self::data_noqueue(&mut self.write, channel, &buf0, Some(ext), 0)?;
             if buf_len < buf0.len() {
+                self.pending_hint.store(true, std::sync::atomic::Ordering::Relaxed);
                 channel.pending_data.push_back((buf0, Some(ext), buf_len))
             }
         }
@@ -704,6 +726,7 @@ impl Encrypted {
         if let Some(channel) = self.channels.get_mut(&channel) {
             assert!(channel.confirmed);
             if !channel.pending_data.is_empty() || is_rekeying {
+                self.pending_hint.store(true, std::sync::atomic::Ordering::Relaxed);
                 channel.pending_data.push_back((buf0, Some(ext), 0));
                 return Ok(());
             }
@@ -713,6 +736,7 @@ impl Encrypted {
                 Self::data_noqueue(&mut self.write, channel, &buf0, Some(ext), 0)?
             };
             if buf_len < buf0.len() {
+                self.pending_hint.store(true, std::sync::atomic::Ordering::Relaxed);
                 channel.pending_data.push_back((buf0, Some(ext), buf_len))
             }
         }
@@ -956,6 +980,7 @@ mod tests {
             client_compression: Compression::None,
             decompress: Decompress::None,
             rekey_wanted: false,
+            pending_hint: Default::default(),
             received_extensions: Vec::new(),
             extension_info_awaiters: HashMap::new(),
         }

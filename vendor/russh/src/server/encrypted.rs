@@ -921,6 +921,7 @@ mod tests {
             client_compression: Compression::None,
             decompress: Decompress::None,
             rekey_wanted: false,
+            pending_hint: Default::default(),
             received_extensions: Vec::new(),
             extension_info_awaiters: std::collections::HashMap::new(),
         }

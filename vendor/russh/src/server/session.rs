@@ -1704,6 +1704,7 @@ mod tests {
                     client_compression: Compression::None,
                     decompress: Decompress::Zlib(flate2::Decompress::new(true)),
                     rekey_wanted: false,
+                    pending_hint: Default::default(),
                     received_extensions: Vec::new(),
                     extension_info_awaiters: HashMap::new(),
                 }),
