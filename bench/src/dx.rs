@@ -43,10 +43,13 @@ pub fn peer(name: &str, me: &Identity, others: &[&Identity], config: Config) -> 
 
 /// Serves `sink` (reads to EOF, then closes), `echo` and `idle` (held
 /// open until the remote closes) on `peer`; counts accepted `idle`
-/// channels in `idle`.
+/// channels in `idle`. `echo` is accepted at once (`Peer::accept_at_once`,
+/// the session answers the open), as the raw russh server accepts its
+/// channels inside its handler.
 pub fn serve_channels(peer: &Peer, idle: Arc<AtomicUsize>) -> crate::Owned {
     let p = peer.clone();
     crate::Owned(tokio::spawn(async move {
+        let _echo_at_once = p.accept_at_once("echo");
         let mut tasks = JoinSet::new();
         while let Some(inc) = p.accept().await {
             let idle = idle.clone();
