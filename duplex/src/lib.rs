@@ -46,13 +46,14 @@
 //!   backlog;
 //!   `pending`: the accept timeout, which rejects channels the application
 //!   left waiting ([`Config::accept_timeout`]);
-//! - `ssh`: the only module that talks to `russh`: session setup
+//! - `ssh`: the only module that talks to `russh` (a patched 0.65.1 in
+//!   `vendor/russh`, its changes listed in `DUPLEX-PATCHES.md`): session setup
 //!   (`session`), the handlers of both roles (`handler`), which forward
 //!   every event to a `SessionEvents`, Duplex-typed channel adapters
 //!   (`channel`), algorithms (`config`), keys and trust;
 //! - `proto`: the protocol without I/O and without a clock: the wire
 //!   formats (headers, frames, control records, the hello and its version
-//!   negotiation, service names, parent references), flow control
+//!   negotiation, service names, parent references in `nest`), flow control
 //!   (`flow`: receive windows, grants, growth; `budget`: the memory
 //!   budgets), the verdict on incoming opens and hellos (`open`), and one
 //!   channel's state machine (`chan`: bytes and events in, records and
