@@ -298,9 +298,14 @@ pub(crate) async fn read<R: AsyncRead + Unpin>(
     cipher: &mut (dyn OpeningKey + Send),
 ) -> Result<usize, Error> {
     if buffer.len == 0 {
-        let mut len = vec![0; cipher.packet_length_to_read_for_block_length()];
+        // Duplex patch 12: the first block on the stack, not a new Vec
+        // per packet (every cipher's is 4 or one block, at most 16 bytes).
+        let mut first = [0u8; 64];
+        let len = first
+            .get_mut(..cipher.packet_length_to_read_for_block_length())
+            .ok_or(Error::PacketSize(0))?;
 
-        stream.read_exact(&mut len).await?;
+        stream.read_exact(len).await?;
         trace!("reading, len = {len:?}");
         {
             let seqn = buffer.seqn.0;
