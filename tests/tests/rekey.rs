@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use duplex::{Config, Headers};
-use duplex_tests::{Transport, echo_server, pair_with, within};
+use duplex_tests::{Transport, echo_once, echo_server, pair_with, within};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing_subscriber::Layer as _;
 use tracing_subscriber::layer::{Context, SubscriberExt};
@@ -167,16 +167,7 @@ async fn keys_are_exchanged_again_each_time_the_interval_passes() {
     tokio::time::sleep(Duration::from_secs(3 * 3600 + 1800)).await;
     let finished = HERE.get() - before;
     assert_eq!(finished, 3, "{finished} re-exchanges finished, not 3");
-    let mut ch = p
-        .client
-        .open("server", "echo", Headers::new())
-        .await
-        .unwrap();
-    ch.write_all(b"rekeyed").await.unwrap();
-    ch.close_write().await.unwrap();
-    let mut back = Vec::new();
-    ch.read_to_end(&mut back).await.unwrap();
-    assert_eq!(back, b"rekeyed");
+    echo_once(&p.client, 4096).await;
     p.shutdown().await;
 }
 
