@@ -9,9 +9,24 @@ pub(crate) mod flow;
 pub(crate) mod frame;
 pub(crate) mod headers;
 pub(crate) mod hello;
+// Used by the driver from the next commit on.
+#[allow(dead_code)]
+pub(crate) mod mux;
 pub(crate) mod nest;
 pub(crate) mod open;
 pub(crate) mod service;
+
+/// Our SSH channel number for a channel: how the connection's table
+/// ([`mux::Mux`]) and its nesting tree name it. The remote numbers the same
+/// channel on its own (see `nest`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) struct ChannelId(pub(crate) u32);
+
+impl std::fmt::Display for ChannelId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
 
 /// Extended-data type code of error frames (SSH's "stderr").
 pub(crate) const EXT_ERROR: u32 = 1;
