@@ -10,6 +10,7 @@ use crate::proto::chan::{Kind, Out};
 use crate::proto::control::Control;
 use crate::proto::headers::Headers;
 use crate::proto::hello;
+use crate::proto::mux::Unknown;
 use crate::proto::nest::ParentRef;
 use crate::proto::open::{self as rules, OPEN_PROHIBITED, OPEN_RESOURCE_SHORTAGE, Verdict};
 use crate::proto::service::ServiceName;
@@ -26,13 +27,17 @@ impl ConnShared {
         // once it said hello.
         let inbound = self.direction == Direction::Inbound;
         let duplex = !inbound || self.duplex.load(Ordering::Acquire);
+        let (channels, pending) = {
+            let chans = self.channels();
+            // Pending Duplex channels are in the table already.
+            (chans.open_count(), chans.pending())
+        };
         let at = rules::Conditions {
             me: &self.host.name,
             duplex,
             draining: self.host.draining.is_cancelled(),
-            // Pending Duplex channels are in the table already.
-            channels: self.channels().len() + self.pending_plain.load(Ordering::Acquire),
-            pending: self.pending.load(Ordering::Acquire),
+            channels,
+            pending,
         };
         let fields = rules::OpenFields {
             service: &open.service,
@@ -102,12 +107,9 @@ impl ConnShared {
         let meta = Arc::new(self.meta(service, headers, None));
         let _ = chan.meta.set(meta);
         let _ = chan.writer.set(open.write);
-        self.pending.fetch_add(1, Ordering::AcqRel);
-        if !duplex {
-            self.pending_plain.fetch_add(1, Ordering::AcqRel);
-        }
+        self.channels().add_pending(!duplex);
         if duplex {
-            self.channels().insert(id, chan.clone());
+            self.register(&chan);
             open.reply.accept().await;
             if at_once {
                 // The application takes every channel of this service: the
@@ -142,21 +144,21 @@ impl ConnShared {
         parent: ParentRef,
     ) {
         let me = &self.host.name;
-        let found = match parent {
-            // A channel the remote opened: our own number for it.
-            ParentRef::Yours(n) => self.get(n).filter(|c| !c.outgoing),
-            // A channel we opened: the number the remote gave in ACCEPT.
-            ParentRef::Mine(n) => self
-                .channels()
-                .values()
-                .find(|c| c.outgoing && c.remote_id.get() == Some(&n))
-                .cloned(),
+        // `Yours(n)`: a channel the remote opened, by our own number for
+        // it; `Mine(n)`: a channel we opened, by the number the remote gave
+        // in its ACCEPT (the mux's index).
+        let found = {
+            let chans = self.channels();
+            chans.resolve(parent).map(|id| chans.get(id).cloned())
         };
-        let Some(parent) = found else {
-            let ours = matches!(parent, ParentRef::Yours(n) if self.get(n).is_some());
-            return self
-                .refuse(open, rules::unknown_parent(parent, me, ours))
-                .await;
+        let parent = match found {
+            Ok(Some(p)) => p,
+            // (`Ok(None)` cannot be: the mux resolves to channels it holds.)
+            unknown => {
+                let ours = matches!(unknown, Err(Unknown { ours: true }));
+                let why = rules::unknown_parent(parent, me, ours);
+                return self.refuse(open, why).await;
+            }
         };
         let parent_meta = parent.meta.get().cloned();
         let closed = parent.closed_reason();
@@ -183,7 +185,7 @@ impl ConnShared {
             .meta
             .set(Arc::new(self.meta(service, headers, parent_meta)));
         let _ = chan.writer.set(open.write);
-        self.channels().insert(id, chan.clone());
+        self.register(&chan);
         open.reply.accept().await;
         if let Err(why) = parent.adopt(&chan) {
             // The parent closed meanwhile.
@@ -193,7 +195,7 @@ impl ConnShared {
             chan.send_close();
             return;
         }
-        self.pending.fetch_add(1, Ordering::AcqRel);
+        self.channels().add_pending(false);
         tracing::debug!(channel = id, parent = parent.id, "incoming nested channel");
         self.host
             .pending
@@ -224,7 +226,7 @@ impl ConnShared {
         let chan = ChanShared::new(self.clone(), open.write.id(), Kind::Duplex, 0, false);
         tracing::debug!(channel = chan.id, %why, "refusing a nested channel");
         let _ = chan.writer.set(open.write);
-        self.channels().insert(chan.id, chan.clone());
+        self.register(&chan);
         open.reply.accept().await;
         chan.send_control(&Control::Reject { reason: why });
         chan.send_close();
@@ -313,7 +315,7 @@ impl ConnShared {
         self.version.store(version.0, Ordering::Release);
         let _ = self.remote.set(remote);
         self.duplex.store(true, Ordering::Release);
-        self.channels().insert(id, chan.clone());
+        self.register(&chan);
         open.reply.accept().await;
         let ours = hello::listener_hello(&self.host.name, version);
         let encoded = ours.encode(&self.config.limits).unwrap_or_default();

@@ -10,7 +10,7 @@
 mod answer;
 mod nest;
 
-use nest::{Ending, take_children};
+use nest::{Ending, take_children, with_children};
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -41,10 +41,9 @@ use super::meta::ChannelMeta;
 struct Inner {
     chan: Chan<ChannelError>,
     wakers: Wakers,
-    /// Channels nested in this one (both directions), until their closes
-    /// were sent.
-    children: Vec<Weak<ChanShared>>,
     /// Nested channels the remote opened, waiting for `Children::accept`.
+    /// (The channels nested in this one are in the connection's
+    /// `proto::mux` tree.)
     incoming: VecDeque<Arc<ChanShared>>,
 }
 
@@ -210,7 +209,6 @@ impl ChanShared {
             st: Mutex::new(Inner {
                 chan: Chan::new(&spec, recv_credit),
                 wakers: Wakers::default(),
-                children: Vec::new(),
                 incoming: VecDeque::new(),
             }),
             opened: Notify::new(),
@@ -304,6 +302,11 @@ impl ChanShared {
                 return Delivery::Violation;
             }
         };
+        if let Some(n) = told.accepted {
+            // The remote may name it as a parent by this number from now
+            // on (still in the session loop: before its next open).
+            self.conn.note_remote_id(self.id, n);
+        }
         if let Some(reason) = told.reported {
             tracing::warn!(
                 channel = self.id,
@@ -333,12 +336,14 @@ impl ChanShared {
     }
 
     /// The remote closed the channel (russh has already answered with its
-    /// own close), or we learned it will never open.
-    pub(crate) fn on_close(&self) {
+    /// own close), or we learned it will never open. `children`: the ones
+    /// it had when it was taken out of the table.
+    pub(crate) fn on_close(&self, children: Vec<Arc<ChanShared>>) {
         let nested = self.with(|st, _| {
             st.chan.on_close();
             take_children(st)
         });
+        let nested = with_children(nested, children);
         // The remote ends its side of the children itself.
         self.end_children(nested, || Ending {
             local: ChannelError::ParentClosed(
@@ -352,10 +357,12 @@ impl ChanShared {
     /// The connection died, or the remote broke the protocol. Descendants
     /// end too.
     pub(crate) fn fail(&self, err: ChannelError) {
+        let children = self.end_in_tree();
         let nested = self.with(|st, _| {
             st.chan.fail(err.clone());
             take_children(st)
         });
+        let nested = with_children(nested, children);
         self.end_children(nested, || match err {
             // Nothing can be sent any more: every channel fails alike.
             ChannelError::ConnectionLost(_) => Ending {
@@ -575,17 +582,10 @@ impl ChanShared {
     /// Queues EOF (if not sent) and close (once). Nested channels end at
     /// once (see [`Children`](super::Children)).
     pub(crate) fn send_close(&self) {
+        let children = self.end_in_tree();
         let nested = self.with(|st, _| st.chan.send_close().then(|| take_children(st)));
-        let Some(nested) = nested else { return };
-        self.end_children(nested, || Ending {
-            local: ChannelError::ParentClosed(
-                format!("{:?} was closed on this side", self.service()).into(),
-            ),
-            remote: Some(
-                format!("{:?} was closed by {}", self.service(), self.local_peer()).into(),
-            ),
-            close: true,
-        });
+        let nested = with_children(nested.unwrap_or_default(), children);
+        self.end_children(nested, || self.closed_here());
     }
 
     /// After a protocol violation: close the channel even though it failed.

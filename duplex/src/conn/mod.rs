@@ -5,7 +5,7 @@
 //! `session`.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use tokio::sync::Notify;
@@ -15,10 +15,12 @@ use crate::config::{CLOSE_GRACE, Config};
 use crate::conn::chan::{ChanShared, Turn};
 use crate::error::ChannelError;
 use crate::events::{Direction, PeerInfo};
+use crate::proto::ChannelId;
 use crate::proto::budget::{self, Budget, Level, Reservation, Share};
 use crate::proto::chan::Kind;
 use crate::proto::headers::Headers;
 use crate::proto::hello::{self, Version};
+use crate::proto::mux::Mux;
 use crate::ssh::SessionHandle;
 use crate::ssh::keys::Fingerprint;
 use crate::transport::Backlog;
@@ -73,17 +75,24 @@ pub(crate) struct ConnShared {
     /// handshake time limit of it.
     started: tokio::time::Instant,
     pub(crate) handle: OnceLock<Session>,
-    channels: Mutex<HashMap<u32, Arc<ChanShared>>>,
+    /// The channel table, the remote's numbers for the channels we opened,
+    /// the nesting tree and the pending counts (see `proto::mux`): pending
+    /// plain SSH clients' channels are counted there but not in the table
+    /// until accepted.
+    ///
+    /// Lock order: this lock and a channel's own lock (`ChanShared`'s
+    /// state) are never held at the same time, in either order: take what
+    /// is needed from one (clone the `Arc`s, copy the ids), let go, then
+    /// take the other. `unclaimed` may be held while taking this one
+    /// (`meet`), never the reverse. Nothing is woken, sent or dropped with
+    /// side effects under it.
+    channels: Mutex<Mux<Arc<ChanShared>>>,
     /// Channels we opened that only one of {handler, opening task} has seen
     /// yet (see `meet`). Kept apart from `channels` because the whole
     /// exchange (confirm, reject, close) can complete before the task runs;
     /// russh never reuses an id soon (a 32-bit counter), so a stale entry
     /// cannot be confused with a new channel.
     unclaimed: Mutex<HashMap<u32, Arc<ChanShared>>>,
-    pending: AtomicUsize,
-    /// The pending ones from plain SSH clients: unlike Duplex channels
-    /// they are not in the channel table until accepted.
-    pending_plain: AtomicUsize,
     /// Receive buffer reserved by this connection's channels (see
     /// `budget` and `Config::max_connection_buffer`).
     budget: Arc<Budget>,
@@ -157,10 +166,8 @@ impl ConnShared {
             opened_any: AtomicBool::new(false),
             started: tokio::time::Instant::now(),
             handle: OnceLock::new(),
-            channels: Mutex::new(HashMap::new()),
+            channels: Mutex::new(Mux::new()),
             unclaimed: Mutex::new(HashMap::new()),
-            pending: AtomicUsize::new(0),
-            pending_plain: AtomicUsize::new(0),
             budget: Budget::new(config_buffer, Level::Connection),
             peer_budget: OnceLock::new(),
             ready: Mutex::new(Vec::new()),
@@ -177,8 +184,17 @@ impl ConnShared {
         })
     }
 
-    fn channels(&self) -> MutexGuard<'_, HashMap<u32, Arc<ChanShared>>> {
+    fn channels(&self) -> MutexGuard<'_, Mux<Arc<ChanShared>>> {
         self.channels.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds `chan` to the table. (A channel under the same number, which
+    /// russh never reuses soon, would be dropped after the lock.)
+    fn register(&self, chan: &Arc<ChanShared>) {
+        let old = self
+            .channels()
+            .insert(ChannelId(chan.id), chan.clone(), chan.outgoing);
+        drop(old);
     }
 
     pub(crate) fn remote_name(&self) -> String {
@@ -310,7 +326,7 @@ impl ConnShared {
     // ---- channel events (called by the handlers) ----
 
     fn get(&self, id: u32) -> Option<Arc<ChanShared>> {
-        self.channels().get(&id).cloned()
+        self.channels().get(ChannelId(id)).cloned()
     }
 
     /// The opening task takes the channel for `id`.
@@ -328,7 +344,7 @@ impl ConnShared {
             None => {
                 let window = u64::from(self.config.channel_window);
                 let chan = ChanShared::new(self.clone(), id, Kind::Duplex, window, true);
-                self.channels().insert(id, chan.clone());
+                self.register(&chan);
                 unclaimed.insert(id, chan.clone());
                 chan
             }
@@ -337,26 +353,50 @@ impl ConnShared {
 
     /// An incoming channel left the pending state (accepted or rejected).
     pub(crate) fn pending_done(&self, kind: Kind) {
-        self.pending.fetch_sub(1, Ordering::AcqRel);
-        if kind == Kind::Plain {
-            self.pending_plain.fetch_sub(1, Ordering::AcqRel);
-        }
+        self.channels().pending_done(kind == Kind::Plain);
     }
 
     /// Removes a channel whose close we sent (unless the number is in use by
     /// another channel already).
     pub(crate) fn forget(&self, chan: &Arc<ChanShared>) {
-        let mut chans = self.channels();
-        if chans.get(&chan.id).is_some_and(|c| Arc::ptr_eq(c, chan)) {
-            chans.remove(&chan.id);
-            drop(chans);
-            self.host.channels_changed.notify_waiters();
-        }
+        let orphans = {
+            let mut chans = self.channels();
+            chans
+                .remove_if(ChannelId(chan.id), |c| Arc::ptr_eq(c, chan))
+                .map(|r| resolve_all(&chans, r.children))
+        };
+        let Some(orphans) = orphans else { return };
+        // Its children ended when it closed; any left end now.
+        chan.end_orphans(orphans);
+        self.host.channels_changed.notify_waiters();
     }
 
     /// Registers an accepted plain channel so its data can be delivered.
     pub(crate) fn insert(&self, chan: Arc<ChanShared>) {
-        self.channels().insert(chan.id, chan);
+        self.register(&chan);
+    }
+
+    /// Marks a channel ended in the nesting tree: it takes no more
+    /// children, and the ones it had come back, for the caller to end.
+    /// Nothing once it is out of the table (its number may name another
+    /// channel by then).
+    pub(crate) fn end_nested(&self, chan: &ChanShared) -> Vec<Arc<ChanShared>> {
+        let mut chans = self.channels();
+        let id = ChannelId(chan.id);
+        if !chans
+            .get(id)
+            .is_some_and(|c| std::ptr::eq(Arc::as_ptr(c), chan))
+        {
+            return Vec::new();
+        }
+        let children = chans.end(id);
+        resolve_all(&chans, children)
+    }
+
+    /// The remote accepted channel `id`, which we opened, and numbers it
+    /// `n`: its nested opens may name it so (`ParentRef::Mine`).
+    pub(crate) fn note_remote_id(&self, id: u32, n: u32) {
+        self.channels().set_remote(ChannelId(id), n);
     }
 
     /// The session ended: fail every channel and leave the peer's tables.
@@ -366,8 +406,8 @@ impl ConnShared {
         let reason: Arc<str> = reason.into();
         lock(&self.unclaimed).clear();
         self.drop_turns();
-        let chans: Vec<_> = self.channels().drain().map(|(_, c)| c).collect();
-        for c in chans {
+        let chans = self.channels().drain();
+        for (_, c) in chans {
             c.fail(ChannelError::ConnectionLost(reason.clone()));
         }
         self.cancel.cancel();
@@ -421,8 +461,17 @@ impl ConnShared {
 
     /// Bytes buffered unread across this connection's channels.
     pub(crate) fn buffered(&self) -> usize {
-        self.channels().values().map(|c| c.buffered()).sum()
+        // Not under the table lock: each channel takes its own.
+        let chans: Vec<_> = self.channels().values().cloned().collect();
+        chans.iter().map(|c| c.buffered()).sum()
     }
+}
+
+/// The channels of `ids` (the table holds every child the tree names).
+fn resolve_all(chans: &Mux<Arc<ChanShared>>, ids: Vec<ChannelId>) -> Vec<Arc<ChanShared>> {
+    ids.into_iter()
+        .filter_map(|id| chans.get(id).cloned())
+        .collect()
 }
 
 /// The session's events, from russh's session task (either role).

@@ -74,10 +74,17 @@ impl SessionEvents for ConnShared {
     }
 
     fn on_close(&self, id: u32) {
-        let chan = self.channels().remove(&id);
-        tracing::trace!(channel = id, known = chan.is_some(), "remote closed");
-        if let Some(chan) = chan {
-            chan.on_close();
+        let removed = {
+            let mut chans = self.channels();
+            chans
+                .remove(ChannelId(id))
+                .map(|r| (r.chan, resolve_all(&chans, r.children)))
+        };
+        tracing::trace!(channel = id, known = removed.is_some(), "remote closed");
+        if let Some((chan, children)) = removed {
+            // Out of the table, and of the tree with it: its children come
+            // back with it, to end with it.
+            chan.on_close(children);
             self.host.channels_changed.notify_waiters();
         }
     }

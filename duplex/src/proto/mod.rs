@@ -9,8 +9,6 @@ pub(crate) mod flow;
 pub(crate) mod frame;
 pub(crate) mod headers;
 pub(crate) mod hello;
-// Used by the driver from the next commit on.
-#[allow(dead_code)]
 pub(crate) mod mux;
 pub(crate) mod nest;
 pub(crate) mod open;

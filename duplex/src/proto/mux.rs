@@ -320,10 +320,6 @@ impl<C> Mux<C> {
         self.pending_plain
     }
 
-    pub(crate) fn get_mut(&mut self, id: ChannelId) -> Option<&mut C> {
-        self.chans.get_mut(&id).map(|e| &mut e.chan)
-    }
-
     pub(crate) fn contains(&self, id: ChannelId) -> bool {
         self.chans.contains_key(&id)
     }

@@ -1,11 +1,22 @@
-//! A channel's nested channels: the children it adopted, the nested opens
-//! waiting for `Children::accept`, and the cascade that ends every
-//! descendant when a channel ends.
+//! A channel's nested channels: the children it adopted (kept in the
+//! connection's nesting tree, `proto::mux`), the nested opens waiting for
+//! `Children::accept`, and the cascade that ends every descendant when a
+//! channel ends.
+//!
+//! A channel's end is two steps, never under both locks at once: first
+//! the tree marks it ended and hands back its children (from then on it
+//! refuses to adopt any), then its own state changes under its lock. The
+//! tree comes first because the step may queue the channel's close, and a
+//! send turn may send it and forget the channel (take it out of the table
+//! and the tree) before the step returns: by then its children must be in
+//! the caller's hands, to end with the right reason.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 
 use crate::error::ChannelError;
+use crate::proto::ChannelId;
+use crate::proto::mux::AdoptError;
 
 use super::{ChanShared, Inner, closed_reason};
 
@@ -13,13 +24,26 @@ impl ChanShared {
     /// Records `child` as nested in this channel, unless this one is
     /// closed (then the reason).
     pub(crate) fn adopt(&self, child: &Arc<ChanShared>) -> Result<(), Arc<str>> {
-        let mut st = self.lock();
-        if let Some(why) = closed_reason(&st.chan) {
+        if let Some(why) = self.closed_reason() {
             return Err(why);
         }
-        st.children.retain(|w| w.strong_count() > 0);
-        st.children.push(Arc::downgrade(child));
-        Ok(())
+        let adopted = self
+            .conn
+            .channels()
+            .adopt(ChannelId(self.id), ChannelId(child.id));
+        match adopted {
+            // A child already gone from the table has ended: there is
+            // nothing left to cascade to.
+            Ok(()) | Err(AdoptError::ChildGone) => Ok(()),
+            // It is ending: the tree knew before its state did.
+            Err(AdoptError::ParentEnded | AdoptError::Taken) => Err(self
+                .closed_reason()
+                .unwrap_or_else(|| "the parent channel is closing".into())),
+            // Out of the table without a close: the connection is gone.
+            Err(AdoptError::ParentGone) => Err(self
+                .closed_reason()
+                .unwrap_or_else(|| self.conn.lost_reason().into())),
+        }
     }
 
     /// Queues a nested channel the remote opened for `accept_child`; gives
@@ -70,23 +94,50 @@ impl ChanShared {
         }
     }
 
+    /// How the children of a channel closed on this side end.
+    pub(super) fn closed_here(&self) -> Ending {
+        Ending {
+            local: ChannelError::ParentClosed(
+                format!("{:?} was closed on this side", self.service()).into(),
+            ),
+            remote: Some(
+                format!("{:?} was closed by {}", self.service(), self.local_peer()).into(),
+            ),
+            close: true,
+        }
+    }
+
+    /// Ends the children a channel still had when it was forgotten (its
+    /// close was sent: they ended then, so this finds none in practice).
+    pub(crate) fn end_orphans(&self, children: Vec<Arc<ChanShared>>) {
+        if !children.is_empty() {
+            self.end_children((children, VecDeque::new()), || self.closed_here());
+        }
+    }
+
     /// Ends this channel because an ancestor ended: fails it with
     /// `ending.local`, tells the remote why (a `PARENT_CLOSED` record) and
     /// closes it, then does the same to its own children.
     pub(super) fn end_by_parent(&self, ending: &Ending) {
+        let children = self.end_in_tree();
         let nested = self.with(|st, _| {
             let remote = ending.remote.as_deref();
             st.chan
                 .end_by_parent(ending.local.clone(), remote, ending.close)
                 .then(|| take_children(st))
         });
-        if let Some(nested) = nested {
-            self.end_children(nested, || ending.clone());
-        }
+        let nested = with_children(nested.unwrap_or_default(), children);
+        self.end_children(nested, || ending.clone());
     }
 
-    /// Ends the children taken from this channel, and rejects the nested
-    /// channels nobody accepted yet.
+    /// Marks this channel ended in the connection's nesting tree (before
+    /// its own state, see the module docs) and takes its children.
+    pub(super) fn end_in_tree(&self) -> Vec<Arc<ChanShared>> {
+        self.conn.end_nested(self)
+    }
+
+    /// Ends the children taken from this channel (see `end_in_tree`), and
+    /// rejects the nested channels nobody accepted yet.
     pub(super) fn end_children(&self, nested: Nested, ending: impl FnOnce() -> Ending) {
         let (children, pending) = nested;
         if !children.is_empty() {
@@ -104,13 +155,17 @@ impl ChanShared {
 /// A channel's children and its unaccepted nested channels.
 pub(super) type Nested = (Vec<Arc<ChanShared>>, VecDeque<Arc<ChanShared>>);
 
-/// Takes the live children and the unaccepted nested channels.
+/// Takes the unaccepted nested channels (the children come from the
+/// nesting tree, see `end_in_tree`).
 pub(super) fn take_children(st: &mut Inner) -> Nested {
-    let children = std::mem::take(&mut st.children)
-        .iter()
-        .filter_map(Weak::upgrade)
-        .collect();
-    (children, std::mem::take(&mut st.incoming))
+    (Vec::new(), std::mem::take(&mut st.incoming))
+}
+
+/// `nested` with `children` (taken out of the tree with their parent).
+pub(super) fn with_children(nested: Nested, children: Vec<Arc<ChanShared>>) -> Nested {
+    let (mut all, pending) = nested;
+    all.extend(children);
+    (all, pending)
 }
 
 /// How the descendants of an ended channel end.
