@@ -184,6 +184,10 @@ impl<F: Clone> Chan<F> {
                     self.open = OpenPhase::Rejected(reason);
                     opened = true;
                 }
+                // After our close there is nothing left to end: the remote
+                // had not seen it (say, our REJECT of its nested open, whose
+                // parent it closed meanwhile). Not a PARENT_CLOSED to check.
+                Control::ParentClosed { .. } if self.close_out => {}
                 Control::ParentClosed { reason } => told.parent_closed = Some(reason),
                 Control::Eof => {
                     self.eof_in = true;

@@ -352,3 +352,23 @@ fn scripts_from_bytes_run() {
         run(false, &ops).unwrap();
     }
 }
+
+#[test]
+fn parent_closed_after_our_close_tells_nothing() {
+    // We refused the remote's nested open (REJECT and close, as a channel
+    // of its own); its parent closed before our answer reached it, so it
+    // ends the child with PARENT_CLOSED: nothing to check or end here.
+    let mut p = Pair::open(true, TestEnv::new());
+    p.b.send_close();
+    let rec = Control::ParentClosed {
+        reason: "gone".into(),
+    }
+    .encode();
+    let told = p.b.on_ext(EXT_CONTROL, &rec, &p.env).unwrap();
+    assert_eq!(told.parent_closed, None);
+    // While open, it is reported (the driver checks the channel has a
+    // parent).
+    let mut p = Pair::open(true, TestEnv::new());
+    let told = p.b.on_ext(EXT_CONTROL, &rec, &p.env).unwrap();
+    assert_eq!(told.parent_closed, Some("gone".into()));
+}
