@@ -151,3 +151,24 @@ pub fn chan_pair(data: &[u8]) {
         panic!("channel pair invariant broken: {e}");
     }
 }
+
+/// Two connections back to back, each a channel table (`proto::mux`) of
+/// channel state machines, driven by a script decoded from the data: opens
+/// from both sides, nested in channels of either side (and raw parent
+/// references), accepts and rejects, writes, reads, half-closes, closes,
+/// partial send turns and deliveries, raw records from a hostile remote;
+/// with both sides' invariants checked after every step (see
+/// `proto::pair::run`): the mux's index and tree stay consistent, nothing
+/// escapes a cascade, pending counts match, buffers and windows stay
+/// bounded, readers get what was written, a violation is seen only on a
+/// channel a hostile remote touched.
+pub fn mux_pair(data: &[u8]) {
+    use crate::proto::pair;
+    let Some((first, rest)) = data.split_first() else {
+        return;
+    };
+    let ops = pair::ops_from_bytes(rest);
+    if let Err(e) = pair::run(first & 1 == 1, &ops) {
+        panic!("connection pair invariant broken: {e}");
+    }
+}

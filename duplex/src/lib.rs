@@ -31,13 +31,15 @@
 //! - [`plugin`]: plugin processes over a child's stdin/stdout, host and
 //!   plugin sides;
 //! - `conn`: the driver. One connection, split by concern: its state and
-//!   channel table (`mod`), what the peer shares with it and the
+//!   channel table (`mod`: a `proto::mux::Mux` under one lock, never held
+//!   with a channel's), what the peer shares with it and the
 //!   `Registry` it reports to (`host`), opens from the remote (`accept`),
 //!   opens from this side (`open`), the send turns and outbox task
 //!   (`outbox`), the `ssh::SessionEvents` both roles call (`session`);
 //!   one channel's driver (`chan`: its `proto::chan` state under a lock,
 //!   the wakers of its handles, its send turns; `chan/nest` its nested
-//!   channels and their cascade, `chan/answer` the answer to an incoming
+//!   channels' accept queue and the cascade through the mux's tree,
+//!   `chan/answer` the answer to an incoming
 //!   open), what is known of a channel (`meta`, [`ChannelMeta`]), and the
 //!   channels it holds before the application does (`owned`: one we
 //!   opened, closed if dropped; one offered, rejected if dropped);
@@ -55,10 +57,14 @@
 //!   formats (headers, frames, control records, the hello and its version
 //!   negotiation, service names, parent references in `nest`), flow control
 //!   (`flow`: receive windows, grants, growth; `budget`: the memory
-//!   budgets), the verdict on incoming opens and hellos (`open`), and one
+//!   budgets), the verdict on incoming opens and hellos (`open`), one
 //!   channel's state machine (`chan`: bytes and events in, records and
 //!   `Effects` out, with a pair harness that drives two of them back to
-//!   back);
+//!   back), a connection's channels (`mux`: the table by `ChannelId`, the
+//!   remote's numbers for parent references, the nesting tree and its
+//!   cascades, the pending counts), and a connection-level pair harness
+//!   (`pair`: two `Mux`es of channels back to back, opens judged by
+//!   `open`'s rules; tests and the `mux_pair` fuzz target);
 //! - `events` ([`PeerEvent`], [`PeerEvents`], [`PeerInfo`]): connections
 //!   coming and going;
 //! - [`config`] ([`Config`], [`Backoff`]), [`error`], [`endpoint`];

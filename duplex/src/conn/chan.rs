@@ -634,16 +634,7 @@ impl ChanShared {
 pub(crate) type Turn = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 fn closed_reason(st: &Chan<ChannelError>) -> Option<Arc<str>> {
-    if let Some(e) = st.failed() {
-        return Some(e.to_string().into());
-    }
-    if st.closed_in() {
-        return Some("the parent was closed by the remote peer".into());
-    }
-    if st.closed_out() {
-        return Some("the parent was closed on this side".into());
-    }
-    None
+    st.closed_reason().map(Arc::from)
 }
 
 /// How the channel has ended, if it has (for `closed`).

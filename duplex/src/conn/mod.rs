@@ -264,20 +264,7 @@ impl ConnShared {
 
     /// Which budget is spent, and the knob that raises it.
     fn budget_refusal(&self, r: budget::Refused) -> String {
-        let me = &self.host.name;
-        let (used, limit) = (r.used, r.limit);
-        match r.level {
-            Level::Connection => format!(
-                "{me}'s receive buffer for this connection is fully reserved ({used} of {limit} bytes, by the windows of channels already open; Config::max_connection_buffer)"
-            ),
-            Level::Peer => format!(
-                "{me}'s receive buffer for {} is fully reserved ({used} of {limit} bytes, by the windows of its channels over all its connections; Config::max_peer_buffer)",
-                self.remote_label()
-            ),
-            Level::Total => format!(
-                "{me}'s receive buffer is fully reserved ({used} of {limit} bytes, by the windows of channels over all its connections; Config::max_total_buffer)"
-            ),
-        }
+        r.describe(&self.host.name, || self.remote_label())
     }
 
     /// The remote's key fingerprint (after key exchange / authentication).

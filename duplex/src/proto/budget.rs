@@ -67,6 +67,27 @@ pub(crate) struct Refused {
     pub(crate) limit: u64,
 }
 
+impl Refused {
+    /// Which budget is spent and the `Config` knob that raises it, for the
+    /// refusal of an open: `me` is our peer name; `remote` names the remote
+    /// (asked for only when its own budget is the one spent).
+    pub(crate) fn describe(&self, me: &str, remote: impl FnOnce() -> String) -> String {
+        let (used, limit) = (self.used, self.limit);
+        match self.level {
+            Level::Connection => format!(
+                "{me}'s receive buffer for this connection is fully reserved ({used} of {limit} bytes, by the windows of channels already open; Config::max_connection_buffer)"
+            ),
+            Level::Peer => format!(
+                "{me}'s receive buffer for {} is fully reserved ({used} of {limit} bytes, by the windows of its channels over all its connections; Config::max_peer_buffer)",
+                remote()
+            ),
+            Level::Total => format!(
+                "{me}'s receive buffer is fully reserved ({used} of {limit} bytes, by the windows of channels over all its connections; Config::max_total_buffer)"
+            ),
+        }
+    }
+}
+
 /// Reserves `bytes` from every budget in `levels`, each only while it stays
 /// within `share` of its limit (1 for a new channel; 1/2 for a window's
 /// growth, so half of each budget is kept for channels yet to open). All

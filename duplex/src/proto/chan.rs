@@ -351,6 +351,30 @@ impl<F: Clone> Chan<F> {
         self.data_len + self.errs.iter().map(|(f, _)| f.len()).sum::<usize>()
     }
 
+    /// Why no more channels can be nested in this one, if so: its failure,
+    /// or which side closed it.
+    pub(crate) fn closed_reason(&self) -> Option<String>
+    where
+        F: std::fmt::Display,
+    {
+        if let Some(e) = &self.failed {
+            return Some(e.to_string());
+        }
+        if self.close_in {
+            return Some("the parent was closed by the remote peer".into());
+        }
+        if self.close_out {
+            return Some("the parent was closed on this side".into());
+        }
+        None
+    }
+
+    /// The receive window now (it grows while the reader keeps up).
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub(crate) fn window(&self) -> u64 {
+        self.recv.window()
+    }
+
     /// Nothing is queued or being sent.
     pub(crate) fn is_flushed(&self) -> bool {
         (self.out.is_empty() && !self.inflight && !self.scheduled)

@@ -12,6 +12,8 @@ pub(crate) mod hello;
 pub(crate) mod mux;
 pub(crate) mod nest;
 pub(crate) mod open;
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) mod pair;
 pub(crate) mod service;
 
 /// Our SSH channel number for a channel: how the connection's table

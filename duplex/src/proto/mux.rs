@@ -315,17 +315,8 @@ impl<C> Mux<C> {
 /// What the tests and the pair harness ask of the table and the tree.
 #[cfg(any(test, feature = "fuzzing"))]
 impl<C> Mux<C> {
-    /// The pending ones from plain SSH clients (not in the table).
-    pub(crate) fn pending_plain(&self) -> usize {
-        self.pending_plain
-    }
-
-    pub(crate) fn contains(&self, id: ChannelId) -> bool {
-        self.chans.contains_key(&id)
-    }
-
-    pub(crate) fn is_empty(&self) -> bool {
-        self.chans.is_empty()
+    pub(crate) fn get_mut(&mut self, id: ChannelId) -> Option<&mut C> {
+        self.chans.get_mut(&id).map(|e| &mut e.chan)
     }
 
     /// Every channel's id, in no particular order.
@@ -345,19 +336,6 @@ impl<C> Mux<C> {
 
     pub(crate) fn is_ended(&self, id: ChannelId) -> bool {
         self.chans.get(&id).is_some_and(|e| e.ended)
-    }
-
-    /// The channel `id` is nested in, while neither has ended.
-    pub(crate) fn parent(&self, id: ChannelId) -> Option<ChannelId> {
-        self.chans.get(&id).and_then(|e| e.parent)
-    }
-
-    /// The children of `id` (until it ends), in the order of their ids.
-    pub(crate) fn children(&self, id: ChannelId) -> impl Iterator<Item = ChannelId> + '_ {
-        self.chans
-            .get(&id)
-            .into_iter()
-            .flat_map(|e| e.children.iter().copied())
     }
 }
 
@@ -409,6 +387,36 @@ impl<C> Mux<C> {
             }
         }
         Ok(())
+    }
+}
+
+/// What only the unit tests ask.
+#[cfg(test)]
+impl<C> Mux<C> {
+    /// The pending ones from plain SSH clients (not in the table).
+    pub(crate) fn pending_plain(&self) -> usize {
+        self.pending_plain
+    }
+
+    pub(crate) fn contains(&self, id: ChannelId) -> bool {
+        self.chans.contains_key(&id)
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.chans.is_empty()
+    }
+
+    /// The channel `id` is nested in, while neither has ended.
+    pub(crate) fn parent(&self, id: ChannelId) -> Option<ChannelId> {
+        self.chans.get(&id).and_then(|e| e.parent)
+    }
+
+    /// The children of `id` (until it ends), in the order of their ids.
+    pub(crate) fn children(&self, id: ChannelId) -> impl Iterator<Item = ChannelId> + '_ {
+        self.chans
+            .get(&id)
+            .into_iter()
+            .flat_map(|e| e.children.iter().copied())
     }
 }
 

@@ -28,16 +28,32 @@ pub(crate) const W: u32 = 64 << 10;
 /// The most it grows to.
 pub(crate) const MAX_W: u32 = 1 << 20;
 /// The largest error frame payload.
-const MAX_FRAME: usize = 16 << 10;
+pub(crate) const MAX_FRAME: usize = 16 << 10;
 
 /// The failure type of the pair's channels.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum E {
     Frame(String),
     Protocol(String),
-    /// Used by the unit tests.
+    /// The connection is gone.
     #[cfg_attr(not(test), allow(dead_code))]
     Lost,
+    /// An ancestor ended (the connection-level pair, `proto::pair`).
+    ParentClosed(String),
+    /// The remote reported a violation by this side (`PROTOCOL_ERROR`).
+    Reported(String),
+}
+
+impl std::fmt::Display for E {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            E::Frame(why) => write!(f, "bad error frame: {why}"),
+            E::Protocol(why) => write!(f, "protocol violation by the remote: {why}"),
+            E::Lost => f.write_str("connection lost"),
+            E::ParentClosed(why) => write!(f, "parent closed: {why}"),
+            E::Reported(why) => write!(f, "the remote reported a violation: {why}"),
+        }
+    }
 }
 
 impl From<FrameError> for E {
