@@ -9,7 +9,7 @@ use std::task::{Context, Poll};
 use crate::error::{ChannelError, OpenError};
 use crate::proto::HELLO_SERVICE;
 use crate::proto::chan::{Kind, OpenPhase};
-use crate::proto::headers::{Headers, with_window};
+use crate::proto::headers::Headers;
 use crate::proto::hello;
 use crate::proto::nest::{ParentRef, TOP_LEVEL};
 use crate::proto::open::{OPEN_PROHIBITED, OPEN_RESOURCE_SHORTAGE};
@@ -35,10 +35,8 @@ impl ConnShared {
     ) -> Result<Owned, OpenError> {
         // Our initial receive window leads the block, so the remote may
         // answer with data at once (no `WINDOW` record to wait for).
-        let encoded = with_window(
-            self.config.channel_window,
-            &headers.encode(&self.config.limits)?,
-        );
+        let encoded =
+            headers.encode_with_window(self.config.channel_window, &self.config.limits)?;
         if self.host.draining.is_cancelled() {
             return Err(OpenError::Shutdown);
         }

@@ -82,13 +82,45 @@ impl Headers {
     /// Encodes for the wire, checking the limits a receiver with the same
     /// limits would apply.
     pub(crate) fn encode(&self, limits: &Limits) -> Result<String, HeaderError> {
+        let mut out = String::with_capacity(self.encoded_len_guess());
+        self.encode_into(&mut out, limits)?;
+        Ok(out)
+    }
+
+    /// The header block of an open: the opener's initial receive window
+    /// (`@window=N`, `docs/PROTOCOL.md` section 3), then the pairs as
+    /// [`encode`](Self::encode) makes them, built in one buffer. The limits
+    /// apply to the pairs, as in `encode`.
+    pub(crate) fn encode_with_window(
+        &self,
+        window: u32,
+        limits: &Limits,
+    ) -> Result<String, HeaderError> {
+        let mut out = String::with_capacity(WINDOW_PREFIX.len() + 11 + self.encoded_len_guess());
+        out.push_str(WINDOW_PREFIX);
+        push_decimal(&mut out, window);
+        if !self.pairs.is_empty() {
+            out.push('&');
+        }
+        self.encode_into(&mut out, limits)?;
+        Ok(out)
+    }
+
+    /// The encoded length if nothing needs escaping (the usual case), so
+    /// the block is built without growing its buffer.
+    fn encoded_len_guess(&self) -> usize {
+        self.pairs.iter().map(|(k, v)| k.len() + v.len() + 2).sum()
+    }
+
+    /// Appends the encoded pairs to `out`, checking the limits.
+    fn encode_into(&self, out: &mut String, limits: &Limits) -> Result<(), HeaderError> {
         if self.pairs.len() > limits.max_header_count {
             return Err(HeaderError::TooMany {
                 count: self.pairs.len(),
                 max: limits.max_header_count,
             });
         }
-        let mut out = String::new();
+        let start = out.len();
         for (i, (k, v)) in self.pairs.iter().enumerate() {
             if k.is_empty() {
                 return Err(HeaderError::EmptyKey);
@@ -96,17 +128,18 @@ impl Headers {
             if i > 0 {
                 out.push('&');
             }
-            escape_into(k, &mut out);
+            escape_into(k, out);
             out.push('=');
-            escape_into(v, &mut out);
+            escape_into(v, out);
         }
-        if out.len() > limits.max_header_bytes {
+        let len = out.len() - start;
+        if len > limits.max_header_bytes {
             return Err(HeaderError::TooLarge {
-                len: out.len(),
+                len,
                 max: limits.max_header_bytes,
             });
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Decodes the wire form, enforcing `limits` before allocating per pair.
@@ -117,10 +150,13 @@ impl Headers {
                 max: limits.max_header_bytes,
             });
         }
-        let mut pairs = Vec::new();
         if s.is_empty() {
-            return Ok(Self { pairs });
+            return Ok(Self { pairs: Vec::new() });
         }
+        // One allocation for the list (the count is checked below as the
+        // pairs are taken).
+        let count = s.bytes().filter(|&b| b == b'&').count() + 1;
+        let mut pairs = Vec::with_capacity(count.min(limits.max_header_count));
         for pair in s.split('&') {
             if pairs.len() == limits.max_header_count {
                 return Err(HeaderError::TooMany {
@@ -168,6 +204,9 @@ const WINDOW_PREFIX: &str = "%40window=";
 
 /// The header block of an open: the opener's initial window, then the
 /// application's headers as [`Headers::encode`] made them.
+/// The block in two steps (the reference `encode_with_window` is tested
+/// against).
+#[cfg(test)]
 pub(crate) fn with_window(window: u32, encoded: &str) -> String {
     if encoded.is_empty() {
         format!("{WINDOW_PREFIX}{window}")
@@ -246,21 +285,33 @@ fn is_unreserved(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'/' | b':' | b',')
 }
 
+/// Appends `s` percent-encoded: runs of unreserved bytes are copied whole.
 fn escape_into(s: &str, out: &mut String) {
-    fn hex(nibble: u8) -> char {
-        char::from_digit(u32::from(nibble), 16)
-            .map(|c| c.to_ascii_uppercase())
-            .unwrap_or('0')
-    }
-    for &b in s.as_bytes() {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let mut run = 0; // where the current run of unreserved bytes starts
+    for (i, &b) in s.as_bytes().iter().enumerate() {
         if is_unreserved(b) {
-            out.push(char::from(b));
-        } else {
-            out.push('%');
-            out.push(hex(b >> 4));
-            out.push(hex(b & 0xf));
+            continue;
         }
+        // A run is ASCII and starts and ends at char boundaries (a byte
+        // outside it is escaped, and so is every byte of a non-ASCII
+        // char); an empty one may not, and `get` gives `None` for it.
+        out.push_str(s.get(run..i).unwrap_or(""));
+        out.push('%');
+        for nibble in [b >> 4, b & 0xf] {
+            out.push(char::from(
+                HEX.get(usize::from(nibble)).copied().unwrap_or(b'0'),
+            ));
+        }
+        run = i + 1;
     }
+    out.push_str(s.get(run..).unwrap_or(""));
+}
+
+/// Appends `n` in decimal.
+fn push_decimal(out: &mut String, n: u32) {
+    use std::fmt::Write;
+    let _ = write!(out, "{n}");
 }
 
 fn hex_val(b: u8) -> Option<u8> {
@@ -273,6 +324,14 @@ fn hex_val(b: u8) -> Option<u8> {
 }
 
 fn unescape(s: &str) -> Result<String, HeaderError> {
+    // Nothing escaped (the usual case): the text as it is, if every byte
+    // is allowed.
+    if !s.contains('%') {
+        return match s.bytes().all(is_unreserved) {
+            true => Ok(s.to_owned()),
+            false => Err(HeaderError::Malformed),
+        };
+    }
     let mut out = Vec::with_capacity(s.len());
     let mut bytes = s.bytes();
     while let Some(b) = bytes.next() {
@@ -371,6 +430,19 @@ mod tests {
         ));
         let h = Headers::from([("a", "1"), ("b", "2"), ("c", "3")]);
         assert!(h.encode(&l).is_err());
+        assert!(h.encode_with_window(1, &l).is_err());
+        // The byte limit is the pairs', not the window's.
+        let h = Headers::from([("a", "12345678901234")]);
+        assert_eq!(h.encode(&l).unwrap().len(), 16);
+        assert_eq!(
+            h.encode_with_window(u32::MAX, &l).unwrap(),
+            "%40window=4294967295&a=12345678901234"
+        );
+        let h = Headers::from([("a", "123456789012345")]);
+        assert!(matches!(
+            h.encode_with_window(1, &l),
+            Err(HeaderError::TooLarge { len: 17, max: 16 })
+        ));
     }
 
     proptest! {
@@ -381,6 +453,35 @@ mod tests {
             let s = h.encode(&l).unwrap();
             prop_assert!(s.is_ascii());
             prop_assert_eq!(Headers::decode(&s, &l).unwrap(), h);
+        }
+
+        #[test]
+        fn escaping_matches_byte_by_byte(s in "\\PC{0,40}") {
+            let mut fast = String::new();
+            escape_into(&s, &mut fast);
+            let mut slow = String::new();
+            for &b in s.as_bytes() {
+                if is_unreserved(b) {
+                    slow.push(char::from(b));
+                } else {
+                    slow.push_str(&format!("%{b:02X}"));
+                }
+            }
+            prop_assert_eq!(fast, slow);
+        }
+
+        #[test]
+        fn the_open_block_is_the_window_then_the_pairs(
+            window: u32,
+            pairs in proptest::collection::vec((".{1,12}", ".{0,20}"), 0..8),
+        ) {
+            let h: Headers = pairs.into_iter().collect();
+            let l = Limits { max_header_bytes: 1 << 20, ..Limits::default() };
+            let block = h.encode_with_window(window, &l).unwrap();
+            prop_assert_eq!(&block, &with_window(window, &h.encode(&l).unwrap()));
+            let (w, rest) = split_window(&block).unwrap();
+            prop_assert_eq!(w, Some(window));
+            prop_assert_eq!(Headers::decode(rest, &l).unwrap(), h);
         }
 
         #[test]
