@@ -57,7 +57,7 @@ pub(crate) struct Host {
     pub(crate) peer_budgets: Mutex<HashMap<Fingerprint, Weak<Budget>>>,
     /// The services whose channels the session accepts as they arrive
     /// (`Peer::accept_at_once`), each with the number of registrations.
-    pub(crate) at_once: RwLock<HashMap<Box<str>, usize>>,
+    pub(crate) at_once: RwLock<foldhash::HashMap<Box<str>, usize>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

@@ -4,7 +4,7 @@
 //! and the outbox task in `outbox`, and the session's events in
 //! `session`.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
@@ -167,7 +167,7 @@ impl ConnShared {
             started: tokio::time::Instant::now(),
             handle: OnceLock::new(),
             channels: Mutex::new(Mux::new()),
-            unclaimed: Mutex::new(HashMap::new()),
+            unclaimed: Mutex::new(HashMap::default()),
             budget: Budget::new(config_buffer, Level::Connection),
             peer_budget: OnceLock::new(),
             ready: Mutex::new(Vec::new()),

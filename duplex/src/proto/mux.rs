@@ -24,7 +24,9 @@
 //! second cannot be named by it (the index never disagrees with a scan of
 //! the table).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
+
+use foldhash::HashMap;
 
 use super::ChannelId;
 use super::nest::ParentRef;
@@ -89,8 +91,8 @@ pub(crate) enum AdoptError {
 impl<C> Default for Mux<C> {
     fn default() -> Self {
         Mux {
-            chans: HashMap::new(),
-            by_remote: HashMap::new(),
+            chans: HashMap::default(),
+            by_remote: HashMap::default(),
             pending: 0,
             pending_plain: 0,
         }
