@@ -26,7 +26,12 @@ use super::Limits;
 /// ```
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Headers {
-    pairs: Vec<(String, String)>,
+    /// Every key and value, one after the other, in one buffer (two
+    /// allocations for the whole list, not two per pair).
+    text: String,
+    /// Where each pair's key and value end in `text`; a key starts where
+    /// the pair before ended.
+    ends: Vec<(usize, usize)>,
 }
 
 impl Headers {
@@ -37,46 +42,49 @@ impl Headers {
 
     /// Appends a pair. Validation (non-empty key, size limits) happens when the
     /// headers are sent.
-    pub fn push(&mut self, key: impl Into<String>, value: impl Into<String>) -> &mut Self {
-        self.pairs.push((key.into(), value.into()));
+    pub fn push(&mut self, key: impl AsRef<str>, value: impl AsRef<str>) -> &mut Self {
+        self.text.push_str(key.as_ref());
+        let key_end = self.text.len();
+        self.text.push_str(value.as_ref());
+        self.ends.push((key_end, self.text.len()));
         self
     }
 
     /// Builder-style [`push`](Self::push).
-    pub fn with(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+    pub fn with(mut self, key: impl AsRef<str>, value: impl AsRef<str>) -> Self {
         self.push(key, value);
         self
     }
 
     /// The first value for `key`.
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.pairs
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
+        self.iter().find(|(k, _)| *k == key).map(|(_, v)| v)
     }
 
     /// Every value for `key`, in order.
     pub fn get_all<'a>(&'a self, key: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-        self.pairs
-            .iter()
-            .filter(move |(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
+        self.iter().filter(move |(k, _)| *k == key).map(|(_, v)| v)
     }
 
     /// The pairs in order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.pairs.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+        let mut start = 0;
+        self.ends.iter().map(move |&(key_end, end)| {
+            let key = self.text.get(start..key_end).unwrap_or_default();
+            let value = self.text.get(key_end..end).unwrap_or_default();
+            start = end;
+            (key, value)
+        })
     }
 
     /// Number of pairs.
     pub fn len(&self) -> usize {
-        self.pairs.len()
+        self.ends.len()
     }
 
     /// True when there are no pairs.
     pub fn is_empty(&self) -> bool {
-        self.pairs.is_empty()
+        self.ends.is_empty()
     }
 
     /// Encodes for the wire, checking the limits a receiver with the same
@@ -99,7 +107,7 @@ impl Headers {
         let mut out = String::with_capacity(WINDOW_PREFIX.len() + 11 + self.encoded_len_guess());
         out.push_str(WINDOW_PREFIX);
         push_decimal(&mut out, window);
-        if !self.pairs.is_empty() {
+        if !self.is_empty() {
             out.push('&');
         }
         self.encode_into(&mut out, limits)?;
@@ -109,19 +117,19 @@ impl Headers {
     /// The encoded length if nothing needs escaping (the usual case), so
     /// the block is built without growing its buffer.
     fn encoded_len_guess(&self) -> usize {
-        self.pairs.iter().map(|(k, v)| k.len() + v.len() + 2).sum()
+        self.text.len() + 2 * self.ends.len()
     }
 
     /// Appends the encoded pairs to `out`, checking the limits.
     fn encode_into(&self, out: &mut String, limits: &Limits) -> Result<(), HeaderError> {
-        if self.pairs.len() > limits.max_header_count {
+        if self.len() > limits.max_header_count {
             return Err(HeaderError::TooMany {
-                count: self.pairs.len(),
+                count: self.len(),
                 max: limits.max_header_count,
             });
         }
         let start = out.len();
-        for (i, (k, v)) in self.pairs.iter().enumerate() {
+        for (i, (k, v)) in self.iter().enumerate() {
             if k.is_empty() {
                 return Err(HeaderError::EmptyKey);
             }
@@ -150,28 +158,33 @@ impl Headers {
                 max: limits.max_header_bytes,
             });
         }
+        let mut h = Self::default();
         if s.is_empty() {
-            return Ok(Self { pairs: Vec::new() });
+            return Ok(h);
         }
-        // One allocation for the list (the count is checked below as the
-        // pairs are taken).
+        // One allocation for each buffer (the count is checked below as
+        // the pairs are taken).
         let count = s.bytes().filter(|&b| b == b'&').count() + 1;
-        let mut pairs = Vec::with_capacity(count.min(limits.max_header_count));
+        h.ends.reserve_exact(count.min(limits.max_header_count));
+        h.text.reserve_exact(s.len());
         for pair in s.split('&') {
-            if pairs.len() == limits.max_header_count {
+            if h.len() == limits.max_header_count {
                 return Err(HeaderError::TooMany {
                     count: s.split('&').count(),
                     max: limits.max_header_count,
                 });
             }
             let (k, v) = pair.split_once('=').ok_or(HeaderError::Malformed)?;
-            let k = unescape(k)?;
-            if k.is_empty() {
+            let start = h.text.len();
+            unescape_into(k, &mut h.text)?;
+            let key_end = h.text.len();
+            if key_end == start {
                 return Err(HeaderError::EmptyKey);
             }
-            pairs.push((k, unescape(v)?));
+            unescape_into(v, &mut h.text)?;
+            h.ends.push((key_end, h.text.len()));
         }
-        Ok(Self { pairs })
+        Ok(h)
     }
 }
 
@@ -181,18 +194,17 @@ impl fmt::Debug for Headers {
     }
 }
 
-impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for Headers {
+impl<K: AsRef<str>, V: AsRef<str>> FromIterator<(K, V)> for Headers {
     fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
-        Self {
-            pairs: iter
-                .into_iter()
-                .map(|(k, v)| (k.into(), v.into()))
-                .collect(),
+        let mut h = Self::default();
+        for (k, v) in iter {
+            h.push(k, v);
         }
+        h
     }
 }
 
-impl<K: Into<String>, V: Into<String>, const N: usize> From<[(K, V); N]> for Headers {
+impl<K: AsRef<str>, V: AsRef<str>, const N: usize> From<[(K, V); N]> for Headers {
     fn from(pairs: [(K, V); N]) -> Self {
         pairs.into_iter().collect()
     }
@@ -202,8 +214,6 @@ impl<K: Into<String>, V: Into<String>, const N: usize> From<[(K, V); N]> for Hea
 /// initial receive window: `@window=N` (`docs/PROTOCOL.md` section 3).
 const WINDOW_PREFIX: &str = "%40window=";
 
-/// The header block of an open: the opener's initial window, then the
-/// application's headers as [`Headers::encode`] made them.
 /// The block in two steps (the reference `encode_with_window` is tested
 /// against).
 #[cfg(test)]
@@ -281,8 +291,25 @@ pub enum HeaderError {
     NotUtf8,
 }
 
+/// Which bytes go on the wire as they are (a table: this runs for every
+/// byte of every header block, both ways). Built at compile time: a `u8`
+/// index into 256 entries, and any panic here would fail the build.
+#[allow(clippy::indexing_slicing)]
+const UNRESERVED: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b: u8 = 0;
+    loop {
+        table[b as usize] = b.is_ascii_alphanumeric()
+            || matches!(b, b'-' | b'.' | b'_' | b'~' | b'/' | b':' | b',');
+        if b == u8::MAX {
+            break table;
+        }
+        b += 1;
+    }
+};
+
 fn is_unreserved(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'/' | b':' | b',')
+    UNRESERVED.get(usize::from(b)).copied().unwrap_or(false)
 }
 
 /// Appends `s` percent-encoded: runs of unreserved bytes are copied whole.
@@ -323,35 +350,29 @@ fn hex_val(b: u8) -> Option<u8> {
     }
 }
 
-fn unescape(s: &str) -> Result<String, HeaderError> {
-    // Nothing escaped (the usual case): the text as it is, if every byte
-    // is allowed.
-    if !s.contains('%') {
-        return match s.bytes().all(is_unreserved) {
-            true => Ok(s.to_owned()),
-            false => Err(HeaderError::Malformed),
-        };
+/// Appends `s` percent-decoded to `out`.
+fn unescape_into(s: &str, out: &mut String) -> Result<(), HeaderError> {
+    // Nothing escaped (the usual case): the text as it is, once every byte
+    // is known to be allowed (one pass over it).
+    if s.bytes().all(is_unreserved) {
+        out.push_str(s);
+        return Ok(());
     }
-    let mut out = Vec::with_capacity(s.len());
-    let mut bytes = s.bytes();
-    while let Some(b) = bytes.next() {
+    let mut bytes = Vec::with_capacity(s.len());
+    let mut it = s.bytes();
+    while let Some(b) = it.next() {
         if b == b'%' {
-            let hi = bytes
-                .next()
-                .and_then(hex_val)
-                .ok_or(HeaderError::Malformed)?;
-            let lo = bytes
-                .next()
-                .and_then(hex_val)
-                .ok_or(HeaderError::Malformed)?;
-            out.push(hi << 4 | lo);
+            let hi = it.next().and_then(hex_val).ok_or(HeaderError::Malformed)?;
+            let lo = it.next().and_then(hex_val).ok_or(HeaderError::Malformed)?;
+            bytes.push(hi << 4 | lo);
         } else if is_unreserved(b) {
-            out.push(b);
+            bytes.push(b);
         } else {
             return Err(HeaderError::Malformed);
         }
     }
-    String::from_utf8(out).map_err(|_| HeaderError::NotUtf8)
+    out.push_str(std::str::from_utf8(&bytes).map_err(|_| HeaderError::NotUtf8)?);
+    Ok(())
 }
 
 #[cfg(test)]
@@ -390,6 +411,14 @@ mod tests {
             ("%40window= 1", "not decimal digits"),
         ] {
             assert_eq!(split_window(bad), Err(HeaderError::BadWindow(why)), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_unreserved_bytes_are_the_documented_set() {
+        let set = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~/:,";
+        for b in 0..=u8::MAX {
+            assert_eq!(is_unreserved(b), set.contains(&b), "byte {b:#04x}");
         }
     }
 
