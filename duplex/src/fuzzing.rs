@@ -7,7 +7,7 @@
 use crate::proto::Limits;
 use crate::proto::control::{self, Control, Parser};
 use crate::proto::frame::Assembler;
-use crate::proto::headers::{Headers, split_window, with_window};
+use crate::proto::headers::{Headers, split_window};
 use crate::proto::hello;
 use crate::proto::nest::ParentRef;
 use crate::proto::service::ServiceName;
@@ -127,7 +127,10 @@ pub fn open_meta(data: &[u8]) {
                 assert!((hello::MIN_VERSION..=hello::MAX_VERSION).contains(&v.0));
             }
             if let Some(w) = window {
-                let block = with_window(w, &again);
+                // The block an opener builds: the window, then the pairs.
+                let block = h
+                    .encode_with_window(w, &limits)
+                    .unwrap_or_else(|e| panic!("decoded headers do not encode: {e}"));
                 assert_eq!(split_window(&block), Ok((Some(w), again.as_str())));
             }
         }
