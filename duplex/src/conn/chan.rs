@@ -10,7 +10,7 @@
 mod answer;
 mod nest;
 
-use nest::{Ending, take_children, with_children};
+use nest::{Ending, take_incoming};
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -341,9 +341,9 @@ impl ChanShared {
     pub(crate) fn on_close(&self, children: Vec<Arc<ChanShared>>) {
         let nested = self.with(|st, _| {
             st.chan.on_close();
-            take_children(st)
+            take_incoming(st)
         });
-        let nested = with_children(nested, children);
+        let nested = (children, nested);
         // The remote ends its side of the children itself.
         self.end_children(nested, || Ending {
             local: ChannelError::ParentClosed(
@@ -360,9 +360,9 @@ impl ChanShared {
         let children = self.end_in_tree();
         let nested = self.with(|st, _| {
             st.chan.fail(err.clone());
-            take_children(st)
+            take_incoming(st)
         });
-        let nested = with_children(nested, children);
+        let nested = (children, nested);
         self.end_children(nested, || match err {
             // Nothing can be sent any more: every channel fails alike.
             ChannelError::ConnectionLost(_) => Ending {
@@ -583,8 +583,8 @@ impl ChanShared {
     /// once (see [`Children`](super::Children)).
     pub(crate) fn send_close(&self) {
         let children = self.end_in_tree();
-        let nested = self.with(|st, _| st.chan.send_close().then(|| take_children(st)));
-        let nested = with_children(nested.unwrap_or_default(), children);
+        let incoming = self.with(|st, _| st.chan.send_close().then(|| take_incoming(st)));
+        let nested = (children, incoming.unwrap_or_default());
         self.end_children(nested, || self.closed_here());
     }
 

@@ -120,14 +120,13 @@ impl ChanShared {
     /// closes it, then does the same to its own children.
     pub(super) fn end_by_parent(&self, ending: &Ending) {
         let children = self.end_in_tree();
-        let nested = self.with(|st, _| {
+        let incoming = self.with(|st, _| {
             let remote = ending.remote.as_deref();
             st.chan
                 .end_by_parent(ending.local.clone(), remote, ending.close)
-                .then(|| take_children(st))
+                .then(|| take_incoming(st))
         });
-        let nested = with_children(nested.unwrap_or_default(), children);
-        self.end_children(nested, || ending.clone());
+        self.end_children((children, incoming.unwrap_or_default()), || ending.clone());
     }
 
     /// Marks this channel ended in the connection's nesting tree (before
@@ -157,15 +156,8 @@ pub(super) type Nested = (Vec<Arc<ChanShared>>, VecDeque<Arc<ChanShared>>);
 
 /// Takes the unaccepted nested channels (the children come from the
 /// nesting tree, see `end_in_tree`).
-pub(super) fn take_children(st: &mut Inner) -> Nested {
-    (Vec::new(), std::mem::take(&mut st.incoming))
-}
-
-/// `nested` with `children` (taken out of the tree with their parent).
-pub(super) fn with_children(nested: Nested, children: Vec<Arc<ChanShared>>) -> Nested {
-    let (mut all, pending) = nested;
-    all.extend(children);
-    (all, pending)
+pub(super) fn take_incoming(st: &mut Inner) -> VecDeque<Arc<ChanShared>> {
+    std::mem::take(&mut st.incoming)
 }
 
 /// How the descendants of an ended channel end.

@@ -14,42 +14,37 @@ impl Peer {
             .is_some_and(|c| !c.pending && c.chan.is_established())
     }
 
-    /// Accepts a channel the remote opened.
-    pub(crate) fn accept(&mut self, id: ChannelId) {
+    /// Answers a channel the remote opened with `answer`, if it still
+    /// waits for one; true when it did.
+    fn answer(&mut self, id: ChannelId, answer: impl FnOnce(&mut Chan<E>)) -> bool {
         let Some(ch) = self.mux.get_mut(id) else {
             // Closed while it waited: the answer only counts it down.
             if self.offers.contains(&id) {
                 self.unpend(id);
             }
-            return;
+            return false;
         };
         if !ch.pending {
-            return;
+            return false;
         }
         ch.pending = false;
-        ch.chan.accept_duplex(id.0);
+        answer(&mut ch.chan);
         ch.settle();
         self.unpend(id);
+        true
+    }
+
+    /// Accepts a channel the remote opened.
+    pub(crate) fn accept(&mut self, id: ChannelId) {
+        self.answer(id, |chan| chan.accept_duplex(id.0));
     }
 
     /// Rejects a channel the remote opened.
     pub(crate) fn reject(&mut self, id: ChannelId, why: &str) {
-        let Some(ch) = self.mux.get_mut(id) else {
-            if self.offers.contains(&id) {
-                self.unpend(id);
-            }
-            return;
-        };
-        if !ch.pending {
-            return;
+        let reason = why.to_owned();
+        if self.answer(id, |chan| chan.send_control(&Control::Reject { reason })) {
+            self.close(id);
         }
-        ch.pending = false;
-        ch.chan.send_control(&Control::Reject {
-            reason: why.to_owned(),
-        });
-        ch.settle();
-        self.unpend(id);
-        self.close(id);
     }
 
     /// Writes up to `n` bytes of the channel's pattern; how many it took.
