@@ -29,6 +29,14 @@ pub enum Decompress {
     Zlib(flate2::Decompress),
 }
 
+impl Decompress {
+    /// Whether packets are decompressed (Duplex patch 14: if not, a
+    /// packet's payload is read in place, without a copy).
+    pub fn is_active(&self) -> bool {
+        !matches!(self, Decompress::None)
+    }
+}
+
 #[derive(Debug, PartialEq, Eq, Copy, Clone, Hash)]
 pub struct Name(&'static str);
 impl AsRef<str> for Name {

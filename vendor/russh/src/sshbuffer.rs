@@ -387,8 +387,64 @@ impl PacketBytesWriter {
 /// Uses Vec<u8> (not CryptoVec/mlocked) because incoming network data is not secret.
 #[derive(Debug)]
 pub(crate) struct IncomingSshPacket {
-    pub buffer: Vec<u8>,
+    pub buffer: PacketPayload,
     pub seqn: Wrapping<u32>,
+}
+
+/// Duplex patch 14: a packet's payload, read in place from the buffer the
+/// packet was decrypted into (the payload starts after the 4-byte length
+/// and the padding-length byte), so that receiving a packet copies nothing
+/// and allocates nothing. The buffer goes back to the reader afterwards
+/// (`SSHBuffer::restore`).
+#[derive(Debug, Default)]
+pub(crate) struct PacketPayload {
+    data: Vec<u8>,
+    start: usize,
+}
+
+impl PacketPayload {
+    /// The payload of a decrypted packet held in `data`, from `start` on.
+    pub(crate) fn in_place(data: Vec<u8>, start: usize) -> Self {
+        PacketPayload { data, start }
+    }
+}
+
+impl From<Vec<u8>> for PacketPayload {
+    fn from(data: Vec<u8>) -> Self {
+        PacketPayload { data, start: 0 }
+    }
+}
+
+impl From<&[u8]> for PacketPayload {
+    fn from(data: &[u8]) -> Self {
+        PacketPayload {
+            data: data.to_vec(),
+            start: 0,
+        }
+    }
+}
+
+impl std::ops::Deref for PacketPayload {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.data.get(self.start..).unwrap_or_default()
+    }
+}
+
+impl SSHBuffer {
+    /// Take the decrypted packet out of the buffer as a payload without
+    /// copying it (patch 14); `restore` gives the allocation back.
+    pub(crate) fn take_payload(&mut self) -> PacketPayload {
+        PacketPayload::in_place(std::mem::take(&mut self.buffer), 5)
+    }
+
+    /// Give back the allocation of a packet's payload, to read the next
+    /// packet into (patch 14).
+    pub(crate) fn restore(&mut self, payload: &mut PacketPayload) {
+        if payload.data.capacity() >= self.buffer.capacity() {
+            self.buffer = std::mem::take(&mut payload.data);
+        }
+    }
 }
 
 /// Packet writer for constructing and encrypting outgoing SSH packets.
