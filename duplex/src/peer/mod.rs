@@ -510,9 +510,15 @@ impl Peer {
 
     /// Closes every connection to the peer called `name` (and stops
     /// re-dialling those we made). Returns whether there was one.
+    ///
+    /// That includes a connection whose hello has named the remote but
+    /// which is not yet announced as [`PeerEvent::Connected`] here: the
+    /// remote may already have seen its own `Connected` (the listener sends
+    /// its half of the hello first), so a drop right after it still finds
+    /// the connection.
     pub async fn drop_peer(&self, name: &str) -> bool {
-        let conns: Vec<_> = lock(&self.core.peers)
-            .iter()
+        let conns: Vec<_> = lock(&self.core.all)
+            .values()
             .filter(|c| c.remote.get().is_some_and(|r| &*r.name == name))
             .cloned()
             .collect();

@@ -77,7 +77,11 @@ impl Registry for PeerCore {
         let info = conn.info();
         {
             let mut peers = lock(&self.peers);
-            if peers.iter().any(|c| c.id == conn.id) {
+            // Not a peer twice, and not once it has ended: a connection
+            // closed while its hello was still being sent (say, dropped
+            // with `drop_peer` at once) was unregistered already. Checked
+            // under the peers lock, which `unregister` takes first.
+            if peers.iter().any(|c| c.id == conn.id) || !lock(&self.all).contains_key(&conn.id) {
                 return;
             }
             tracing::info!(peer = %conn.remote_name(), endpoint = %conn.endpoint, "peer connected");
