@@ -460,7 +460,7 @@ async fn dialling_peer(
     let config = duplex::Config::default()
         .accept_channels(false)
         .reconnect(false)
-        .connect_backoff(duplex::Backoff::default().max_attempts(Some(1)));
+        .connect_backoff(duplex::Backoff::default().max_attempts(Some(1)))?;
     let peer = Peer::builder()
         .name(peer_name(t))
         .identity(identity(t)?)

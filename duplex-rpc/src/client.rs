@@ -514,6 +514,7 @@ async fn with_deadline<T>(
 /// [`send`](Self::send); [`finish`](Self::finish) ends them and returns the
 /// response. Dropping it abandons the call: the handler is told its
 /// requests were cut short, and cancelled.
+#[must_use = "dropping a ClientStreamCall abandons the call"]
 pub struct ClientStreamCall<Req, Resp> {
     tx: Sender<Req>,
     rx: Receiver<Resp>,

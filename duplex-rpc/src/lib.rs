@@ -92,3 +92,63 @@ pub use stream::{Receiver, Sender};
 #[doc = include_str!("../../README.md")]
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
+
+/// Handles that own work are `#[must_use]`: dropping one by mistake is a
+/// compile warning (an error under `deny(unused_must_use)`), not a server
+/// that silently stops. Each `compile_fail` example below has a twin that
+/// compiles, the same code with the value kept, so the only thing that
+/// fails is the dropped handle.
+///
+/// A `ServerHandle` dropped at once:
+///
+/// ```compile_fail
+/// #![deny(unused_must_use)]
+/// fn serve(peer: &duplex::Peer) -> Result<(), Box<dyn std::error::Error>> {
+///     duplex_rpc::Server::new(duplex_rpc::Router::new()).serve(peer)?;
+///     Ok(())
+/// }
+/// ```
+///
+/// ```
+/// #![deny(unused_must_use)]
+/// fn serve(peer: &duplex::Peer) -> Result<(), Box<dyn std::error::Error>> {
+///     let _server = duplex_rpc::Server::new(duplex_rpc::Router::new()).serve(peer)?;
+///     Ok(())
+/// }
+/// ```
+///
+/// A channel opened and dropped (which closes it):
+///
+/// ```compile_fail
+/// #![deny(unused_must_use)]
+/// async fn open(peer: &duplex::Peer) -> Result<(), Box<dyn std::error::Error>> {
+///     peer.open("bob", "echo", duplex::Headers::new()).await?;
+///     Ok(())
+/// }
+/// ```
+///
+/// ```
+/// #![deny(unused_must_use)]
+/// async fn open(peer: &duplex::Peer) -> Result<(), Box<dyn std::error::Error>> {
+///     let _channel = peer.open("bob", "echo", duplex::Headers::new()).await?;
+///     Ok(())
+/// }
+/// ```
+///
+/// A builder whose result is thrown away:
+///
+/// ```compile_fail
+/// #![deny(unused_must_use)]
+/// fn configure(server: duplex_rpc::Server) {
+///     server.max_in_flight(8);
+/// }
+/// ```
+///
+/// ```
+/// #![deny(unused_must_use)]
+/// fn configure(server: duplex_rpc::Server) -> duplex_rpc::Server {
+///     server.max_in_flight(8)
+/// }
+/// ```
+#[cfg(doctest)]
+pub struct MustUseDoctests;

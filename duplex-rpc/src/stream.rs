@@ -51,6 +51,7 @@ pub(crate) type Slot = Arc<tokio::sync::OwnedSemaphorePermit>;
 /// requests were cut short, not that they ended). A handler's responses
 /// end when the handler returns (its status, if it fails, comes last), so
 /// `finish` on a handler's sender only stops further sends.
+#[must_use = "dropping a Sender ends its stream"]
 pub struct Sender<T> {
     writer: ChannelWriter,
     codec: SharedCodec,
@@ -219,6 +220,7 @@ enum Role {
 /// succeeded, or with the call's error (a remote status, a deadline...).
 /// Dropping a caller's receiver (with its sender, if any) cancels the
 /// call: its channel closes and the server cancels the handler.
+#[must_use = "dropping a caller's Receiver cancels the call"]
 pub struct Receiver<T> {
     reader: ChannelReader,
     codec: SharedCodec,

@@ -45,6 +45,7 @@ struct Faults {
 /// connections on command. Dropping it stops it and closes every
 /// connection through it.
 #[derive(Debug)]
+#[must_use = "dropping a FaultProxy stops it and closes every connection through it"]
 pub struct FaultProxy {
     addr: SocketAddr,
     faults: Arc<watch::Sender<Faults>>,

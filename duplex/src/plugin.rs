@@ -239,6 +239,7 @@ pub enum PluginEvent {
 /// A running plugin, seen from the host. Dropping it stops the plugin:
 /// its connection closes (the plugin reads EOF), then after the grace
 /// period the process is killed.
+#[must_use = "dropping a Plugin stops the plugin"]
 pub struct Plugin {
     name: String,
     peer: Peer,

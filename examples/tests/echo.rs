@@ -220,15 +220,13 @@ async fn killed_server_process_fails_transfers_and_is_redialled_after_restart() 
     let mut server = start_server(&dir, &first).await;
     let backoff = Backoff::default()
         .initial(Duration::from_millis(20))
-        .unwrap()
-        .max_interval(Duration::from_millis(200))
-        .unwrap();
+        .max_interval(Duration::from_millis(200));
     let client = Peer::builder()
         .name("client")
         .identity(Identity::load(&ckey).unwrap())
         .known_hosts(KnownHosts::new().with_pinned(server_id.public_key()))
         .authorized_keys(AuthorizedKeys::new())
-        .config(Config::default().connect_backoff(backoff))
+        .config(Config::default().connect_backoff(backoff).unwrap())
         .build()
         .unwrap();
     let mut events = client.events();

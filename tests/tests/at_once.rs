@@ -46,7 +46,7 @@ async fn an_open_returns_before_the_application_takes_the_channel() {
         "an unregistered service was accepted at once"
     );
     let _other_served = incoming.accept().await;
-    within(10, other).await.unwrap().unwrap();
+    drop(within(10, other).await.unwrap().unwrap());
 
     // Dropping the guard ends it: the next echo waits for the answer too.
     drop(guard);

@@ -355,7 +355,7 @@ async fn waiting_channels_count_once_against_the_channel_limit() {
             held.push(i.accept().await);
         }
         for o in opens {
-            o.await.unwrap().unwrap();
+            drop(o.await.unwrap().unwrap());
         }
     })
     .await;

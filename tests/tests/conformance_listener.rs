@@ -308,7 +308,7 @@ async fn s3_opener_sends_the_window_pair_first() {
         (info, inc.accept(1024).await)
     };
     let (ch, (info, _w)) = tokio::join!(open, script);
-    ch.unwrap();
+    drop(ch.unwrap());
     assert_eq!(info.host, "svc");
     assert_eq!((info.port, info.originator_port), (1, 0));
     assert_eq!(info.originator, "%40window=262144&a%20b=c");
@@ -412,7 +412,7 @@ async fn s3_2_dialler_names_a_parent_it_opened_by_kind_1() {
         (info, inc.accept(1024).await)
     };
     let (child, (info, _w)) = tokio::join!(open, script);
-    child.unwrap();
+    drop(child.unwrap());
     assert_eq!(info.host, "child");
     assert_eq!((info.port, info.originator_port), (1, parent.id + 1));
     f.shutdown().await;
@@ -433,7 +433,7 @@ async fn s3_2_dialler_names_a_parent_it_accepted_by_kind_2() {
         (info, inc.accept(1024).await)
     };
     let (child, (info, _w)) = tokio::join!(open, script);
-    child.unwrap();
+    drop(child.unwrap());
     assert_eq!((info.port, info.originator_port), (2, their_id + 1));
     f.shutdown().await;
 }
@@ -588,7 +588,8 @@ async fn s8_dialler_handshake_timeout() {
     // One attempt: a timed-out attempt is transient and would be retried.
     let config = Config::default()
         .handshake_timeout(Duration::from_secs(1))
-        .connect_backoff(duplex::Backoff::default().max_attempts(Some(1)));
+        .connect_backoff(duplex::Backoff::default().max_attempts(Some(1)))
+        .unwrap();
     let f = Fixture::new(config).await;
     let dial = f.client.connect(f.listener.endpoint.as_str());
     let t0 = std::time::Instant::now();

@@ -14,11 +14,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 fn config() -> Config {
     let backoff = Backoff::default()
         .initial(Duration::from_millis(20))
-        .unwrap()
-        .max_interval(Duration::from_millis(200))
-        .unwrap();
+        .max_interval(Duration::from_millis(200));
     Config::default()
         .connect_backoff(backoff)
+        .unwrap()
         .keepalive_interval(Some(Duration::from_millis(250)))
         .keepalive_max(2)
         .handshake_timeout(Duration::from_secs(3))

@@ -93,8 +93,9 @@ async fn unbind_and_rebind_unix() {
     client.connect(ep.as_str()).await.unwrap();
     assert!(server.unbind(ep.as_str()).await);
     // New connections are refused; the existing one keeps working.
-    let no_retry =
-        duplex::Config::default().connect_backoff(duplex::Backoff::default().max_attempts(Some(1)));
+    let no_retry = duplex::Config::default()
+        .connect_backoff(duplex::Backoff::default().max_attempts(Some(1)))
+        .unwrap();
     let fresh = peer_trusting("fresh", &cid, &[&sid], no_retry);
     within(10, async {
         loop {

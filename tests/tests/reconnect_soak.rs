@@ -19,14 +19,12 @@ async fn a_thousand_reconnects_leave_resources_flat() {
     echo_server(&server);
     let backoff = Backoff::default()
         .initial(Duration::from_millis(1))
-        .unwrap()
-        .max_interval(Duration::from_millis(5))
-        .unwrap();
+        .max_interval(Duration::from_millis(5));
     let client = peer_trusting(
         "client",
         &cid,
         &[&sid],
-        Config::default().connect_backoff(backoff),
+        Config::default().connect_backoff(backoff).unwrap(),
     );
     let mut events = client.events();
     client.connect(&ep).await.unwrap();

@@ -19,11 +19,8 @@ fn free_port() -> u16 {
 fn fast_backoff() -> Backoff {
     Backoff::default()
         .initial(Duration::from_millis(20))
-        .unwrap()
         .factor(1.5)
-        .unwrap()
         .max_interval(Duration::from_millis(200))
-        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -32,7 +29,7 @@ async fn connect_waits_for_a_listener_that_appears_later() {
     let (sid, cid) = ids();
     let port = free_port();
     let ep = format!("tcp://127.0.0.1:{port}");
-    let config = Config::default().connect_backoff(fast_backoff());
+    let config = Config::default().connect_backoff(fast_backoff()).unwrap();
     let client = peer_trusting("client", &cid, &[&sid], config);
     let mut events = client.events();
     let c = client.clone();
@@ -61,7 +58,7 @@ async fn connect_gives_up_within_its_bounds() {
     for (attempts, total) in [(Some(4), None), (None, Some(Duration::from_millis(700)))] {
         let backoff = fast_backoff().max_attempts(attempts).max_elapsed(total);
         let client = Peer::builder()
-            .config(Config::default().connect_backoff(backoff))
+            .config(Config::default().connect_backoff(backoff).unwrap())
             .build()
             .unwrap();
         let mut events = client.events();
@@ -127,7 +124,7 @@ async fn a_lost_connection_is_redialled_and_channels_fail_clearly() {
     let server = peer_trusting("server", &sid, &[&cid], Config::default());
     server.bind(ep.as_str()).await.unwrap();
     echo_server(&server);
-    let config = Config::default().connect_backoff(fast_backoff());
+    let config = Config::default().connect_backoff(fast_backoff()).unwrap();
     let client = peer_trusting("client", &cid, &[&sid], config);
     let mut events = client.events();
     client.connect(ep.as_str()).await.unwrap();

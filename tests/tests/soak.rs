@@ -190,15 +190,14 @@ async fn soak_exactly_once_or_reported_with_flat_resources() {
     };
     let backoff = Backoff::default()
         .initial(Duration::from_millis(5))
-        .unwrap()
-        .max_interval(Duration::from_millis(50))
-        .unwrap();
+        .max_interval(Duration::from_millis(50));
     let mut proxies = Vec::new();
     let mut clients = Vec::new();
     for (i, id) in ids.iter().enumerate() {
         let proxy = FaultProxy::start(upstream).await.unwrap();
         let config = Config::default()
             .connect_backoff(backoff.clone())
+            .unwrap()
             .peer_wait_timeout(Duration::from_secs(5));
         let c = peer_trusting(&format!("c{i}"), id, &[&hub_id], config);
         c.connect(proxy.endpoint().as_str()).await.unwrap();

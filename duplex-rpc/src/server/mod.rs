@@ -46,6 +46,7 @@ pub const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
 /// server.shutdown(std::time::Duration::from_secs(5)).await;
 /// # Ok(()) }
 /// ```
+#[must_use = "a Server does nothing until `serve` is called"]
 pub struct Server {
     router: Router,
     max_in_flight: usize,
@@ -154,6 +155,7 @@ struct Shared {
 /// A running [`Server`]. Dropping it stops accepting calls and cancels the
 /// ones in flight (their callers get `UNAVAILABLE`); use
 /// [`shutdown`](Self::shutdown) to let them finish first.
+#[must_use = "dropping the ServerHandle stops the server and cancels its calls; keep it, or await its `wait`"]
 pub struct ServerHandle {
     shared: Arc<Shared>,
 }
@@ -167,6 +169,21 @@ impl fmt::Debug for ServerHandle {
 }
 
 impl ServerHandle {
+    /// Resolves once the server has stopped for good: its peer was shut
+    /// down (by [`Peer::shutdown`](duplex::Peer::shutdown) on any clone)
+    /// and every call it was serving has ended. For a daemon's `main`,
+    /// which keeps the handle alive by awaiting this. Cancel-safe.
+    ///
+    /// ```no_run
+    /// # async fn demo(peer: duplex::Peer, router: duplex_rpc::Router) -> anyhow::Result<()> {
+    /// let server = duplex_rpc::Server::new(router).serve(&peer)?;
+    /// server.wait().await; // until peer.shutdown() (from any clone)
+    /// # Ok(()) }
+    /// ```
+    pub async fn wait(&self) {
+        self.shared.tracker.wait().await;
+    }
+
     /// Calls being served now.
     pub fn in_flight(&self) -> usize {
         self.shared.max_in_flight - self.shared.in_flight.available_permits()
@@ -206,7 +223,12 @@ async fn accept_loop(s: Arc<Shared>, peer: Peer, mut at_once: Vec<duplex::Accept
             }
             i = peer.accept() => i,
         };
-        let Some(incoming) = incoming else { break };
+        let Some(incoming) = incoming else {
+            // The peer is shut down: no call can come any more, so the
+            // server ends once those in flight have (`wait`).
+            s.tracker.close();
+            break;
+        };
         // Accepted at once (cheap: no round trip), so calls do not pile
         // up against the connection's limit of channels waiting for us.
         let channel = incoming.accept().await;

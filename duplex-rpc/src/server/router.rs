@@ -185,6 +185,7 @@ where
 /// `- . _ / + ~`, up to 255 bytes); `Service.Method` is the convention. An
 /// invalid or repeated name is reported by [`Server::serve`](super::Server::serve).
 #[derive(Clone, Default)]
+#[must_use = "a Router does nothing until served (Server::new(router).serve(&peer))"]
 pub struct Router {
     pub(super) routes: HashMap<String, Route>,
     pub(super) errors: Vec<String>,

@@ -98,6 +98,7 @@ impl Children {
 /// reject it. Dropping it rejects the channel. One left waiting longer than
 /// [`Config::accept_timeout`](crate::Config::accept_timeout) is rejected
 /// for the application (and never handed out by `accept`).
+#[must_use = "dropping an IncomingChannel rejects the channel"]
 pub struct IncomingChannel {
     offer: Offer,
 }

@@ -110,6 +110,7 @@ impl Drop for Closer {
 /// ch.read_to_end(&mut back).await?;
 /// # Ok(()) }
 /// ```
+#[must_use = "dropping a Channel closes it"]
 pub struct Channel {
     reader: ChannelReader,
     writer: ChannelWriter,

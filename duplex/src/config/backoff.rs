@@ -24,14 +24,23 @@ use super::error::ConfigError;
 /// Defaults, after the original Duplex: 100 ms initial wait, factor *e*,
 /// 10 s at most between attempts, at most 8 attempts and 30 s in all.
 ///
+/// Every setter returns the `Backoff`, so a chain needs no `?`;
+/// [`Config::connect_backoff`](crate::Config::connect_backoff) checks the
+/// values once, where the `Backoff` is used.
+///
 /// ```
 /// use std::time::Duration;
 /// let b = duplex::Backoff::default()
-///     .initial(Duration::from_millis(50)).unwrap()
+///     .initial(Duration::from_millis(50))
+///     .max_interval(Duration::from_secs(2))
 ///     .max_attempts(Some(3));
 /// assert_eq!(b.get_max_attempts(), Some(3));
+/// let config = duplex::Config::default().connect_backoff(b)?;
+/// # let _ = config;
+/// # Ok::<(), duplex::ConfigError>(())
 /// ```
 #[derive(Debug, Clone, PartialEq)]
+#[must_use = "a Backoff does nothing until given to Config::connect_backoff"]
 pub struct Backoff {
     initial: Duration,
     factor: f64,
@@ -53,37 +62,44 @@ impl Default for Backoff {
 }
 
 impl Backoff {
-    /// Wait before the first retry (before jitter). At least 1 ms.
-    pub fn initial(mut self, wait: Duration) -> Result<Self, ConfigError> {
-        if wait < Duration::from_millis(1) {
-            return Err(ConfigError::new("backoff initial", "less than 1 ms"));
-        }
+    /// Retry forever: the default waits (100 ms, growing by *e* up to 10 s
+    /// between attempts), with no limit on attempts or time. For an agent
+    /// that must reach its server however long that takes:
+    ///
+    /// ```
+    /// let config = duplex::Config::default().connect_backoff(duplex::Backoff::forever())?;
+    /// # let _ = config;
+    /// # Ok::<(), duplex::ConfigError>(())
+    /// ```
+    pub fn forever() -> Self {
+        Backoff::default().max_attempts(None).max_elapsed(None)
+    }
+
+    /// Wait before the first retry (before jitter). At least 1 ms, and at
+    /// most `max_interval` ([`Config::connect_backoff`] checks both).
+    ///
+    /// [`Config::connect_backoff`]: crate::Config::connect_backoff
+    pub fn initial(mut self, wait: Duration) -> Self {
         self.initial = wait;
-        Ok(self)
+        self
     }
 
-    /// Growth of the wait per attempt. Between 1 and 100.
-    pub fn factor(mut self, factor: f64) -> Result<Self, ConfigError> {
-        if !(1.0..=100.0).contains(&factor) {
-            return Err(ConfigError::new(
-                "backoff factor",
-                format!("{factor} is not between 1 and 100"),
-            ));
-        }
+    /// Growth of the wait per attempt. Between 1 and 100
+    /// ([`Config::connect_backoff`] checks it).
+    ///
+    /// [`Config::connect_backoff`]: crate::Config::connect_backoff
+    pub fn factor(mut self, factor: f64) -> Self {
         self.factor = factor;
-        Ok(self)
+        self
     }
 
-    /// Longest wait between two attempts. At least the initial wait.
-    pub fn max_interval(mut self, wait: Duration) -> Result<Self, ConfigError> {
-        if wait < self.initial {
-            return Err(ConfigError::new(
-                "backoff max_interval",
-                format!("{wait:?} is less than the initial wait {:?}", self.initial),
-            ));
-        }
+    /// Longest wait between two attempts. At least the initial wait
+    /// ([`Config::connect_backoff`] checks it).
+    ///
+    /// [`Config::connect_backoff`]: crate::Config::connect_backoff
+    pub fn max_interval(mut self, wait: Duration) -> Self {
         self.max_interval = wait;
-        Ok(self)
+        self
     }
 
     /// Most attempts `connect` makes (the first included); `None` for no
@@ -99,6 +115,30 @@ impl Backoff {
     pub fn max_elapsed(mut self, limit: Option<Duration>) -> Self {
         self.max_elapsed = limit;
         self
+    }
+
+    /// Whether the values are in range: the check
+    /// [`Config::connect_backoff`](crate::Config::connect_backoff) makes.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.initial < Duration::from_millis(1) {
+            return Err(ConfigError::new("backoff initial", "less than 1 ms"));
+        }
+        if !(1.0..=100.0).contains(&self.factor) {
+            return Err(ConfigError::new(
+                "backoff factor",
+                format!("{} is not between 1 and 100", self.factor),
+            ));
+        }
+        if self.max_interval < self.initial {
+            return Err(ConfigError::new(
+                "backoff max_interval",
+                format!(
+                    "{:?} is less than the initial wait {:?}",
+                    self.max_interval, self.initial
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// The configured attempt limit.
@@ -163,14 +203,26 @@ mod tests {
         assert!(!b.allows(2, Duration::from_millis(900), Duration::from_millis(200)));
         let unbounded = b.max_attempts(None).max_elapsed(None);
         assert!(unbounded.allows(u32::MAX, Duration::MAX, Duration::ZERO));
-        assert!(Backoff::default().factor(0.5).is_err());
-        assert!(Backoff::default().factor(f64::NAN).is_err());
-        assert!(Backoff::default().initial(Duration::ZERO).is_err());
+        assert!(Backoff::default().factor(0.5).validate().is_err());
+        assert!(Backoff::default().factor(f64::NAN).validate().is_err());
+        assert!(
+            Backoff::default()
+                .initial(Duration::ZERO)
+                .validate()
+                .is_err()
+        );
         assert!(
             Backoff::default()
                 .max_interval(Duration::from_millis(10))
+                .validate()
                 .is_err()
         );
+        assert!(Backoff::default().validate().is_ok());
+        let forever = Backoff::forever();
+        assert!(forever.validate().is_ok());
+        assert_eq!(forever.get_max_attempts(), None);
+        assert_eq!(forever.get_max_elapsed(), None);
+        assert!(forever.allows(u32::MAX, Duration::MAX, Duration::ZERO));
     }
 
     proptest! {
@@ -183,9 +235,10 @@ mod tests {
             unit in 0.0f64..1.0,
         ) {
             let b = Backoff::default()
-                .initial(Duration::from_millis(initial_ms)).unwrap()
-                .factor(factor).unwrap()
-                .max_interval(Duration::from_millis(max_ms)).unwrap();
+                .initial(Duration::from_millis(initial_ms))
+                .factor(factor)
+                .max_interval(Duration::from_millis(max_ms));
+            prop_assert!(b.validate().is_ok());
             let d = b.delay(retry, unit);
             prop_assert!(d <= Duration::from_millis(max_ms));
             prop_assert!(d >= Duration::from_millis(initial_ms) / 2 - Duration::from_micros(1));

@@ -27,6 +27,7 @@ pub(crate) const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// assert_eq!(config.get_channel_window(), 4 << 20);
 /// ```
 #[derive(Debug, Clone)]
+#[must_use = "a Config does nothing until given to a peer (PeerBuilder::config)"]
 pub struct Config {
     pub(crate) limits: Limits,
     pub(crate) max_frame_len: usize,
@@ -508,9 +509,13 @@ impl Config {
     /// handshake cut short), and how a lost connection is re-dialled. See
     /// [`Backoff`] for the defaults. Authentication failures, host key
     /// mismatches and protocol mismatches are never retried.
-    pub fn connect_backoff(mut self, backoff: Backoff) -> Self {
+    ///
+    /// Fails if a value of the `Backoff` is out of range (see
+    /// [`Backoff::validate`]). [`Backoff::forever`] retries without limit.
+    pub fn connect_backoff(mut self, backoff: Backoff) -> Result<Self, ConfigError> {
+        backoff.validate()?;
         self.connect_backoff = backoff;
-        self
+        Ok(self)
     }
 
     /// Whether a connection made with [`Peer::connect`](crate::Peer::connect)

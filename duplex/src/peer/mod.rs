@@ -117,6 +117,7 @@ impl IntoEndpoint for &String {
 /// # Ok(()) }
 /// ```
 #[derive(Clone)]
+#[must_use = "a peer shuts down once its last clone is dropped"]
 pub struct Peer {
     core: Arc<PeerCore>,
     _guard: Arc<DropGuard>,
@@ -133,6 +134,7 @@ impl fmt::Debug for Peer {
 
 /// Builds a [`Peer`].
 #[derive(Debug, Default)]
+#[must_use = "a builder does nothing until `build` is called"]
 pub struct PeerBuilder {
     name: Option<String>,
     identity: Option<Identity>,
@@ -496,6 +498,60 @@ impl Peer {
             .filter(|c| !c.cancel.is_cancelled())
             .filter_map(|c| c.info())
             .collect()
+    }
+
+    /// Waits, without a time limit, until a peer called `name` is
+    /// connected (in either direction), and returns it; at once if it is
+    /// connected already. Returns `None` once this peer is shut down.
+    ///
+    /// For a server that waits for its agents however long they take
+    /// (a connection from them arrives when it does). To wait a bounded
+    /// time, wrap it in `tokio::time::timeout`; [`open`](Self::open) to a
+    /// name waits up to [`Config::peer_wait_timeout`] by itself.
+    /// Cancel-safe.
+    ///
+    /// ```no_run
+    /// # async fn demo(server: duplex::Peer) {
+    /// let agent = server.wait_for_peer("agent-1").await.expect("shut down");
+    /// println!("{} connected from {}", agent.name, agent.endpoint);
+    /// # }
+    /// ```
+    pub async fn wait_for_peer(&self, name: &str) -> Option<PeerInfo> {
+        let core = &self.core;
+        loop {
+            let changed = core.peers_changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if core.host.draining.is_cancelled() {
+                return None;
+            }
+            if let Some(info) = core.find(name).and_then(|c| c.info()) {
+                return Some(info);
+            }
+            tokio::select! {
+                _ = changed => {}
+                _ = core.host.draining.cancelled() => return None,
+            }
+        }
+    }
+
+    /// Resolves once this peer is shut down: [`shutdown`](Self::shutdown)
+    /// was called (by any clone) and has closed its connections. For a
+    /// daemon's `main`, which serves until something (a signal handler, an
+    /// RPC method) shuts the peer down. Cancel-safe.
+    ///
+    /// ```no_run
+    /// # async fn demo(peer: duplex::Peer) {
+    /// let stopper = peer.clone();
+    /// tokio::spawn(async move {
+    ///     // ... on a signal, or when an RPC method asks for it:
+    ///     stopper.shutdown().await;
+    /// });
+    /// peer.closed().await;
+    /// # }
+    /// ```
+    pub async fn closed(&self) {
+        self.core.host.cancel.cancelled().await;
     }
 
     /// The next connected peer in round-robin order, if any.
