@@ -299,7 +299,8 @@ async fn call_unary_and_streaming_against_an_rpc_server() {
     let out = run(&dir, &with(&["call", &ep, "Calc.Nope", "1"], &cf), b"").await;
     assert_eq!(out.status.code(), Some(4));
     assert!(
-        text(&out.stderr).contains("does not serve \"Calc.Nope\""),
+        text(&out.stderr).contains("\"Calc.Nope\" on ")
+            && text(&out.stderr).contains("no such method"),
         "{}",
         text(&out.stderr)
     );

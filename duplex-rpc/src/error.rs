@@ -48,7 +48,7 @@ pub enum RpcError {
     },
     /// The remote serves no such method (or serves it as a different kind
     /// of call: unary, streaming...).
-    #[error("{peer} does not serve {method:?}: {message}")]
+    #[error("{method:?} on {peer}: {message}")]
     UnknownMethod {
         /// The method called.
         method: String,
@@ -257,6 +257,13 @@ impl RpcError {
             OpenError::Shutdown => RpcError::Cancelled {
                 method: method.to_owned(),
                 reason: "this peer is shutting down".into(),
+            },
+            // Nothing on the remote takes the method's channel: no server
+            // there serves it (PROTOCOL.md section 3.3).
+            OpenError::NoService { peer, .. } => RpcError::UnknownMethod {
+                method: method.to_owned(),
+                peer,
+                message: "no such method: nothing there serves it".into(),
             },
             e => RpcError::transport(method, e),
         }

@@ -99,6 +99,24 @@ pub struct ReadmeDoctests;
 /// compiles, the same code with the value kept, so the only thing that
 /// fails is the dropped handle.
 ///
+/// An `Acceptor` dropped at once (its services are refused again):
+///
+/// ```compile_fail
+/// #![deny(unused_must_use)]
+/// fn claim(peer: &duplex::Peer) -> Result<(), Box<dyn std::error::Error>> {
+///     peer.acceptor(["files.put"])?;
+///     Ok(())
+/// }
+/// ```
+///
+/// ```
+/// #![deny(unused_must_use)]
+/// fn claim(peer: &duplex::Peer) -> Result<(), Box<dyn std::error::Error>> {
+///     let _files = peer.acceptor(["files.put"])?;
+///     Ok(())
+/// }
+/// ```
+///
 /// A `ServerHandle` dropped at once:
 ///
 /// ```compile_fail

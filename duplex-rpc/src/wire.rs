@@ -179,7 +179,7 @@ impl CallHead {
         {
             let st = Status::new(
                 Code::UNIMPLEMENTED,
-                format!("{method} is a {kind} method, called as {called}"),
+                format!("the method is {kind}, called as {called}"),
             );
             return Err((Origin::WrongKind, st));
         }
@@ -304,7 +304,7 @@ mod tests {
         );
         let (o, st) = head(&[(KIND_HEADER, "bidi")], Kind::Unary).unwrap_err();
         assert_eq!(o, Origin::WrongKind);
-        assert_eq!(st.message(), "Calc.Add is a unary method, called as bidi");
+        assert_eq!(st.message(), "the method is unary, called as bidi");
         let (o, st) = head(&[(TIMEOUT_HEADER, "soon")], Kind::Unary).unwrap_err();
         assert_eq!(o, Origin::BadRequest);
         assert!(st.message().contains("invalid rpc-timeout header \"soon\""));

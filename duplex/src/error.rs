@@ -133,6 +133,29 @@ pub enum BindError {
     Shutdown,
 }
 
+/// [`Peer::acceptor`](crate::Peer::acceptor) could not claim the services.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClaimError {
+    /// A service name is not valid.
+    #[error(transparent)]
+    Service(#[from] ServiceNameError),
+    /// Another acceptor on the peer holds the service; a service has one
+    /// acceptor at a time. Nothing was claimed.
+    #[error(
+        "service {service:?} on {peer} is claimed by another acceptor already (an RPC server serving it, say); drop that acceptor first"
+    )]
+    Taken {
+        /// The service.
+        service: String,
+        /// This peer's name.
+        peer: String,
+    },
+    /// The peer is shutting down.
+    #[error("the peer is shut down")]
+    Shutdown,
+}
+
 /// [`Peer::open`](crate::Peer::open) (or a channel's `open`) failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -168,6 +191,19 @@ pub enum OpenError {
         service: String,
         /// The reason the remote gave.
         reason: String,
+    },
+    /// Nothing on the remote peer takes channels for the service: no
+    /// acceptor (or RPC server) there claims it, and its application does
+    /// not call `Peer::accept` (see [`Peer::acceptor`](crate::Peer::acceptor)).
+    /// The remote says so at once, rather than letting the open time out.
+    #[error(
+        "no service {service:?} on {peer}: nothing there serves it (no acceptor or RPC server claims it, and its application takes no other channels)"
+    )]
+    NoService {
+        /// The remote peer.
+        peer: String,
+        /// The service asked for.
+        service: String,
     },
     /// The remote peer refused the open before its application saw it (a
     /// limit, or a malformed open).

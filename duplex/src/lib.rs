@@ -103,9 +103,11 @@ pub use channel::{
 };
 pub use config::{Backoff, Config, ConfigError};
 pub use endpoint::{Endpoint, EndpointError};
-pub use error::{BindError, ChannelError, ConnectError, OpenError};
+pub use error::{BindError, ChannelError, ClaimError, ConnectError, OpenError};
 pub use events::{PeerEvent, PeerEvents};
-pub use peer::{AcceptAtOnce, Direction, IntoEndpoint, NameError, Peer, PeerBuilder, PeerInfo};
+pub use peer::{
+    AcceptAtOnce, Acceptor, Direction, IntoEndpoint, NameError, Peer, PeerBuilder, PeerInfo,
+};
 pub use proto::control::ControlError;
 pub use proto::frame::FrameError;
 pub use proto::headers::{HeaderError, Headers};

@@ -493,6 +493,24 @@ async fn s3_3_accept_channels_false_refuses_at_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_3_a_service_nothing_takes_is_refused_at_once() {
+    let f = Fixture::new(Config::default()).await;
+    // The peer routes by service: it claims one and never calls accept.
+    let mut claimed = f.client.acceptor(["claimed"]).unwrap();
+    let conn = f.connected("2").await;
+    let started = std::time::Instant::now();
+    let mut ch = conn.open_top("other", "%40window=1024").await.unwrap();
+    assert_eq!(ch.expect_reject().await, "no service \"other\" on client");
+    ch.expect_end().await;
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // The claimed one goes to its acceptor.
+    let app = async { within(10, claimed.accept()).await.unwrap() };
+    let (inc, _ch2) = tokio::join!(app, conn.open_top("claimed", "%40window=1024"));
+    assert_eq!(inc.service(), "claimed");
+    f.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_3_opener_gives_up_after_open_timeout() {
     let f = Fixture::new(Config::default().open_timeout(Duration::from_millis(500))).await;
     let conn = f.connected("2").await;

@@ -15,7 +15,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use duplex::{Channel, ChannelEnd, ErrorWriter, Peer};
+use duplex::{Acceptor, Channel, ChannelEnd, ErrorWriter, Peer};
 use futures_util::FutureExt as _;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
@@ -105,10 +105,17 @@ impl Server {
         self
     }
 
-    /// Starts serving the router on `peer`: every channel another peer
-    /// opens to it is a call (the server takes over `Peer::accept`).
+    /// Starts serving the router on `peer`: the server claims the
+    /// router's methods (see [`Peer::acceptor`] for the routing rule), so
+    /// every channel another peer opens for one of them is a call, and it
+    /// also answers calls to methods nobody serves (`UNIMPLEMENTED`)
+    /// unless the application calls [`Peer::accept`] itself, which then
+    /// gets the channels of services nobody claims.
+    ///
     /// Returns a handle; dropping it stops the server and cancels its
-    /// calls.
+    /// calls, and calls arriving after are refused at once. Fails if the
+    /// router has an invalid or repeated method name, or another server
+    /// (or [`Acceptor`]) on the peer serves one of its methods.
     pub fn serve(self, peer: &Peer) -> Result<ServerHandle, RouterError> {
         if !self.router.errors.is_empty() {
             return Err(RouterError(self.router.errors));
@@ -126,16 +133,19 @@ impl Server {
             cancel_calls: CancellationToken::new(),
             tracker: TaskTracker::new(),
         });
+        // The server claims its methods, so a raw `Peer::accept` loop on the
+        // same peer never takes their calls, and it answers calls to
+        // methods nobody claims (`UNIMPLEMENTED`) unless the application
+        // takes those itself with `Peer::accept`. Every call is accepted by
+        // the session as it arrives.
+        let acceptor = peer
+            .acceptor(shared.routes.keys())
+            .map_err(|e| RouterError(vec![e.to_string()]))?
+            .at_once()
+            .fallback();
         let s = shared.clone();
-        // Every call to a method it serves is accepted by the session as it
-        // arrives; the guards go with the accept loop.
-        let at_once = shared
-            .routes
-            .keys()
-            .map(|m| peer.accept_at_once(m))
-            .collect();
         let peer = peer.clone();
-        shared.tracker.spawn(accept_loop(s, peer, at_once));
+        shared.tracker.spawn(accept_loop(s, peer, acceptor));
         Ok(ServerHandle { shared })
     }
 }
@@ -212,16 +222,15 @@ impl Drop for ServerHandle {
     }
 }
 
-async fn accept_loop(s: Arc<Shared>, peer: Peer, mut at_once: Vec<duplex::AcceptAtOnce>) {
+async fn accept_loop(s: Arc<Shared>, peer: Peer, mut acceptor: Acceptor) {
     loop {
         let incoming = tokio::select! {
             biased;
             _ = s.stop_accepting.cancelled() => {
-                at_once.clear(); // calls arriving from now on wait
-                refuse_queued(&s, &peer);
+                refuse_queued(&s, acceptor);
                 break;
             }
-            i = peer.accept() => i,
+            i = acceptor.accept() => i,
         };
         let Some(incoming) = incoming else {
             // The peer is shut down: no call can come any more, so the
@@ -233,10 +242,8 @@ async fn accept_loop(s: Arc<Shared>, peer: Peer, mut at_once: Vec<duplex::Accept
         // up against the connection's limit of channels waiting for us.
         let channel = incoming.accept().await;
         let Some(route) = s.routes.get(channel.service()).cloned() else {
-            let st = Status::new(
-                Code::UNIMPLEMENTED,
-                format!("{} serves no method {:?}", peer.name(), channel.service()),
-            );
+            // The caller knows the method and whom it called.
+            let st = Status::new(Code::UNIMPLEMENTED, "no such method");
             s.tracker.spawn(refuse(channel, Origin::UnknownMethod, st));
             continue;
         };
@@ -260,11 +267,14 @@ async fn accept_loop(s: Arc<Shared>, peer: Peer, mut at_once: Vec<duplex::Accept
     }
 }
 
-/// When the server stops: answers the calls already queued for it with
-/// `UNAVAILABLE`, rather than leaving them to time out. Calls arriving
-/// later wait for whoever accepts on the peer next (another server, say).
-fn refuse_queued(s: &Shared, peer: &Peer) {
-    while let Some(Some(incoming)) = peer.accept().now_or_never() {
+/// When the server stops: releases its methods and answers the calls
+/// already queued for it with `UNAVAILABLE`, rather than leaving them to
+/// time out. Calls arriving later are routed as if the server were gone:
+/// to another acceptor of the method, to `Peer::accept`, or refused at
+/// once (`no service "M" on PEER`).
+fn refuse_queued(s: &Shared, mut acceptor: Acceptor) {
+    acceptor.close();
+    while let Some(Some(incoming)) = acceptor.accept().now_or_never() {
         let st = Status::unavailable(format!(
             "{}: the server is shutting down",
             incoming.service()

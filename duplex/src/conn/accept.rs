@@ -18,6 +18,7 @@ use crate::ssh::IncomingOpen;
 
 use super::meta::ChannelMeta;
 use super::owned::Offer;
+use super::routes::Route;
 use super::*;
 
 impl ConnShared {
@@ -70,12 +71,44 @@ impl ConnShared {
                 .on_nested_open(open, service, headers, window, parent)
                 .await;
         }
-        let Ok(permit) = self.host.incoming_tx.try_reserve() else {
-            let why = format!(
-                "{}'s accept queue (channels waiting for Peer::accept) is full (limit {}, Config::accept_backlog)",
-                self.host.name, self.config.accept_backlog
-            );
-            return self.refuse_limit(open, &why).await;
+        let (permit, at_once) = match self.host.route(service.as_str()) {
+            Route::General { at_once } => match self.host.incoming_tx.clone().try_reserve_owned() {
+                Ok(p) => (p, at_once),
+                Err(_) => {
+                    let why = format!(
+                        "{}'s accept queue (channels waiting for Peer::accept) is full (limit {}, Config::accept_backlog)",
+                        self.host.name, self.config.accept_backlog
+                    );
+                    return self.refuse_limit(open, &why).await;
+                }
+            },
+            Route::Acceptor {
+                queue,
+                at_once,
+                claimed,
+            } => match queue.try_reserve_owned() {
+                Ok(p) => (p, at_once),
+                Err(_) => {
+                    let whose = if claimed {
+                        format!("the acceptor of {service:?}")
+                    } else {
+                        "the acceptor of unclaimed services".to_owned()
+                    };
+                    let why = format!(
+                        "{whose} on {} is full (limit {}, Config::accept_backlog)",
+                        self.host.name, self.config.accept_backlog
+                    );
+                    return self.refuse_limit(open, &why).await;
+                }
+            },
+            Route::NoService => {
+                let why = rules::no_service(service.as_str(), &self.host.name);
+                tracing::debug!(%service, remote = %self.remote_label(), "refused a channel: {why}");
+                if duplex {
+                    return self.refuse(open, why).await;
+                }
+                return open.reply.reject(OPEN_PROHIBITED, &why).await;
+            }
         };
         let buffer = if duplex {
             u64::from(self.config.channel_window)
@@ -88,7 +121,7 @@ impl ConnShared {
         };
         let id = open.write.id();
         let kind = if duplex { Kind::Duplex } else { Kind::Plain };
-        let at_once = duplex && self.host.accepts_at_once(service.as_str());
+        let at_once = duplex && at_once;
         // A plain client's credit is the SSH window we offer it (granted
         // back as the application reads, see `Kind::Plain`).
         let mut open = open;
@@ -224,7 +257,7 @@ impl ConnShared {
 
     pub(super) async fn refuse(self: &Arc<Self>, open: IncomingOpen, why: String) {
         let chan = ChanShared::new(self.clone(), open.write.id(), Kind::Duplex, 0, false);
-        tracing::debug!(channel = chan.id, %why, "refusing a nested channel");
+        tracing::debug!(channel = chan.id, %why, "refusing a channel");
         let _ = chan.writer.set(open.write);
         self.register(&chan);
         open.reply.accept().await;

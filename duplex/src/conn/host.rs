@@ -21,6 +21,7 @@ use crate::ssh::trust::AuthorizedKeys;
 
 use super::ConnShared;
 use super::owned::Offer;
+use super::routes::{Route, Routes};
 
 /// The peer's side of a connection: what the connection tells the peer
 /// that owns it. Implemented by the peer's tables (`peer::PeerCore`).
@@ -55,9 +56,9 @@ pub(crate) struct Host {
     pub(crate) total_budget: Arc<Budget>,
     /// Per remote key, over its connections (`Config::max_peer_buffer`).
     pub(crate) peer_budgets: Mutex<HashMap<Fingerprint, Weak<Budget>>>,
-    /// The services whose channels the session accepts as they arrive
-    /// (`Peer::accept_at_once`), each with the number of registrations.
-    pub(crate) at_once: RwLock<foldhash::HashMap<Box<str>, usize>>,
+    /// Which queue each top-level channel goes to (`Peer::acceptor`,
+    /// `Peer::accept`, `Peer::accept_at_once`).
+    pub(crate) routes: RwLock<Routes<mpsc::Sender<Offer>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -82,24 +83,19 @@ impl Host {
         self.conn_ids.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Whether channels for `service` are accepted as they arrive.
-    pub(crate) fn accepts_at_once(&self, service: &str) -> bool {
-        let map = self.at_once.read().unwrap_or_else(|p| p.into_inner());
-        !map.is_empty() && map.contains_key(service)
+    /// Where a channel for `service` goes.
+    pub(crate) fn route(&self, service: &str) -> Route<mpsc::Sender<Offer>> {
+        self.routes().route(service)
     }
 
-    /// Counts a registration of `service` for acceptance at once, in
-    /// (`on`) or out.
-    pub(crate) fn set_at_once(&self, service: &str, on: bool) {
-        let mut map = self.at_once.write().unwrap_or_else(|p| p.into_inner());
-        if on {
-            *map.entry(service.into()).or_insert(0) += 1;
-        } else if let Some(n) = map.get_mut(service) {
-            *n -= 1;
-            if *n == 0 {
-                map.remove(service);
-            }
-        }
+    pub(crate) fn routes(&self) -> std::sync::RwLockReadGuard<'_, Routes<mpsc::Sender<Offer>>> {
+        self.routes.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn routes_mut(
+        &self,
+    ) -> std::sync::RwLockWriteGuard<'_, Routes<mpsc::Sender<Offer>>> {
+        self.routes.write().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The keys allowed to connect now.

@@ -33,6 +33,7 @@ pub(crate) mod meta;
 mod open;
 mod outbox;
 pub(crate) mod owned;
+pub(crate) mod routes;
 mod session;
 
 pub(crate) use outbox::turn;

@@ -189,9 +189,14 @@ impl ConnShared {
             match phase {
                 OpenPhase::Accepted | OpenPhase::Hello(_) => return Ok(channel),
                 OpenPhase::Rejected(reason) => {
+                    let peer = self.remote_name();
+                    let service = service.to_string();
+                    if reason == crate::proto::open::no_service(&service, &peer) {
+                        return Err(OpenError::NoService { peer, service });
+                    }
                     return Err(OpenError::Rejected {
-                        peer: self.remote_name(),
-                        service: service.to_string(),
+                        peer,
+                        service,
                         reason,
                     });
                 }

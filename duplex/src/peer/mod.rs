@@ -17,7 +17,7 @@ use crate::config::Config;
 use crate::conn::ConnShared;
 use crate::conn::host::{Host, Registry};
 use crate::endpoint::{Endpoint, EndpointError};
-use crate::error::{BindError, ConnectError, OpenError};
+use crate::error::{BindError, ClaimError, ConnectError, OpenError};
 pub use crate::events::{Direction, PeerInfo};
 use crate::events::{EVENT_BUFFER, PeerEvent, PeerEvents};
 use crate::proto::headers::Headers;
@@ -26,10 +26,12 @@ use crate::ssh::SshConfigs;
 use crate::ssh::keys::{Fingerprint, Identity};
 use crate::ssh::trust::{AuthorizedKeys, KnownHosts};
 
+mod acceptor;
 mod dial;
 mod listen;
 mod registry;
 
+pub use acceptor::Acceptor;
 use dial::*;
 use listen::*;
 pub(crate) use registry::PeerCore;
@@ -212,7 +214,7 @@ impl PeerBuilder {
             refusals: Default::default(),
             total_budget,
             peer_budgets: Mutex::new(HashMap::new()),
-            at_once: Default::default(),
+            routes: Default::default(),
         });
         let core = Arc::new(PeerCore {
             host,
@@ -584,11 +586,78 @@ impl Peer {
         !conns.is_empty()
     }
 
-    /// Waits for the next channel a remote opened to us.
+    /// Claims `services`: the channels remotes open to this peer for them
+    /// go to the returned [`Acceptor`], and nowhere else, while it is kept.
+    ///
+    /// This is how several parts of one application share a peer without
+    /// taking each other's channels (an RPC server claims its methods this
+    /// way). A top-level channel a remote opens goes to:
+    ///
+    /// 1. the acceptor that claimed its service;
+    /// 2. otherwise [`accept`](Self::accept), if the application has
+    ///    called it, or has never made an acceptor (such a peer keeps its
+    ///    channels for a later `accept`, up to [`Config::accept_timeout`]);
+    /// 3. otherwise the oldest [fallback](Acceptor::fallback) acceptor (an
+    ///    RPC server, which answers `UNIMPLEMENTED`);
+    /// 4. otherwise nowhere: the open is refused at once with the reason
+    ///    `no service "NAME" on PEER` ([`OpenError::NoService`] at the
+    ///    opener), rather than left to time out.
+    ///
+    /// Nested channels always go to their parent's
+    /// [`Children::accept`](crate::Children::accept).
+    ///
+    /// Fails with [`ClaimError::Taken`] if another acceptor holds one of
+    /// the services (then nothing is claimed), and with
+    /// [`ClaimError::Service`] for an invalid service name.
+    ///
+    /// ```
+    /// # #[tokio::main] async fn main() -> anyhow::Result<()> {
+    /// let peer = duplex::Peer::builder().build()?;
+    /// let files = peer.acceptor(["files.put", "files.get"])?;
+    /// assert!(peer.acceptor(["files.get"]).is_err()); // held by `files`
+    /// drop(files);
+    /// let _again = peer.acceptor(["files.get"])?;
+    /// # Ok(()) }
+    /// ```
+    pub fn acceptor<I>(&self, services: I) -> Result<Acceptor, ClaimError>
+    where
+        I: IntoIterator,
+        I::Item: AsRef<str>,
+    {
+        let host = &self.core.host;
+        if host.draining.is_cancelled() {
+            return Err(ClaimError::Shutdown);
+        }
+        let names = services
+            .into_iter()
+            .map(|s| ServiceName::new(s.as_ref()).map(|n| Box::<str>::from(n.as_str())))
+            .collect::<Result<Box<[_]>, _>>()?;
+        let (tx, rx) = mpsc::channel(host.config.accept_backlog);
+        let id = host
+            .routes_mut()
+            .claim(names.iter().map(|n| &**n), tx.clone())
+            .map_err(|taken| ClaimError::Taken {
+                service: taken.0,
+                peer: host.name.to_string(),
+            })?;
+        Ok(Acceptor::new(host.clone(), id, names, tx, rx))
+    }
+
+    /// Waits for the next channel a remote opened to us for a service no
+    /// [`Acceptor`] claims.
+    ///
+    /// Calling it (once is enough) tells the peer that the application
+    /// takes unclaimed channels: from then on they wait here, up to
+    /// [`Config::accept_timeout`], rather than being refused at once or
+    /// going to an RPC server's fallback. See [`acceptor`](Self::acceptor)
+    /// for the whole routing rule.
     ///
     /// Returns `None` once the peer is shut down. Cancel-safe: a cancelled
     /// call loses no channel.
     pub async fn accept(&self) -> Option<IncomingChannel> {
+        if !self.core.host.routes().is_general() {
+            self.core.host.routes_mut().set_general();
+        }
         let mut rx = self.core.incoming_rx.lock().await;
         loop {
             let ch = tokio::select! {
@@ -638,7 +707,10 @@ impl Peer {
     /// # }
     /// ```
     pub fn accept_at_once(&self, service: &str) -> AcceptAtOnce {
-        self.core.host.set_at_once(service, true);
+        self.core
+            .host
+            .routes_mut()
+            .set_general_at_once(service, true);
         AcceptAtOnce {
             host: Arc::downgrade(&self.core.host),
             service: service.into(),
@@ -781,7 +853,9 @@ impl Peer {
         core.host.cancel.cancel();
         core.host.tracker.close();
         core.host.tracker.wait().await;
-        // Reject channels nobody accepted (also breaks reference cycles).
+        // Reject channels nobody accepted (also breaks reference cycles);
+        // acceptors reject theirs once they see the peer stopped.
+        core.host.routes_mut().clear();
         let mut rx = core.incoming_rx.lock().await;
         rx.close();
         while let Ok(ch) = rx.try_recv() {
@@ -821,7 +895,7 @@ impl fmt::Debug for AcceptAtOnce {
 impl Drop for AcceptAtOnce {
     fn drop(&mut self) {
         if let Some(host) = self.host.upgrade() {
-            host.set_at_once(&self.service, false);
+            host.routes_mut().set_general_at_once(&self.service, false);
         }
     }
 }

@@ -240,6 +240,13 @@ pub(crate) fn verdict(
     })
 }
 
+/// The reason a top-level open is refused when nothing on the peer takes
+/// its service (PROTOCOL.md section 3.3): no acceptor claims it, no
+/// fallback takes it, and the application does not call `Peer::accept`.
+pub(crate) fn no_service(service: &str, me: &str) -> String {
+    format!("no service {service:?} on {me}")
+}
+
 fn no_channels(me: &str) -> String {
     format!(
         "{me} accepts no channels from its peers (it only opens them; Config::accept_channels is off)"

@@ -1,0 +1,142 @@
+//! Acceptors: queues of incoming channels for the services they claim.
+
+use std::fmt;
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use crate::channel::IncomingChannel;
+use crate::conn::host::Host;
+use crate::conn::owned::Offer;
+
+/// The channels remotes open to this peer for the services it claimed
+/// (see [`Peer::acceptor`](crate::Peer::acceptor), which gives the
+/// routing rule). A service has one acceptor at a time; dropping the
+/// acceptor releases its services and rejects the channels still queued
+/// in it.
+///
+/// ```no_run
+/// # async fn demo(peer: duplex::Peer) -> anyhow::Result<()> {
+/// let mut files = peer.acceptor(["files.put", "files.get"])?;
+/// while let Some(incoming) = files.accept().await {
+///     let ch = incoming.accept().await;
+///     tokio::spawn(async move { /* serve ch */ drop(ch) });
+/// }
+/// # Ok(()) }
+/// ```
+#[must_use = "an Acceptor claims its services only while it is kept: dropping it releases them, and their channels are refused"]
+pub struct Acceptor {
+    rx: mpsc::Receiver<Offer>,
+    /// Its own queue's sender, to register it as a fallback.
+    tx: mpsc::Sender<Offer>,
+    host: Arc<Host>,
+    id: u64,
+    services: Box<[Box<str>]>,
+}
+
+impl fmt::Debug for Acceptor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Acceptor")
+            .field("peer", &self.host.name)
+            .field("services", &self.services)
+            .finish()
+    }
+}
+
+impl Acceptor {
+    pub(super) fn new(
+        host: Arc<Host>,
+        id: u64,
+        services: Box<[Box<str>]>,
+        tx: mpsc::Sender<Offer>,
+        rx: mpsc::Receiver<Offer>,
+    ) -> Self {
+        Acceptor {
+            rx,
+            tx,
+            host,
+            id,
+            services,
+        }
+    }
+
+    /// Waits for the next channel a remote opened for one of the services
+    /// this acceptor claimed (or, for a [fallback](Self::fallback), that
+    /// nothing claimed).
+    ///
+    /// Returns `None` once the peer is shut down (the channels still
+    /// queued are rejected then). Cancel-safe: a cancelled call loses no
+    /// channel. A channel waits here up to
+    /// [`Config::accept_timeout`](crate::Config::accept_timeout), like one
+    /// in [`Peer::accept`](crate::Peer::accept)'s queue, and the queue
+    /// holds up to [`Config::accept_backlog`](crate::Config::accept_backlog)
+    /// channels; beyond it opens are refused with a reason naming the limit.
+    pub async fn accept(&mut self) -> Option<IncomingChannel> {
+        loop {
+            let offer = tokio::select! {
+                biased;
+                o = self.rx.recv() => o,
+                _ = self.host.cancel.cancelled() => None,
+            };
+            let Some(offer) = offer else {
+                // Reject what is left (also breaks the reference cycle
+                // through the queue).
+                self.rx.close();
+                while let Ok(o) = self.rx.try_recv() {
+                    drop(o);
+                }
+                return None;
+            };
+            // One the accept timeout rejected while it waited is skipped.
+            if !offer.is_expired() {
+                return Some(IncomingChannel::new(offer));
+            }
+        }
+    }
+
+    /// Releases its services now (channels for them are routed as if it
+    /// were gone) and stops taking channels; [`accept`](Self::accept) then
+    /// returns the channels already queued, and `None` after them. For a
+    /// server that stops: it answers what was queued for it, and nothing
+    /// more arrives meanwhile.
+    pub fn close(&mut self) {
+        self.host.routes_mut().release(self.id);
+        self.rx.close();
+    }
+
+    /// The services it claimed.
+    pub fn services(&self) -> impl Iterator<Item = &str> {
+        self.services.iter().map(|s| &**s)
+    }
+
+    /// Has the session accept this acceptor's channels the moment they
+    /// arrive, with the effects [`Peer::accept_at_once`] describes (an RPC
+    /// server does this: it takes every call anyway).
+    ///
+    /// [`Peer::accept_at_once`]: crate::Peer::accept_at_once
+    pub fn at_once(self) -> Self {
+        self.host.routes_mut().set_at_once(self.id);
+        self
+    }
+
+    /// Makes it also take the channels of services that no acceptor claims,
+    /// while the application does not call
+    /// [`Peer::accept`](crate::Peer::accept) (which gets them otherwise).
+    /// An RPC server is a fallback, so that a call to a method nobody
+    /// serves is answered `UNIMPLEMENTED`. Of several fallbacks, the oldest
+    /// one still alive gets them.
+    pub fn fallback(self) -> Self {
+        self.host
+            .routes_mut()
+            .add_fallback(self.id, self.tx.clone());
+        self
+    }
+}
+
+impl Drop for Acceptor {
+    fn drop(&mut self) {
+        // Release the services first, so no new channel lands in the queue,
+        // whose receiver then rejects what it holds as it drops.
+        self.host.routes_mut().release(self.id);
+    }
+}
