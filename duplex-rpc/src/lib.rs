@@ -84,7 +84,7 @@ pub use server::{
     BidiHandler, ClientStreamHandler, Context, DEFAULT_MAX_IN_FLIGHT, RawHandler, Router,
     RouterError, Server, ServerHandle, ServerStreamHandler, UnaryHandler,
 };
-pub use status::{Code, Status, StatusDecodeError};
+pub use status::{Code, OptionExt, Status, StatusDecodeError};
 pub use stream::{Receiver, Sender};
 
 /// The README's examples (of both crates), compiled as doctests so they

@@ -194,6 +194,91 @@ impl fmt::Display for Status {
 
 impl std::error::Error for Status {}
 
+/// Lets a handler use `?` on I/O: the error kind picks the code (as tonic
+/// does): `NotFound` is `NOT_FOUND`, `PermissionDenied`
+/// `PERMISSION_DENIED`, `AlreadyExists` `ALREADY_EXISTS`, `InvalidInput`
+/// and `InvalidData` `INVALID_ARGUMENT`, `TimedOut` `DEADLINE_EXCEEDED`,
+/// `Interrupted` `CANCELLED`, `Unsupported` `UNIMPLEMENTED`,
+/// `OutOfMemory` and `StorageFull` `RESOURCE_EXHAUSTED`, a refused, reset,
+/// aborted or broken connection `UNAVAILABLE`, anything else `UNKNOWN`.
+/// The message is the error's text.
+impl From<std::io::Error> for Status {
+    fn from(e: std::io::Error) -> Self {
+        use std::io::ErrorKind as K;
+        let code = match e.kind() {
+            K::NotFound => Code::NOT_FOUND,
+            K::PermissionDenied => Code::PERMISSION_DENIED,
+            K::AlreadyExists => Code::ALREADY_EXISTS,
+            K::InvalidInput | K::InvalidData => Code::INVALID_ARGUMENT,
+            K::TimedOut => Code::DEADLINE_EXCEEDED,
+            K::Interrupted => Code::CANCELLED,
+            K::Unsupported => Code::UNIMPLEMENTED,
+            K::OutOfMemory | K::StorageFull => Code::RESOURCE_EXHAUSTED,
+            K::ConnectionRefused
+            | K::ConnectionReset
+            | K::ConnectionAborted
+            | K::NotConnected
+            | K::BrokenPipe => Code::UNAVAILABLE,
+            _ => Code::UNKNOWN,
+        };
+        Status::new(code, e.to_string())
+    }
+}
+
+/// Lets a handler use `?` on `anyhow` errors (and return
+/// `anyhow::Result`): a [`Status`], an [`std::io::Error`] or an
+/// [`RpcError`](crate::RpcError) inside keeps its code (the outermost one
+/// found in the chain); anything else is `UNKNOWN`. The message is the
+/// whole chain (`{:#}`).
+#[cfg(feature = "anyhow")]
+impl From<anyhow::Error> for Status {
+    fn from(e: anyhow::Error) -> Self {
+        let message = format!("{e:#}");
+        for cause in e.chain() {
+            if let Some(st) = cause.downcast_ref::<Status>() {
+                return Status::new(st.code(), message).with_details(st.details().clone());
+            }
+            if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+                return Status::new(
+                    Status::from(std::io::Error::from(io.kind())).code(),
+                    message,
+                );
+            }
+            if let Some(rpc) = cause.downcast_ref::<crate::RpcError>() {
+                return Status::new(rpc.code(), message);
+            }
+        }
+        Status::new(Code::UNKNOWN, message)
+    }
+}
+
+/// `?` on an `Option` in a handler: turns `None` into a status.
+///
+/// ```
+/// use duplex_rpc::{OptionExt, Status};
+/// fn find(users: &[&str], name: &str) -> Result<usize, Status> {
+///     let i = users.iter().position(|u| *u == name).or_not_found(format!("no user {name:?}"))?;
+///     Ok(i)
+/// }
+/// assert_eq!(find(&["ann"], "bob").unwrap_err().code(), duplex_rpc::Code::NOT_FOUND);
+/// ```
+pub trait OptionExt<T> {
+    /// `None` becomes `NOT_FOUND` with `message`.
+    fn or_not_found(self, message: impl Into<String>) -> Result<T, Status>;
+    /// `None` becomes a status with `code` and `message`.
+    fn or_status(self, code: Code, message: impl Into<String>) -> Result<T, Status>;
+}
+
+impl<T> OptionExt<T> for Option<T> {
+    fn or_not_found(self, message: impl Into<String>) -> Result<T, Status> {
+        self.ok_or_else(|| Status::not_found(message))
+    }
+
+    fn or_status(self, code: Code, message: impl Into<String>) -> Result<T, Status> {
+        self.ok_or_else(|| Status::new(code, message))
+    }
+}
+
 /// Who produced a status on the wire: the handler, or the RPC layer for a
 /// condition of its own (so the caller can tell "unknown method" from a
 /// handler that returned `UNIMPLEMENTED`).

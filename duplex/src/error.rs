@@ -329,6 +329,17 @@ pub enum ChannelError {
     /// side's application and was rejected.
     #[error("the channel was rejected before it was accepted: {0}")]
     NotAccepted(Arc<str>),
+    /// The remote abandoned the channel before finishing its writing (it
+    /// called [`Channel::abort`](crate::Channel::abort), dropped the
+    /// channel unfinished, or closed it with no EOF): what was read before
+    /// is not the whole stream. The text says who and why.
+    #[error("{0}")]
+    Aborted(Arc<str>),
+    /// This side aborted the channel (with
+    /// [`Channel::abort`](crate::Channel::abort), or by dropping it
+    /// unfinished).
+    #[error("the channel was aborted on this side: {0}")]
+    AbortedHere(Arc<str>),
 }
 
 impl From<ChannelError> for io::Error {
@@ -336,7 +347,9 @@ impl From<ChannelError> for io::Error {
         let kind = match &e {
             ChannelError::ConnectionLost(_)
             | ChannelError::ParentClosed(_)
-            | ChannelError::NotAccepted(_) => io::ErrorKind::ConnectionAborted,
+            | ChannelError::NotAccepted(_)
+            | ChannelError::AbortedHere(_) => io::ErrorKind::ConnectionAborted,
+            ChannelError::Aborted(_) => io::ErrorKind::ConnectionReset,
             ChannelError::ClosedByRemote | ChannelError::WriteClosed => io::ErrorKind::BrokenPipe,
             ChannelError::Trailers(_) | ChannelError::TrailersUnsupported => {
                 io::ErrorKind::InvalidInput

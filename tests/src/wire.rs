@@ -71,6 +71,8 @@ pub enum Record {
     Eof,
     /// 8: reason (protocol version 2).
     ProtocolError(String),
+    /// 9: reason (protocol version 3).
+    Abort(String),
     /// Anything else: the type byte and the body, as they came.
     Other { ty: u8, body: Vec<u8> },
 }
@@ -86,6 +88,7 @@ impl fmt::Debug for Record {
             Record::ParentClosed(r) => write!(f, "PARENT_CLOSED({r:?})"),
             Record::Eof => write!(f, "EOF record"),
             Record::ProtocolError(r) => write!(f, "PROTOCOL_ERROR({r:?})"),
+            Record::Abort(r) => write!(f, "ABORT({r:?})"),
             Record::Other { ty, body } => write!(
                 f,
                 "record type {ty} with {} body bytes {:?}",
@@ -112,6 +115,7 @@ impl Record {
             Record::ParentClosed(r) => (6, r.as_bytes().to_vec()),
             Record::Eof => (7, Vec::new()),
             Record::ProtocolError(r) => (8, r.as_bytes().to_vec()),
+            Record::Abort(r) => (9, r.as_bytes().to_vec()),
             Record::Other { ty, body } => (*ty, body.clone()),
         };
         let mut p = vec![ty];
@@ -148,6 +152,7 @@ impl Record {
             6 => text().map(Record::ParentClosed),
             7 if body.is_empty() => Some(Record::Eof),
             8 => text().map(Record::ProtocolError),
+            9 => text().map(Record::Abort),
             _ => None,
         };
         decoded.unwrap_or_else(|| Record::Other {
@@ -704,6 +709,18 @@ impl WireConn {
             .await
             .expect("hello refused");
         assert_eq!(a.get("version"), Some("2"), "{a:?}");
+        c
+    }
+
+    /// [`dial`](Self::dial), then a hello `name=USER&version=1&max-version=3`:
+    /// a protocol-version-3 Duplex connection.
+    pub async fn dial_v3(ep: &duplex::Endpoint, user: &str, key: &Identity) -> WireConn {
+        let c = WireConn::dial(ep, user, key).await;
+        let a = c
+            .hello(&format!("name={}&version=1&max-version=3", pct(user)))
+            .await
+            .expect("hello refused");
+        assert_eq!(a.get("version"), Some("3"), "{a:?}");
         c
     }
 

@@ -171,9 +171,10 @@ async fn eof_and_close_are_seen() {
     }
 }
 
-/// Dropping a channel closes it on the other side.
+/// Dropping a finished channel closes it on the other side, which reads a
+/// clean end of stream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn drop_closes_remote() {
+async fn drop_after_close_write_closes_remote() {
     let p = pair(Transport::Tcp).await;
     let acceptor = p.server.clone();
     let server = tokio::spawn(async move {
@@ -188,8 +189,106 @@ async fn drop_closes_remote() {
         .await
         .unwrap();
     ch.write_all(b"bye").await.unwrap();
+    ch.close_write().await.unwrap();
     drop(ch);
     assert_eq!(within(10, server).await.unwrap(), b"bye");
+    p.shutdown().await;
+}
+
+/// Issue 18, point 4: dropping a channel mid-write aborts it. The reader
+/// gets the bytes written before, then an error saying who dropped it,
+/// never a clean end of stream (which would pass for a complete, short
+/// stream); trailers are refused likewise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drop_mid_write_aborts_remote() {
+    let p = pair(Transport::Tcp).await;
+    let acceptor = p.server.clone();
+    let server = tokio::spawn(async move {
+        let mut ch = acceptor.accept().await.unwrap().accept().await;
+        let mut got = Vec::new();
+        let e = ch.read_to_end(&mut got).await.unwrap_err();
+        let trailers = ch.trailers().await;
+        (got, e, trailers)
+    });
+    let mut ch = p
+        .client
+        .open("server", "svc", Headers::new())
+        .await
+        .unwrap();
+    ch.write_all(b"half a fi").await.unwrap();
+    drop(ch);
+    let (got, e, trailers) = within(10, server).await.unwrap();
+    assert_eq!(got, b"half a fi");
+    assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset);
+    assert_eq!(
+        e.to_string(),
+        "client aborted the channel: client dropped the channel before finishing it (no close_write, shutdown or trailers)"
+    );
+    assert!(
+        matches!(trailers, Err(duplex::ChannelError::Aborted(_))),
+        "{trailers:?}"
+    );
+    p.shutdown().await;
+}
+
+/// `Channel::abort` carries its reason to the reader, and this side's own
+/// handles fail with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abort_reaches_the_reader_with_its_reason() {
+    let p = pair(Transport::Tcp).await;
+    let acceptor = p.server.clone();
+    let server = tokio::spawn(async move {
+        let mut ch = acceptor.accept().await.unwrap().accept().await;
+        let mut got = Vec::new();
+        let e = ch.read_to_end(&mut got).await.unwrap_err();
+        (got, e.to_string())
+    });
+    let ch = p
+        .client
+        .open("server", "svc", Headers::new())
+        .await
+        .unwrap();
+    let (mut r, mut w) = ch.split();
+    w.write_all(b"part").await.unwrap();
+    w.abort("the source file shrank");
+    let (got, e) = within(10, server).await.unwrap();
+    assert_eq!(got, b"part");
+    assert_eq!(e, "client aborted the channel: the source file shrank");
+    let mut buf = Vec::new();
+    let here = r.read_to_end(&mut buf).await.unwrap_err();
+    assert!(
+        here.to_string()
+            .contains("aborted on this side: the source file shrank"),
+        "{here}"
+    );
+    p.shutdown().await;
+}
+
+/// Dropping only the writer half while the reader is kept is a
+/// half-close, as with TCP: the remote reads a clean end of stream and can
+/// still answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_writer_half_is_a_half_close() {
+    let p = pair(Transport::Tcp).await;
+    let acceptor = p.server.clone();
+    tokio::spawn(async move {
+        let mut ch = acceptor.accept().await.unwrap().accept().await;
+        let mut got = Vec::new();
+        ch.read_to_end(&mut got).await.unwrap();
+        ch.write_all(&got).await.unwrap();
+        ch.close_write().await.unwrap();
+    });
+    let ch = p
+        .client
+        .open("server", "svc", Headers::new())
+        .await
+        .unwrap();
+    let (mut r, mut w) = ch.split();
+    w.write_all(b"ping").await.unwrap();
+    drop(w);
+    let mut back = Vec::new();
+    within(10, r.read_to_end(&mut back)).await.unwrap();
+    assert_eq!(back, b"ping");
     p.shutdown().await;
 }
 
@@ -246,6 +345,7 @@ async fn many_concurrent_channels() {
                     let mut v = Vec::new();
                     ch.read_to_end(&mut v).await.unwrap();
                     ch.write_all(&v).await.unwrap();
+                    ch.close_write().await.unwrap();
                 });
             }
         });
@@ -292,10 +392,12 @@ async fn closed_channels_leave_the_table() {
         let acceptor = tokio::spawn(async move {
             let mut ch = s.accept().await.unwrap().accept().await;
             if server_closes_first {
+                ch.close_write().await.unwrap();
                 drop(ch);
             } else {
+                // Finished or aborted by the client: either way it ends.
                 let mut rest = Vec::new();
-                ch.read_to_end(&mut rest).await.unwrap();
+                let _ = ch.read_to_end(&mut rest).await;
             }
         });
         let mut ch = within(10, p.client.open("server", "x", Headers::new()))
@@ -305,7 +407,10 @@ async fn closed_channels_leave_the_table() {
             let mut rest = Vec::new();
             within(10, ch.read_to_end(&mut rest)).await.unwrap();
         }
-        drop(ch);
+        if i % 4 < 2 {
+            ch.close_write().await.unwrap();
+        }
+        drop(ch); // an abort every other round
         within(10, acceptor).await.unwrap();
     }
     within(10, async {
@@ -393,7 +498,7 @@ async fn closed_resolves_on_close_not_on_eof() {
 /// An `ErrorWriter` outlives the channel's halves: it writes after they
 /// are dropped, and EOF and close wait for it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn error_writer_holds_eof_until_dropped() {
+async fn error_writer_holds_eof_until_it_finishes() {
     let p = pair(Transport::Tcp).await;
     within(10, async {
         let s = p.server.clone();
@@ -405,6 +510,7 @@ async fn error_writer_holds_eof_until_dropped() {
             drop(ch); // no EOF yet: `errors` holds it
             go.await.unwrap();
             errors.write_error(b"late status").await.unwrap();
+            errors.finish();
         });
         let mut ch = p.client.open("server", "x", Headers::new()).await.unwrap();
         assert_eq!(&ch.read_frame().await.unwrap().unwrap()[..], b"data");

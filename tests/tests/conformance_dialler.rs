@@ -10,7 +10,9 @@
 
 use std::time::Duration;
 
-use duplex::{AuthorizedKeys, Channel, Config, Headers, Identity, IncomingChannel, Peer};
+use duplex::{
+    AuthorizedKeys, Channel, ChannelError, Config, Headers, Identity, IncomingChannel, Peer,
+};
 use duplex_tests::wire::{
     CONTROL, Ev, Record, Refused, STDERR, WireChannel, WireConn, frame, headers,
 };
@@ -39,6 +41,10 @@ impl Fixture {
 
     async fn v2(&self) -> WireConn {
         WireConn::dial_v2(&self.ep, "raw", &self.cid).await
+    }
+
+    async fn v3(&self) -> WireConn {
+        WireConn::dial_v3(&self.ep, "raw", &self.cid).await
     }
 
     async fn v1(&self) -> WireConn {
@@ -221,7 +227,7 @@ async fn s2_hello_picks_the_lower_maximum() {
     let f = Fixture::new(Config::default()).await;
     let c = WireConn::dial(&f.ep, "raw", &f.cid).await;
     let a = c.hello("name=raw&version=1&max-version=9").await.unwrap();
-    assert_eq!(a.get("version"), Some("2"), "{a:?}");
+    assert_eq!(a.get("version"), Some("3"), "{a:?}");
     f.shutdown().await;
 }
 
@@ -230,13 +236,13 @@ async fn s2_hello_version_refused() {
     let f = Fixture::new(Config::default()).await;
     let c = WireConn::dial(&f.ep, "raw", &f.cid).await;
     let err = c
-        .hello("name=raw&version=3&max-version=4")
+        .hello("name=raw&version=4&max-version=5")
         .await
         .unwrap_err();
     assert_eq!(err.code, 1, "{err:?}");
     let d = err.description.unwrap();
     assert!(
-        d.contains('3') && d.contains('2'),
+        d.contains('4') && d.contains('3'),
         "names both versions: {d}"
     );
     // The connection stays up (plain): a hello may not follow, but opens do.
@@ -249,7 +255,7 @@ async fn s2_hello_version_refused() {
 async fn s2_hello_after_a_refused_hello_refused() {
     let f = Fixture::new(Config::default()).await;
     let c = WireConn::dial(&f.ep, "raw", &f.cid).await;
-    let first = c.hello("name=raw&version=3").await.unwrap_err();
+    let first = c.hello("name=raw&version=4").await.unwrap_err();
     assert_eq!(first.code, 1, "{first:?}");
     let second = c
         .hello("name=raw&version=1&max-version=2")
@@ -2302,4 +2308,117 @@ fn rule_ids(text: &str) -> Vec<String> {
         rest = &tail[end.max(1).min(tail.len())..];
     }
     ids
+}
+
+// ---------------------------------------------------------------- 6.5 abort
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s6_5_v3_abort_is_an_abort_record_then_the_close_with_no_eof() {
+    let f = Fixture::new(Config::default()).await;
+    let c = f.v3().await;
+    let (mut ch, mut app) = held_channel(&c, &f).await;
+    ch.keep_windows(true);
+    app.write_all(b"part").await.unwrap();
+    app.abort("disk full");
+    ch.expect_data(b"part").await;
+    assert_eq!(ch.expect_record().await, Record::Abort("disk full".into()));
+    ch.expect_only_close().await;
+    // Dropping a channel unfinished is an abort too, saying so.
+    let (mut ch, mut app) = held_channel(&c, &f).await;
+    ch.keep_windows(true);
+    app.write_all(b"half").await.unwrap();
+    app.flush().await.unwrap();
+    drop(app);
+    ch.expect_data(b"half").await;
+    match ch.expect_record().await {
+        Record::Abort(r) => assert!(
+            r.contains("server dropped the channel before finishing it"),
+            "{r}"
+        ),
+        other => panic!("expected ABORT, got {other:?}"),
+    }
+    ch.expect_only_close().await;
+    f.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s6_5_v2_abort_is_the_close_with_no_eof() {
+    let f = Fixture::new(Config::default()).await;
+    let c = f.v2().await;
+    let (mut ch, mut app) = held_channel(&c, &f).await;
+    ch.keep_windows(true);
+    app.write_all(b"part").await.unwrap();
+    app.abort("disk full");
+    ch.expect_data(b"part").await;
+    ch.expect_only_close().await;
+    f.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s6_5_v3_received_abort_fails_the_reader_with_the_reason() {
+    let f = Fixture::new(Config::default()).await;
+    let c = f.v3().await;
+    let (ch, mut app) = held_channel(&c, &f).await;
+    ch.send_data(b"part").await;
+    ch.send_record(&Record::Abort("disk full".into())).await;
+    ch.send_close().await;
+    let mut got = [0u8; 4];
+    within(10, app.read_exact(&mut got)).await.unwrap();
+    assert_eq!(&got, b"part");
+    let e = within(10, app.read_frame()).await.unwrap_err();
+    assert!(
+        matches!(e, ChannelError::Aborted(_))
+            && e.to_string() == "raw aborted the channel: disk full",
+        "{e:?}"
+    );
+    // Trailers are no answer either.
+    assert!(app.trailers().await.is_err());
+    f.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s6_5_close_without_eof_fails_the_reader() {
+    for v3 in [false, true] {
+        let f = Fixture::new(Config::default()).await;
+        let c = if v3 { f.v3().await } else { f.v2().await };
+        let (ch, mut app) = held_channel(&c, &f).await;
+        ch.send_data(b"part").await;
+        ch.send_close().await;
+        let mut got = Vec::new();
+        let e = within(10, app.read_to_end(&mut got)).await.unwrap_err();
+        assert_eq!(got, b"part");
+        assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}");
+        assert!(
+            e.to_string()
+                .contains("raw closed the channel without finishing it (no EOF)"),
+            "{e}"
+        );
+        f.shutdown().await;
+    }
+    // Version 1: a close with no SSH EOF before it.
+    let f = Fixture::new(Config::default()).await;
+    let c = f.v1().await;
+    let (ch, mut app) = held_channel(&c, &f).await;
+    ch.send_data(b"part").await;
+    ch.send_close().await;
+    let mut got = Vec::new();
+    assert!(within(10, app.read_to_end(&mut got)).await.is_err());
+    assert_eq!(got, b"part");
+    f.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s5_1_abort_before_version_3_or_after_eof_is_a_violation() {
+    let f = Fixture::new(Config::default()).await;
+    let c = f.v2().await;
+    let (mut ch, _app) = held_channel(&c, &f).await;
+    ch.send_record(&Record::Abort("no".into())).await;
+    violation_v2(&mut ch).await;
+    let c = f.v3().await;
+    let (mut ch, _app) = held_channel(&c, &f).await;
+    ch.send_eof_record().await;
+    ch.send_record(&Record::Abort("late".into())).await;
+    let why = violation_v2(&mut ch).await;
+    assert!(why.contains("sent ABORT after its EOF"), "{why}");
+    f.shutdown().await;
 }

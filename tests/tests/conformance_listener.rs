@@ -192,7 +192,7 @@ async fn s2_dialler_hello_fields() {
     r.unwrap();
     assert_eq!(info.host, "@hello");
     assert_eq!((info.port, info.originator_port), (1, 0));
-    assert_eq!(info.originator, "name=client&version=1&max-version=2");
+    assert_eq!(info.originator, "name=client&version=1&max-version=3");
     f.shutdown().await;
 }
 
@@ -213,7 +213,7 @@ async fn s2_dialler_refuses_a_bad_hello_version() {
         "name=server&version=",
         "name=server&version=x",
         "name=server&version=0",
-        "name=server&version=3",
+        "name=server&version=4",
     ] {
         let (r, conn) = f.connect_answering(hello).await;
         let e = r.expect_err(hello);

@@ -105,6 +105,7 @@ async fn join_two_channels() {
         let mut v = Vec::new();
         ch.read_to_end(&mut v).await.unwrap();
         ch.write_all(&v.to_ascii_uppercase()).await.unwrap();
+        ch.close_write().await.unwrap();
     });
     tokio::spawn(async move {
         let front = server.accept().await.unwrap().accept().await;

@@ -72,6 +72,7 @@ async fn ssh_keygen_keys_work_as_identities() {
         tokio::spawn(async move {
             let mut ch = s.accept().await.unwrap().accept().await;
             ch.write_all(b"hi").await.unwrap();
+            ch.close_write().await.unwrap();
         });
         let mut ch = client.open("server", "x", Headers::new()).await.unwrap();
         let mut got = Vec::new();

@@ -111,6 +111,7 @@ async fn unbind_and_rebind_unix() {
     tokio::spawn(async move {
         let mut ch = s.accept().await.unwrap().accept().await;
         ch.write_all(b"ok").await.unwrap();
+        ch.close_write().await.unwrap();
     });
     let mut ch = client.open("server", "x", Headers::new()).await.unwrap();
     let mut got = Vec::new();

@@ -193,7 +193,7 @@ async fn closing_a_parent_closes_its_descendants_on_both_sides() {
             S => (l1.server, l1.client),
         };
         let survivor_children = survivor.children();
-        drop(closed_here);
+        closed_here.close().await.unwrap();
         // The other side's level 1 ends (clean close: its own remote closed
         // it), and no more children can be opened in or accepted from it.
         let mut survivor = survivor;

@@ -78,6 +78,7 @@ async fn one_peer_bound_and_connected_to_two() {
             let mut ch = p.accept().await.unwrap().accept().await;
             let name = ch.meta().local_peer().to_owned();
             ch.write_all(name.as_bytes()).await.unwrap();
+            ch.close_write().await.unwrap();
         });
     }
     for name in ["a", "b", "c"] {

@@ -52,6 +52,7 @@ async fn a_raw_accept_loop_beside_an_rpc_server_never_takes_a_call() {
                 let mut buf = Vec::new();
                 let _ = ch.read_to_end(&mut buf).await;
                 let _ = ch.write_all(&buf).await;
+                let _ = ch.close_write().await;
             });
         }
     });

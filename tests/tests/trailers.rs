@@ -57,6 +57,7 @@ async fn no_trailers_and_readers_that_never_ask() {
         // First channel: closes without trailers.
         let mut ch = s.accept().await.unwrap().accept().await;
         ch.write_all(b"plain end").await.unwrap();
+        ch.close_write().await.unwrap();
         drop(ch);
         // Second: sends trailers nobody reads.
         let mut ch = s.accept().await.unwrap().accept().await;

@@ -294,7 +294,8 @@ const STATUS_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 async fn send_status(mut errors: ErrorWriter, method: &str, origin: Origin, st: Status) {
     let frame = status::encode(origin, &st);
     match tokio::time::timeout(STATUS_WRITE_TIMEOUT, errors.write_error(&frame)).await {
-        Ok(Ok(())) => {}
+        // The status ends the call: EOF follows it (rule r9.1-7).
+        Ok(Ok(())) => errors.finish(),
         Ok(Err(e)) => tracing::debug!(%method, %st, error = %e, "could not send the call's status"),
         Err(_) => {
             tracing::debug!(%method, %st, "the caller took no status within {STATUS_WRITE_TIMEOUT:?}; closing")
@@ -312,11 +313,11 @@ async fn refuse(ch: Channel, origin: Origin, st: Status) {
 }
 
 async fn serve_call(s: Arc<Shared>, route: Route, channel: Channel) {
-    let errors = channel.error_writer();
+    let mut errors = channel.error_writer();
     let meta = channel.meta().clone();
     let method = meta.service();
     let head = CallHead::parse(method, meta.headers(), route.kind, &s.codecs, |c| c.name());
-    let refused = |origin, st: Status| send_status(errors, method, origin, st);
+    let refused = |errors, origin, st: Status| send_status(errors, method, origin, st);
     let CallHead {
         codec,
         timeout,
@@ -325,7 +326,7 @@ async fn serve_call(s: Arc<Shared>, route: Route, channel: Channel) {
         Ok(head) => head,
         Err((origin, st)) => {
             drop(channel);
-            return refused(origin, st).await;
+            return refused(errors, origin, st).await;
         }
     };
     let Some(codec) = s.codecs.get(codec).cloned() else {
@@ -393,10 +394,14 @@ async fn serve_call(s: Arc<Shared>, route: Route, channel: Channel) {
             Some((Origin::ShuttingDown, Status::unavailable(format!("{method}: the server is shutting down"))))
         }
     };
-    if let Some((origin, st)) = outcome {
-        // The call did not succeed: work the handler spawned stops too.
-        cancel.cancel();
-        refused(origin, st).await;
+    match outcome {
+        Some((origin, st)) => {
+            // The call did not succeed: work the handler spawned stops too.
+            cancel.cancel();
+            refused(errors, origin, st).await;
+        }
+        // Success is the EOF with no status before it (rule r9.1-5).
+        None => errors.finish(),
     }
 }
 

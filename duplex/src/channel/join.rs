@@ -55,7 +55,10 @@ impl Channel {
     /// error with the bytes moved until then.
     ///
     /// Error frames are not forwarded (a byte stream has nowhere to put them).
-    /// Dropping the future stops both directions and closes the channel.
+    /// On an error either way the channel is aborted with it (see
+    /// [`Channel::abort`]), so the remote never takes a broken transfer for
+    /// a complete one; dropping the future stops both directions and
+    /// aborts the channel likewise, unless its writing was finished.
     ///
     /// ```no_run
     /// # async fn gateway(ch: duplex::Channel) -> anyhow::Result<()> {
@@ -77,7 +80,14 @@ impl Channel {
         );
         match result {
             Ok(_) => Ok(stats),
-            Err(source) => Err(JoinError { stats, source }),
+            Err(source) => {
+                // The remote must not take what it got for the whole
+                // stream (a no-op if the channel failed already).
+                ch_write.abort(&format!(
+                    "the stream joined to the channel failed: {source}"
+                ));
+                Err(JoinError { stats, source })
+            }
         }
     }
 }
@@ -136,7 +146,9 @@ impl Channel {
     /// done. In the returned stats `from_channel` counts bytes read from
     /// `self`, `to_channel` bytes written to it.
     ///
-    /// Dropping the future stops both directions and closes both channels.
+    /// When one side fails (an abort included), the other is aborted with
+    /// the reason. Dropping the future stops both directions and aborts
+    /// both channels unless their writing was finished.
     pub async fn splice(self, other: Channel) -> Result<JoinStats, SpliceError> {
         let (a_read, mut a_write) = self.split();
         let (b_read, mut b_write) = other.split();
@@ -147,7 +159,14 @@ impl Channel {
         );
         match result {
             Ok(_) => Ok(stats),
-            Err(source) => Err(SpliceError { stats, source }),
+            Err(source) => {
+                // An abort (or any failure) on one side aborts the other:
+                // neither remote takes a cut stream for a complete one.
+                let why = format!("the channel spliced to this one failed: {source}");
+                a_write.abort(&why);
+                b_write.abort(&why);
+                Err(SpliceError { stats, source })
+            }
         }
     }
 }

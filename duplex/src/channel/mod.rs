@@ -49,7 +49,13 @@ impl Clone for EofOnDrop {
 
 impl Drop for EofOnDrop {
     fn drop(&mut self) {
-        if self.0.writers.fetch_sub(1, Ordering::AcqRel) == 1 {
+        // The last writer: a half-close if someone still reads the channel
+        // (this writer's own `Closer` is the one other count). Otherwise
+        // this is the channel's last handle: `Closer` closes it, or aborts
+        // it if unfinished.
+        if self.0.writers.fetch_sub(1, Ordering::AcqRel) == 1
+            && self.0.handles.load(Ordering::Acquire) > 1
+        {
             self.0.send_eof();
         }
     }
@@ -76,7 +82,7 @@ impl Clone for Closer {
 impl Drop for Closer {
     fn drop(&mut self) {
         if self.0.handles.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.send_close();
+            self.0.close_on_drop();
         }
     }
 }
@@ -95,10 +101,19 @@ impl Drop for Closer {
 /// method that works through it is cancel-safe; `flush` waits until queued
 /// bytes reached the SSH session.
 ///
-/// Dropping the channel sends EOF (if not sent yet) and closes it; bytes
-/// already queued are sent first. Dropping only the [`ChannelWriter`] half
-/// sends EOF (once no [`ErrorWriter`] of it is left); dropping only the [`ChannelReader`] half discards what arrives
-/// from then on (still granting credit, so the remote is not stalled).
+/// **Finishing and aborting.** End your writing with
+/// [`close_write`](Self::close_write) (or `AsyncWriteExt::shutdown`, or
+/// [`write_trailers`](Self::write_trailers)): the remote reads a clean end
+/// of stream. [`abort`](Self::abort) abandons the channel instead: the
+/// remote's reads fail with [`ChannelError::Aborted`] and your reason.
+/// Dropping the channel after finishing closes it (bytes already queued
+/// are sent first); dropping it *unfinished* aborts it, so a sender that
+/// fails midway (an error returned with `?`, a panic) never looks like a
+/// complete short stream. Dropping only the [`ChannelWriter`] half while
+/// the [`ChannelReader`] is kept is a half-close, as with TCP: it sends EOF
+/// (once no [`ErrorWriter`] of it is left).
+/// Dropping only the reader half discards what arrives from then on
+/// (still granting credit, so the remote is not stalled).
 ///
 /// ```no_run
 /// # async fn demo(peer: duplex::Peer) -> anyhow::Result<()> {
@@ -260,6 +275,32 @@ impl Channel {
         let res = std::future::poll_fn(|cx| self.writer.shared.poll_flush(cx)).await;
         self.writer.shared.send_close();
         res
+    }
+
+    /// Abandons the channel: bytes written before still go out, then the
+    /// remote's reads fail with [`ChannelError::Aborted`] carrying
+    /// `reason` (at most 1 KiB is sent), never a clean end of stream, and
+    /// the channel closes in both directions (its nested channels end
+    /// too). This side's other handles fail with
+    /// [`ChannelError::AbortedHere`]. After [`close_write`](Self::close_write)
+    /// it only closes the channel. Not async: it queues and returns.
+    ///
+    /// On a connection of protocol version 3 the reason travels in an
+    /// `ABORT` record; older peers see the channel closed with no EOF,
+    /// which they report as an abort without the reason, and a plain SSH
+    /// client sees the channel closed.
+    ///
+    /// ```no_run
+    /// # async fn demo(peer: duplex::Peer, mut file: impl tokio::io::AsyncRead + Unpin) -> anyhow::Result<()> {
+    /// let mut ch = peer.open("bob", "files.put", duplex::Headers::new()).await?;
+    /// match tokio::io::copy(&mut file, &mut ch).await {
+    ///     Ok(_) => ch.close_write().await?,
+    ///     Err(e) => ch.abort(&format!("reading the file failed: {e}")),
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn abort(self, reason: &str) {
+        writer::abort(&self.writer.shared, reason);
     }
 
     /// Unread bytes buffered for this channel (data and error frames).

@@ -110,6 +110,28 @@ impl ChannelWriter {
         self.shared.send_eof();
         std::future::poll_fn(|cx| self.shared.poll_flush(cx)).await
     }
+
+    /// Ends our writing without waiting: EOF is queued behind what was
+    /// written, and the remote reads a clean end of stream once it all
+    /// arrives. For code that cannot await (a `Drop`, a callback); prefer
+    /// [`close_write`](Self::close_write), which reports a failure to
+    /// deliver. Idempotent.
+    pub fn finish(&mut self) {
+        self.shared.send_eof();
+    }
+
+    /// Abandons the channel: the remote's reads fail with
+    /// [`ChannelError::Aborted`] carrying `reason` (at most 1 KiB is sent)
+    /// after the bytes written before, never a clean end of stream, and the
+    /// channel closes in both directions (nested channels end too). After
+    /// EOF it only closes the channel. See [`Channel::abort`].
+    pub fn abort(self, reason: &str) {
+        abort(&self.shared, reason);
+    }
+}
+
+pub(super) fn abort(shared: &ChanShared, reason: &str) {
+    shared.abort(reason.to_owned(), ChannelError::AbortedHere(reason.into()));
 }
 
 async fn write_owned(
@@ -139,9 +161,10 @@ async fn write_error_frame(shared: &ChanShared, payload: &[u8]) -> Result<(), Ch
 /// A server that hands the channel's halves to a handler keeps one of
 /// these to report how the handler ended (a status after a panic, a
 /// deadline, a cancellation) even after the handler and its halves are
-/// gone: EOF is sent when the last of the writer and its `ErrorWriter`s is
-/// dropped, and the channel closes when every handle is dropped. An
-/// explicit `close_write` on any of them sends EOF at once.
+/// gone. An explicit `close_write` or `finish` on any of them sends EOF;
+/// dropping the last of the writer and its `ErrorWriter`s sends EOF too
+/// while a reader of the channel is left, and otherwise aborts the channel
+/// (see [`Channel`](crate::Channel) on dropping).
 ///
 /// Error frames from two handles at once may interleave; write them from
 /// one at a time.
@@ -181,6 +204,12 @@ impl ErrorWriter {
         std::future::poll_fn(|cx| self.shared.poll_flush(cx)).await?;
         self.shared.send_eof();
         std::future::poll_fn(|cx| self.shared.poll_flush(cx)).await
+    }
+
+    /// Queues EOF without waiting, like [`ChannelWriter::finish`]: the
+    /// channel's writing is complete.
+    pub fn finish(&mut self) {
+        self.shared.send_eof();
     }
 }
 

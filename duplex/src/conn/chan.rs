@@ -188,6 +188,7 @@ impl ChanShared {
         let spec = chan::Spec {
             kind,
             v2: conn.version().eof_record(),
+            abort_record: conn.version().abort_record(),
             outgoing,
             window: conn.config.channel_window,
             max_window: conn.config.get_max_channel_window(),
@@ -315,6 +316,12 @@ impl ChanShared {
             self.fail(ChannelError::ViolationReported(reason.into()));
             return Delivery::Ok; // its close follows
         }
+        if let Some(reason) = told.aborted {
+            tracing::debug!(channel = self.id, %reason, "the remote aborted the channel");
+            let text = format!("{} aborted the channel: {reason}", self.conn.remote_name());
+            self.fail(ChannelError::Aborted(text.into()));
+            return Delivery::Ok; // its close follows
+        }
         if let Some(reason) = told.parent_closed {
             if self.meta.get().is_none_or(|m| m.parent().is_none()) {
                 self.fail_protocol("sent PARENT_CLOSED on a channel that has no parent");
@@ -340,7 +347,17 @@ impl ChanShared {
     /// it had when it was taken out of the table.
     pub(crate) fn on_close(&self, children: Vec<Arc<ChanShared>>) {
         let nested = self.with(|st, _| {
-            st.chan.on_close();
+            if st.chan.on_close() {
+                // Closed unfinished, with no reason (version 1 or 2, or
+                // an implementation that sends no `ABORT`).
+                st.chan.set_failed(ChannelError::Aborted(
+                    format!(
+                        "{} closed the channel without finishing it (no EOF)",
+                        self.conn.remote_name()
+                    )
+                    .into(),
+                ));
+            }
             take_incoming(st)
         });
         let nested = (children, nested);
@@ -586,6 +603,32 @@ impl ChanShared {
         let incoming = self.with(|st, _| st.chan.send_close().then(|| take_incoming(st)));
         let nested = (children, incoming.unwrap_or_default());
         self.end_children(nested, || self.closed_here());
+    }
+
+    /// Abandons the channel unfinished, telling the remote `reason` (see
+    /// `Chan::abort`); this side's handles fail with `local`. Nested
+    /// channels end at once.
+    pub(crate) fn abort(&self, reason: String, local: ChannelError) {
+        let children = self.end_in_tree();
+        let incoming = self.with(|st, _| st.chan.abort(reason, local).then(|| take_incoming(st)));
+        let nested = (children, incoming.unwrap_or_default());
+        self.end_children(nested, || self.closed_here());
+    }
+
+    /// The last handle of the channel is gone: a channel whose writing was
+    /// finished (EOF sent) is closed; one dropped unfinished is aborted, so
+    /// the remote's reader sees an error, not a clean end of stream.
+    pub(crate) fn close_on_drop(&self) {
+        let finished = self.lock().chan.eof_sent();
+        if finished {
+            return self.send_close();
+        }
+        let why = format!(
+            "{} dropped the channel before finishing it (no close_write, shutdown or trailers)",
+            self.local_peer()
+        );
+        let local = ChannelError::AbortedHere(why.clone().into());
+        self.abort(why, local);
     }
 
     /// After a protocol violation: close the channel even though it failed.

@@ -11,8 +11,9 @@ use crate::proto::open::OPEN_PROHIBITED;
 use super::chan::ChanShared;
 use super::meta::ChannelMeta;
 
-/// A channel no application handle holds yet; dropping it sends EOF and
-/// closes the channel, as dropping a `Channel` does.
+/// A channel no application handle holds yet; dropping it aborts the
+/// channel (or closes it if it was never accepted), as dropping an
+/// unfinished `Channel` does.
 pub(crate) struct Owned {
     chan: Arc<ChanShared>,
     armed: bool,
@@ -34,10 +35,9 @@ impl Owned {
 impl Drop for Owned {
     fn drop(&mut self) {
         if self.armed {
-            // What dropping a `Channel` does, in the order its halves drop.
+            // What dropping an unfinished `Channel` does.
             self.chan.reader_dropped();
-            self.chan.send_eof();
-            self.chan.send_close();
+            self.chan.close_on_drop();
         }
     }
 }

@@ -8,6 +8,9 @@ use tokio::sync::mpsc;
 use crate::channel::IncomingChannel;
 use crate::conn::host::Host;
 use crate::conn::owned::Offer;
+use crate::conn::routes::Route;
+
+use super::registry::PeerCore;
 
 /// The channels remotes open to this peer for the services it claimed
 /// (see [`Peer::acceptor`](crate::Peer::acceptor), which gives the
@@ -29,6 +32,7 @@ pub struct Acceptor {
     rx: mpsc::Receiver<Offer>,
     /// Its own queue's sender, to register it as a fallback.
     tx: mpsc::Sender<Offer>,
+    core: Arc<PeerCore>,
     host: Arc<Host>,
     id: u64,
     services: Box<[Box<str>]>,
@@ -45,19 +49,22 @@ impl fmt::Debug for Acceptor {
 
 impl Acceptor {
     pub(super) fn new(
-        host: Arc<Host>,
+        core: Arc<PeerCore>,
         id: u64,
         services: Box<[Box<str>]>,
         tx: mpsc::Sender<Offer>,
         rx: mpsc::Receiver<Offer>,
     ) -> Self {
-        Acceptor {
+        let a = Acceptor {
             rx,
             tx,
-            host,
+            host: core.host.clone(),
+            core,
             id,
             services,
-        }
+        };
+        reroute_queued(&a.core);
+        a
     }
 
     /// Waits for the next channel a remote opened for one of the services
@@ -129,7 +136,39 @@ impl Acceptor {
         self.host
             .routes_mut()
             .add_fallback(self.id, self.tx.clone());
+        reroute_queued(&self.core);
         self
+    }
+}
+
+/// Channels that arrived before a claim, while the peer routed nothing,
+/// wait in the general queue; unless the application takes that queue
+/// itself (`Peer::accept`), they go where they are routed now, so that a
+/// server started just after `connect` still gets the calls that came in
+/// between. The others keep their place.
+fn reroute_queued(core: &PeerCore) {
+    let host = &core.host;
+    if host.routes().is_general() {
+        return;
+    }
+    // Held by an `accept` in progress: those channels are its to take.
+    let Ok(mut rx) = core.incoming_rx.try_lock() else {
+        return;
+    };
+    let mut queued = Vec::new();
+    while let Ok(offer) = rx.try_recv() {
+        queued.push(offer);
+    }
+    for offer in queued {
+        if offer.is_expired() {
+            continue;
+        }
+        match host.route(offer.meta().service()) {
+            // Full: dropping the offer refuses the channel.
+            Route::Acceptor { queue, .. } => drop(queue.try_send(offer)),
+            Route::General { .. } => drop(host.incoming_tx.try_send(offer)),
+            Route::NoService => drop(offer),
+        }
     }
 }
 

@@ -106,6 +106,7 @@ impl IntoEndpoint for &String {
 ///     let mut buf = Vec::new();
 ///     ch.read_to_end(&mut buf).await.unwrap();
 ///     ch.write_all(&buf).await.unwrap();
+///     ch.close_write().await.unwrap(); // done: the reader sees a clean end
 /// });
 ///
 /// let mut ch = alice.open("bob", "echo", Headers::new()).await?;
@@ -640,7 +641,7 @@ impl Peer {
                 service: taken.0,
                 peer: host.name.to_string(),
             })?;
-        Ok(Acceptor::new(host.clone(), id, names, tx, rx))
+        Ok(Acceptor::new(self.core.clone(), id, names, tx, rx))
     }
 
     /// Waits for the next channel a remote opened to us for a service no

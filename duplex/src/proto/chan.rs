@@ -140,6 +140,9 @@ pub(crate) struct Told {
     /// `PROTOCOL_ERROR`: the remote closes the channel over a violation it
     /// says this side made. The records after it were not acted on.
     pub(crate) reported: Option<String>,
+    /// `ABORT`: the remote abandons the channel unfinished, for this
+    /// reason; its close follows. The records after it were not acted on.
+    pub(crate) aborted: Option<String>,
 }
 
 /// Why a write or trailers cannot be queued.
@@ -180,6 +183,9 @@ pub(crate) struct Spec {
     /// half-close is an `EOF` record, and SSH EOF comes only when nothing
     /// but the close follows.
     pub(crate) v2: bool,
+    /// Protocol version 3 (`proto::hello::Version::abort_record`): an
+    /// aborted channel says why in an `ABORT` record.
+    pub(crate) abort_record: bool,
     /// We opened it (rather than the remote).
     pub(crate) outgoing: bool,
     /// `Config::channel_window`: the window a channel starts with.
@@ -199,6 +205,7 @@ pub(crate) const MAX_CHUNK: usize = 256 << 10;
 pub(crate) struct Chan<F> {
     kind: Kind,
     v2: bool,
+    abort_record: bool,
     outgoing: bool,
     initial_window: u32,
     /// The most bytes of data and error frames queued unsent.
@@ -217,6 +224,9 @@ pub(crate) struct Chan<F> {
     /// The connection budget reserved for the window's growth.
     grown: Option<Reservation>,
     eof_in: bool,
+    /// The remote finished its streams (an `EOF` record or SSH EOF), as
+    /// opposed to closing or aborting the channel unfinished.
+    finished_in: bool,
     close_in: bool,
     failed: Option<F>,
     reader_gone: bool,
@@ -269,6 +279,7 @@ impl<F: Clone> Chan<F> {
         Chan {
             kind: spec.kind,
             v2: spec.v2 && spec.kind == Kind::Duplex,
+            abort_record: spec.abort_record && spec.kind == Kind::Duplex,
             outgoing: spec.outgoing,
             initial_window: spec.window,
             queue_cap,
@@ -281,6 +292,7 @@ impl<F: Clone> Chan<F> {
             recv,
             grown: None,
             eof_in: false,
+            finished_in: false,
             close_in: false,
             failed: None,
             reader_gone: false,
@@ -384,13 +396,26 @@ impl<F: Clone> Chan<F> {
 
     /// with our close), or we learned it will never open. The driver ends
     /// the nested channels.
-    pub(crate) fn on_close(&mut self) {
+    ///
+    /// True when the remote ended an established Duplex channel without
+    /// finishing its streams (no `EOF` record or SSH EOF before its close):
+    /// it aborted the channel (PROTOCOL.md section 6.5), and the driver
+    /// fails the channel so that readers see an error rather than an end of
+    /// stream. Not when this side closed first (the remote's close is the
+    /// answer) or the channel already failed.
+    pub(crate) fn on_close(&mut self) -> bool {
+        let aborted = self.kind == Kind::Duplex
+            && self.established
+            && !self.finished_in
+            && !self.close_out
+            && self.failed.is_none();
         self.close_in = true;
         self.eof_in = true;
         self.close_out = true; // the SSH layer replied for us
         self.out.clear();
         self.out_bytes = 0;
         self.wake(Wake::ALL);
+        aborted
     }
 
     /// The connection died, or the remote broke the protocol. The driver

@@ -20,6 +20,7 @@ const TRAILERS: u8 = 5;
 const PARENT_CLOSED: u8 = 6;
 const EOF: u8 = 7;
 const PROTOCOL_ERROR: u8 = 8;
+const ABORT: u8 = 9;
 
 /// One control record.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,6 +49,10 @@ pub(crate) enum Control {
     /// Version 2: the sender is closing the channel because the receiver
     /// broke the protocol; the close follows.
     ProtocolError { reason: String },
+    /// Version 3: the sender abandons the channel before finishing its
+    /// streams (its application aborted, or dropped the channel
+    /// unfinished); the close follows, with no EOF.
+    Abort { reason: String },
 }
 
 /// Why a control record was refused.
@@ -92,6 +97,10 @@ impl Control {
                 body.put_u8(PROTOCOL_ERROR);
                 body.put_slice(truncate(reason, MAX_REASON).as_bytes());
             }
+            Control::Abort { reason } => {
+                body.put_u8(ABORT);
+                body.put_slice(truncate(reason, MAX_REASON).as_bytes());
+            }
             Control::Hello { headers } => {
                 body.put_u8(HELLO);
                 body.put_slice(truncate(headers, MAX_RECORD - 1).as_bytes());
@@ -129,7 +138,7 @@ impl Control {
             }),
             EOF if body.is_empty() => Ok(Control::Eof),
             EOF => Err(ControlError::Malformed(ty)),
-            REJECT | PARENT_CLOSED | PROTOCOL_ERROR => {
+            REJECT | PARENT_CLOSED | PROTOCOL_ERROR | ABORT => {
                 let reason = std::str::from_utf8(body).map_err(|_| ControlError::Malformed(ty))?;
                 // Held to the same bound as the reasons we send, whatever
                 // the remote sent (found by fuzzing: a longer reason did
@@ -138,6 +147,7 @@ impl Control {
                 Ok(match ty {
                     REJECT => Control::Reject { reason },
                     PARENT_CLOSED => Control::ParentClosed { reason },
+                    ABORT => Control::Abort { reason },
                     _ => Control::ProtocolError { reason },
                 })
             }
@@ -198,13 +208,14 @@ mod tests {
     /// the remote is cut to it on decoding, like the reasons we send.
     #[test]
     fn long_remote_reasons_are_cut_like_ours() {
-        for ty in [REJECT, PARENT_CLOSED, PROTOCOL_ERROR] {
+        for ty in [REJECT, PARENT_CLOSED, PROTOCOL_ERROR, ABORT] {
             let mut body = vec![ty];
             body.extend("é".repeat(MAX_REASON).as_bytes());
             let rec = Control::decode(&body).unwrap();
             let (Control::Reject { reason }
             | Control::ParentClosed { reason }
-            | Control::ProtocolError { reason }) = &rec
+            | Control::ProtocolError { reason }
+            | Control::Abort { reason }) = &rec
             else {
                 unreachable!()
             };
@@ -241,11 +252,19 @@ mod tests {
             &Control::ProtocolError { reason: "x".into() }.encode()[..],
             b"\0\0\0\x02\x08x"
         );
+        assert_eq!(
+            &Control::Abort {
+                reason: "cut".into()
+            }
+            .encode()[..],
+            b"\0\0\0\x04\x09cut"
+        );
     }
 
     #[test]
     fn rejects_bad_records() {
-        assert_eq!(Control::decode(&[9]), Err(ControlError::UnknownType(9)));
+        assert_eq!(Control::decode(&[10]), Err(ControlError::UnknownType(10)));
+        assert_eq!(Control::decode(&[9, 0xff]), Err(ControlError::Malformed(9)));
         assert_eq!(Control::decode(&[6, 0xc3]), Err(ControlError::Malformed(6)));
         assert_eq!(Control::decode(&[2, 0]), Err(ControlError::Malformed(2)));
         assert_eq!(Control::decode(&[7, 0]), Err(ControlError::Malformed(7)));
@@ -281,6 +300,7 @@ mod tests {
                 Control::Hello { headers: reason.clone() },
                 Control::ParentClosed { reason: reason.clone() },
                 Control::ProtocolError { reason: reason.clone() },
+                Control::Abort { reason: reason.clone() },
                 Control::Eof,
                 Control::Trailers { headers: reason },
             ];

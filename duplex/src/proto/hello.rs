@@ -7,7 +7,7 @@ use super::headers::Headers;
 /// The lowest protocol version this implementation speaks.
 pub(crate) const MIN_VERSION: u32 = 1;
 /// The highest protocol version this implementation speaks.
-pub(crate) const MAX_VERSION: u32 = 2;
+pub(crate) const MAX_VERSION: u32 = 3;
 
 /// What a connection's version changes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -18,6 +18,12 @@ impl Version {
     /// when nothing but the close follows (RFC 4254 section 5.3).
     pub(crate) fn eof_record(self) -> bool {
         self.0 >= 2
+    }
+
+    /// Version 3: a channel abandoned unfinished says why, in an `ABORT`
+    /// record before its close.
+    pub(crate) fn abort_record(self) -> bool {
+        self.0 >= 3
     }
 }
 
@@ -121,9 +127,9 @@ mod tests {
     #[test]
     fn our_hello_offers_both_versions() {
         let ours = dialler_hello("alice");
-        assert_eq!(listener_choose(&ours, "alice"), Ok(Version(2)));
+        assert_eq!(listener_choose(&ours, "alice"), Ok(Version(3)));
         let enc = ours.encode(&super::super::Limits::default()).unwrap();
-        assert_eq!(enc, "name=alice&version=1&max-version=2");
+        assert_eq!(enc, "name=alice&version=1&max-version=3");
     }
 
     #[test]
@@ -132,11 +138,16 @@ mod tests {
         assert_eq!(listener_choose(&v1, "a"), Ok(Version(1)));
         assert!(!Version(1).eof_record());
         assert!(Version(2).eof_record());
+        assert!(!Version(2).abort_record());
+        assert!(Version(3).abort_record() && Version(3).eof_record());
     }
 
     #[test]
     fn a_future_dialler_is_met_at_our_highest() {
         let v = h(&[("name", "a"), ("version", "1"), ("max-version", "7")]);
+        assert_eq!(listener_choose(&v, "a"), Ok(Version(3)));
+        // A version-2 dialler gets version 2.
+        let v = h(&[("name", "a"), ("version", "1"), ("max-version", "2")]);
         assert_eq!(listener_choose(&v, "a"), Ok(Version(2)));
     }
 
@@ -147,7 +158,7 @@ mod tests {
             (h(&[("name", "b"), ("version", "1")]), "authenticated as"),
             (h(&[("name", "a")]), "has no version"),
             (h(&[("name", "a"), ("version", "x")]), "not a number"),
-            (h(&[("name", "a"), ("version", "3")]), "version mismatch"),
+            (h(&[("name", "a"), ("version", "4")]), "version mismatch"),
             (
                 h(&[("name", "a"), ("version", "2"), ("max-version", "1")]),
                 "max-version",
@@ -171,7 +182,7 @@ mod tests {
     fn dialler_checks_the_answer() {
         let ok = listener_hello("srv", Version(2));
         assert_eq!(dialler_check(&ok), Ok(("srv".into(), Version(2))));
-        assert!(dialler_check(&h(&[("name", "s"), ("version", "3")])).is_err());
+        assert!(dialler_check(&h(&[("name", "s"), ("version", "4")])).is_err());
         assert!(dialler_check(&h(&[("name", "s"), ("version", "0")])).is_err());
         assert!(
             dialler_check(&h(&[("version", "1")]))

@@ -42,6 +42,8 @@ pub(crate) enum E {
     ParentClosed(String),
     /// The remote reported a violation by this side (`PROTOCOL_ERROR`).
     Reported(String),
+    /// The remote abandoned the channel (`ABORT`, or a close with no EOF).
+    Aborted(String),
 }
 
 impl std::fmt::Display for E {
@@ -52,6 +54,7 @@ impl std::fmt::Display for E {
             E::Lost => f.write_str("connection lost"),
             E::ParentClosed(why) => write!(f, "parent closed: {why}"),
             E::Reported(why) => write!(f, "the remote reported a violation: {why}"),
+            E::Aborted(why) => write!(f, "the remote aborted: {why}"),
         }
     }
 }
@@ -124,6 +127,7 @@ pub(crate) fn spec(outgoing: bool, v2: bool) -> Spec {
     Spec {
         kind: Kind::Duplex,
         v2,
+        abort_record: v2,
         outgoing,
         window: W,
         max_window: MAX_W,
@@ -455,6 +459,13 @@ fn step(
                     {
                         return Err(format!("a correct side was reported: {r}"));
                     }
+                    if let Some(r) = t.aborted {
+                        // The sides of this harness never abort.
+                        if !*hostile {
+                            return Err(format!("a correct side aborted: {r}"));
+                        }
+                        other.fail(E::Aborted(r));
+                    }
                 }
             }
             Err(why) if *hostile => {
@@ -531,7 +542,11 @@ fn deliver_turn(
             Out::Data(b) => to.on_data(&b, env)?,
             Out::Ext(code, b) => told.push(to.on_ext(code, &b, env)?),
             Out::Eof => to.on_eof(),
-            Out::Close => to.on_close(),
+            Out::Close => {
+                if to.on_close() {
+                    to.set_failed(E::Aborted("closed with no EOF".into()));
+                }
+            }
         }
     }
     Ok(told)

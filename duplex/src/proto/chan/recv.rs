@@ -160,11 +160,20 @@ impl<F: Clone> Chan<F> {
                 Control::Eof | Control::ProtocolError { .. } if !self.v2 => Some(
                     "sent a version-2 record (EOF or PROTOCOL_ERROR) on a version-1 connection",
                 ),
+                Control::Abort { .. } if !self.abort_record => {
+                    Some("sent an ABORT record on a connection of a version before 3")
+                }
                 Control::Eof if self.eof_in => Some("sent EOF twice"),
-                Control::Window { .. } | Control::Trailers { .. } | Control::Eof
+                Control::Abort { .. } if self.eof_in => Some("sent ABORT after its EOF"),
+                Control::Window { .. }
+                | Control::Trailers { .. }
+                | Control::Eof
+                | Control::Abort { .. }
                     if self.unanswered() =>
                 {
-                    Some("sent WINDOW, TRAILERS or EOF before answering the open with ACCEPT")
+                    Some(
+                        "sent WINDOW, TRAILERS, EOF or ABORT before answering the open with ACCEPT",
+                    )
                 }
                 _ => None,
             };
@@ -191,10 +200,15 @@ impl<F: Clone> Chan<F> {
                 Control::ParentClosed { reason } => told.parent_closed = Some(reason),
                 Control::Eof => {
                     self.eof_in = true;
+                    self.finished_in = true;
                     eof = true;
                 }
                 Control::ProtocolError { reason } => {
                     told.reported = Some(reason);
+                    return Ok(told); // the driver fails the channel; its close follows
+                }
+                Control::Abort { reason } => {
+                    told.aborted = Some(reason);
                     return Ok(told); // the driver fails the channel; its close follows
                 }
                 Control::Trailers { headers } => match Headers::decode(&headers, env.limits()) {
@@ -237,6 +251,9 @@ impl<F: Clone> Chan<F> {
     /// SSH EOF arrived. On a version-2 channel it also stands for the
     /// `EOF` record: the remote sends nothing more.
     pub(crate) fn on_eof(&mut self) {
+        if !self.close_in && self.failed.is_none() {
+            self.finished_in = true;
+        }
         self.eof_in = true;
         self.wake(Wake::READERS);
         self.eof_both_ways();
@@ -335,12 +352,18 @@ impl<F: Clone> Chan<F> {
 
     /// Ready once the remote finished writing (EOF or close): its trailers,
     /// or empty headers if it sent none.
+    ///
+    /// A remote that aborted the channel sent no trailers that count: the
+    /// channel's failure is the answer.
     pub(crate) fn poll_trailers(&self) -> Poll<Result<Headers, F>> {
-        if self.eof_in || self.close_in {
+        if self.finished_in {
             return Poll::Ready(Ok(self.trailers.clone().unwrap_or_default()));
         }
         if let Some(e) = &self.failed {
             return Poll::Ready(Err(e.clone()));
+        }
+        if self.eof_in || self.close_in {
+            return Poll::Ready(Ok(self.trailers.clone().unwrap_or_default()));
         }
         Poll::Pending
     }

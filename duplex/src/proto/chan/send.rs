@@ -143,6 +143,12 @@ impl<F: Clone> Chan<F> {
         }
     }
 
+    /// This side finished its writing (EOF queued, or the channel closed
+    /// or failed).
+    pub(crate) fn eof_sent(&self) -> bool {
+        self.eof_out || self.close_out || self.close_in || self.failed.is_some()
+    }
+
     /// Queues EOF (once).
     pub(crate) fn send_eof(&mut self) {
         if self.eof_out || self.close_out || self.close_in || self.failed.is_some() {
@@ -169,6 +175,37 @@ impl<F: Clone> Chan<F> {
         self.out.push_back(Out::Close);
         self.schedule();
         self.wake(Wake::ENDED);
+        true
+    }
+
+    /// Abandons the channel unfinished (the application aborted it, or
+    /// dropped it before finishing its writing): what is queued still goes
+    /// out, then, on version 3, an `ABORT` record with `reason`, then the
+    /// close, with no EOF of either kind, so the remote reads an error, not
+    /// an end of stream (PROTOCOL.md section 6.5). After our EOF there is
+    /// nothing left to abort: the channel is only closed. This side's own
+    /// handles fail with `local`. True when it closed the channel: the
+    /// driver ends the nested channels.
+    pub(crate) fn abort(&mut self, reason: String, local: F) -> bool {
+        if self.close_out || self.close_in || self.failed.is_some() {
+            return false;
+        }
+        if self.eof_out {
+            return self.send_close();
+        }
+        // Before the answer to an open nothing but the answer may be sent
+        // by the acceptor, and the opener's close says enough.
+        if self.abort_record && self.established {
+            self.out
+                .push_back(Out::Ext(EXT_CONTROL, Control::Abort { reason }.encode()));
+        }
+        self.failed = Some(local);
+        self.eof_out = true;
+        self.ssh_eof_out = true;
+        self.close_out = true;
+        self.out.push_back(Out::Close);
+        self.schedule();
+        self.wake(Wake::ALL);
         true
     }
 

@@ -190,7 +190,7 @@ fn misplaced_records_are_violations_with_their_reasons() {
     let window = Control::Window { increment: 1 }.encode();
     assert_eq!(
         a.on_ext(EXT_CONTROL, &window, &q.env).unwrap_err(),
-        "sent WINDOW, TRAILERS or EOF before answering the open with ACCEPT"
+        "sent WINDOW, TRAILERS, EOF or ABORT before answering the open with ACCEPT"
     );
     let hello = Control::Hello {
         headers: String::new(),

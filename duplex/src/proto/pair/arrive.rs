@@ -206,6 +206,9 @@ impl Peer {
         if let Some(reason) = t.reported {
             return self.fail(id, E::Reported(reason));
         }
+        if let Some(reason) = t.aborted {
+            return self.fail(id, E::Aborted(reason));
+        }
         if let Some(reason) = t.parent_closed {
             let nested = self.mux.get(id).is_some_and(|c| c.depth > 0);
             if !nested {
@@ -230,7 +233,10 @@ impl Peer {
             return;
         };
         let mut ch = r.chan;
-        ch.chan.on_close();
+        if ch.chan.on_close() {
+            ch.chan
+                .set_failed(E::Aborted(format!("{} closed it with no EOF", self.other)));
+        }
         ch.settle();
         if ch.pending {
             ch.pending = false;
