@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use duplex::{AuthorizedKeys, Config, Endpoint, Headers, Identity, KnownHosts, Peer};
-use duplex_rpc::{Client, Context as RpcContext, Router, Sender, Server, ServerHandle, Status};
+use duplex_rpc::{CallContext, Client, Router, Sender, Server, ServerHandle, Status};
 use serde_bytes::ByteBuf;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinSet;
@@ -127,12 +127,12 @@ pub async fn start() -> Result<Pair> {
 /// messages of `size` bytes).
 fn router() -> Router {
     Router::new()
-        .unary("Bench.Echo", |_ctx: RpcContext, m: ByteBuf| async move {
+        .unary("Bench.Echo", |_ctx: CallContext, m: ByteBuf| async move {
             Ok::<_, Status>(m)
         })
         .server_stream(
             "Bench.Stream",
-            |_ctx: RpcContext, (count, size): (u32, u32), tx: Sender<ByteBuf>| async move {
+            |_ctx: CallContext, (count, size): (u32, u32), tx: Sender<ByteBuf>| async move {
                 let msg = ByteBuf::from(vec![0x5au8; size as usize]);
                 let mut tx = tx;
                 for _ in 0..count {

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 
 use duplex::Identity;
-use duplex_rpc::{Context, Router, Sender, Server, Status};
+use duplex_rpc::{CallContext, Router, Sender, Server, Status};
 use duplex_tests::{TempDir, peer_trusting, within};
 use tokio::io::AsyncWriteExt;
 use tokio::process::{Child, Command};
@@ -255,19 +255,22 @@ async fn call_unary_and_streaming_against_an_rpc_server() {
     let cid = Identity::load(&k.client).unwrap();
     let server = peer_trusting("calc", &sid, &[&cid], duplex::Config::default());
     let router = Router::new()
-        .unary("Calc.Add", |_: Context, (a, b): (i64, i64)| async move {
-            Ok::<_, Status>(serde_json::json!({ "sum": a + b }))
-        })
+        .unary(
+            "Calc.Add",
+            |_: CallContext, (a, b): (i64, i64)| async move {
+                Ok::<_, Status>(serde_json::json!({ "sum": a + b }))
+            },
+        )
         .server_stream(
             "Calc.Count",
-            |_: Context, n: u32, mut out: Sender<u32>| async move {
+            |_: CallContext, n: u32, mut out: Sender<u32>| async move {
                 for i in 0..n {
                     out.send(&i).await?;
                 }
                 Ok(())
             },
         )
-        .unary("Calc.Fail", |_: Context, (): ()| async move {
+        .unary("Calc.Fail", |_: CallContext, (): ()| async move {
             Err::<(), _>(Status::not_found("nothing here"))
         });
     let _serving = Server::new(router).serve(&server).unwrap();
@@ -588,7 +591,7 @@ async fn opens_nothing_can_accept_are_refused_at_once() {
 
     // A callback into `duplex call`.
     let server = peer_trusting("calc", &sid, &[&cid], duplex::Config::default());
-    let router = Router::new().unary("Calc.Log", |ctx: Context, (): ()| async move {
+    let router = Router::new().unary("Calc.Log", |ctx: CallContext, (): ()| async move {
         let logged: Result<(), _> = ctx.caller().call("Server.Log", "hello").await;
         logged.map_err(|e| Status::unavailable(e.to_string()))
     });

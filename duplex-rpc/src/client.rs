@@ -121,7 +121,7 @@ impl Client {
     }
 
     /// The same client, sending `key: value` with every call (the handler
-    /// reads it with `Context::headers`). Keys beginning with `rpc-` are
+    /// reads it with `CallContext::headers`). Keys beginning with `rpc-` are
     /// the protocol's.
     pub fn with_header(&self, key: &str, value: &str) -> Self {
         let mut c = self.clone();

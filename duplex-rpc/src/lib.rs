@@ -30,7 +30,7 @@
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> anyhow::Result<()> {
 //! use duplex::{AuthorizedKeys, Identity, KnownHosts, Peer};
-//! use duplex_rpc::{Client, Context, Router, Server, Status};
+//! use duplex_rpc::{Client, CallContext, Router, Server, Status};
 //!
 //! // Two peers that trust each other's keys.
 //! let (ka, kb) = (Identity::generate(), Identity::generate());
@@ -44,7 +44,7 @@
 //! };
 //! let (server_peer, client_peer) = (mk("calc", &ka, &kb)?, mk("user", &kb, &ka)?);
 //!
-//! let router = Router::new().unary("Calc.Add", |_ctx: Context, (a, b): (i64, i64)| async move {
+//! let router = Router::new().unary("Calc.Add", |_ctx: CallContext, (a, b): (i64, i64)| async move {
 //!     a.checked_add(b).ok_or_else(|| Status::invalid_argument("overflow"))
 //! });
 //! let _server = Server::new(router).serve(&server_peer)?;
@@ -59,7 +59,7 @@
 //!
 //! ## Layout
 //! - [`client`]: [`Client`] and [`ClientStreamCall`];
-//! - [`server`]: [`Router`], the handler traits, [`Server`], [`Context`];
+//! - [`server`]: [`Router`], the handler traits, [`Server`], [`CallContext`];
 //! - [`stream`]: [`Sender`] and [`Receiver`], the typed message streams;
 //! - [`codec`]: the [`Codec`](codec::Codec) trait, `MsgPack`, `Json`;
 //! - [`status`]: [`Status`], [`Code`] and their wire form;
@@ -80,8 +80,10 @@ pub mod wire;
 
 pub use client::{Client, ClientStreamCall, DEFAULT_MAX_CONCURRENT_CALLS, DEFAULT_MAX_MESSAGE_LEN};
 pub use error::{RpcError, Side, TransportError};
+#[allow(deprecated)]
+pub use server::Context;
 pub use server::{
-    BidiHandler, ClientStreamHandler, Context, DEFAULT_MAX_IN_FLIGHT, RawHandler, Router,
+    BidiHandler, CallContext, ClientStreamHandler, DEFAULT_MAX_IN_FLIGHT, RawHandler, Router,
     RouterError, Server, ServerHandle, ServerStreamHandler, UnaryHandler,
 };
 pub use status::{Code, OptionExt, Status, StatusDecodeError};

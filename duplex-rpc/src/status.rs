@@ -234,10 +234,15 @@ impl From<std::io::Error> for Status {
 impl From<anyhow::Error> for Status {
     fn from(e: anyhow::Error) -> Self {
         let message = format!("{e:#}");
+        let mut outer = Vec::new();
         for cause in e.chain() {
             if let Some(st) = cause.downcast_ref::<Status>() {
-                return Status::new(st.code(), message).with_details(st.details().clone());
+                // The contexts around it, then its own message (its code
+                // is the status's code, not text).
+                outer.push(st.message().to_owned());
+                return Status::new(st.code(), outer.join(": ")).with_details(st.details().clone());
             }
+            outer.push(cause.to_string());
             if let Some(io) = cause.downcast_ref::<std::io::Error>() {
                 return Status::new(
                     Status::from(std::io::Error::from(io.kind())).code(),

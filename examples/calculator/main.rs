@@ -23,7 +23,7 @@ use std::process::{ExitCode, Stdio};
 use std::time::Duration;
 
 use duplex::Peer;
-use duplex_rpc::{Client, Context, Receiver, Router, Server, Status};
+use duplex_rpc::{CallContext, Client, Receiver, Router, Server, Status};
 
 #[path = "../common/child.rs"]
 mod child;
@@ -45,18 +45,21 @@ ENDPOINT: tcp://HOST:PORT or unix:///PATH";
 /// What the agent serves, in either mode.
 fn agent_router() -> Router {
     Router::new()
-        .unary("Calc.Add", |ctx: Context, (a, b): (i64, i64)| async move {
-            let sum = a
-                .checked_add(b)
-                .ok_or_else(|| Status::invalid_argument(format!("{a} + {b} overflows")))?;
-            // A callback into the caller while its call is open.
-            let line = format!("agent computed {a} + {b} = {sum}");
-            ctx.caller().call::<_, ()>("Server.Log", &line).await?;
-            Ok(sum)
-        })
+        .unary(
+            "Calc.Add",
+            |ctx: CallContext, (a, b): (i64, i64)| async move {
+                let sum = a
+                    .checked_add(b)
+                    .ok_or_else(|| Status::invalid_argument(format!("{a} + {b} overflows")))?;
+                // A callback into the caller while its call is open.
+                let line = format!("agent computed {a} + {b} = {sum}");
+                ctx.caller().call::<_, ()>("Server.Log", &line).await?;
+                Ok(sum)
+            },
+        )
         .client_stream(
             "Calc.Sum",
-            |_ctx: Context, mut xs: Receiver<i64>| async move {
+            |_ctx: CallContext, mut xs: Receiver<i64>| async move {
                 let mut total = 0i64;
                 while let Some(x) = xs.recv().await? {
                     total = total
@@ -70,9 +73,9 @@ fn agent_router() -> Router {
 
 /// What the server serves: the agent's callback.
 fn server_router() -> Router {
-    Router::new().unary("Server.Log", |ctx: Context, line: String| async move {
+    Router::new().unary("Server.Log", |ctx: CallContext, line: String| async move {
         println!("log from {}: {line}", ctx.remote_peer());
-        Ok::<_, Status>(())
+        Ok(())
     })
 }
 

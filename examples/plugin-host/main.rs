@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{Context as _, bail};
 use duplex::plugin::{Plugin, PluginCommand, PluginEvent, RestartPolicy};
-use duplex_rpc::{Client, Context, Router, Server, Status};
+use duplex_rpc::{CallContext, Client, Router, Server};
 use usage::{help, is_help, no_args, usage_error};
 
 const USAGE: &str = "usage:
@@ -39,12 +39,12 @@ fn plugin_path() -> anyhow::Result<PathBuf> {
 
 /// What the host offers its plugins.
 fn host_router(store: Arc<AtomicU64>) -> Router {
-    Router::new().unary("Host.Store", move |ctx: Context, entry: String| {
+    Router::new().unary("Host.Store", move |ctx: CallContext, entry: String| {
         let store = store.clone();
         async move {
             let n = store.fetch_add(1, Ordering::Relaxed) + 1;
             println!("host stored entry {n} from {}: {entry}", ctx.remote_peer());
-            Ok::<_, Status>(n)
+            Ok(n)
         }
     })
 }

@@ -16,7 +16,7 @@ mod usage;
 
 use std::process::ExitCode;
 
-use duplex_rpc::{Context, Router, Server, Status};
+use duplex_rpc::{CallContext, Router, Server, Status};
 
 const USAGE: &str = "usage: plugin
 A plugin for plugin-host, which starts it: it speaks Duplex on stdin/stdout
@@ -39,25 +39,29 @@ async fn run() -> anyhow::Result<()> {
     let conn = duplex::plugin::connect_host().await?;
     let launch = conn.launch;
     let router = Router::new()
-        .unary("Plugin.Greet", |ctx: Context, who: String| async move {
+        .unary("Plugin.Greet", |ctx: CallContext, who: String| async move {
             // A callback into the host during the call.
             let entry: u64 = ctx
                 .caller()
                 .call("Host.Store", &format!("greeted {who}"))
                 .await?;
-            Ok::<_, Status>(format!(
+            Ok(format!(
                 "hello, {who} (the host stored it as entry {entry})"
             ))
         })
-        .unary("Plugin.Launch", move |_ctx: Context, (): ()| async move {
-            Ok::<_, Status>(launch)
-        })
-        .unary("Plugin.Print", |_ctx: Context, text: String| async move {
-            // What a careless plugin does: stdout carries the connection.
-            println!("{text}");
-            Ok::<_, Status>(())
-        })
-        .unary("Plugin.Crash", |_ctx: Context, code: i32| async move {
+        .unary(
+            "Plugin.Launch",
+            move |_ctx: CallContext, (): ()| async move { Ok(launch) },
+        )
+        .unary(
+            "Plugin.Print",
+            |_ctx: CallContext, text: String| async move {
+                // What a careless plugin does: stdout carries the connection.
+                println!("{text}");
+                Ok(())
+            },
+        )
+        .unary("Plugin.Crash", |_ctx: CallContext, code: i32| async move {
             eprintln!("crashing on purpose with status {code}");
             std::process::exit(code);
             #[allow(unreachable_code)]

@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use duplex::Peer;
-use duplex_rpc::{Client, Context, Router, Server, Status};
+use duplex_rpc::{CallContext, Client, Router, Server, Status};
 use duplex_tests::{Transport, echo_once, echo_server, pair, within};
 
 mod jemalloc;
@@ -63,7 +63,7 @@ async fn settled(a: &Peer, a_name: &str, b: &Peer, b_name: &str) {
 async fn churn_leaves_nothing_behind_on_either_side() {
     let p = pair(Transport::Tcp).await;
     let router = || {
-        Router::new().unary("Churn.Inc", |_ctx: Context, x: i64| async move {
+        Router::new().unary("Churn.Inc", |_ctx: CallContext, x: i64| async move {
             Ok::<_, Status>(x + 1)
         })
     };

@@ -1886,14 +1886,15 @@ fn b64url(data: &[u8]) -> String {
 }
 
 fn rpc_router() -> duplex_rpc::Router {
-    use duplex_rpc::{Code, Context, Receiver, Status};
+    use duplex_rpc::{CallContext, Code, Receiver, Status};
     duplex_rpc::Router::new()
-        .unary("Calc.Add", |_ctx: Context, (a, b): (i64, i64)| async move {
-            Ok::<_, Status>(a + b)
-        })
+        .unary(
+            "Calc.Add",
+            |_ctx: CallContext, (a, b): (i64, i64)| async move { Ok::<_, Status>(a + b) },
+        )
         .client_stream(
             "Calc.Sum",
-            |_ctx: Context, mut xs: Receiver<i64>| async move {
+            |_ctx: CallContext, mut xs: Receiver<i64>| async move {
                 let mut total = 0i64;
                 while let Some(x) = xs.recv().await? {
                     total += x;
@@ -1901,17 +1902,17 @@ fn rpc_router() -> duplex_rpc::Router {
                 Ok(total)
             },
         )
-        .unary("Calc.Fail", |_ctx: Context, code: u16| async move {
+        .unary("Calc.Fail", |_ctx: CallContext, code: u16| async move {
             Err::<(), _>(
                 Status::new(Code::from_u16(code), "it failed on purpose")
                     .with_details(&b"detail bytes"[..]),
             )
         })
-        .unary("Calc.Slow", |_ctx: Context, (): ()| async move {
+        .unary("Calc.Slow", |_ctx: CallContext, (): ()| async move {
             std::future::pending::<()>().await;
             Ok::<(), Status>(())
         })
-        .unary("Calc.Panic", |_ctx: Context, (): ()| async move {
+        .unary("Calc.Panic", |_ctx: CallContext, (): ()| async move {
             if true {
                 panic!("the handler gave up");
             }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use duplex::{Config, Identity, Peer};
-use duplex_rpc::{Client, Code, Context, Router, RpcError, Server, ServerHandle, Status};
+use duplex_rpc::{CallContext, Client, Code, Router, RpcError, Server, ServerHandle, Status};
 use duplex_tests::wire::{Ev, Record, STDERR, Transcript, WireChannel, WireConn, frame, header};
 use duplex_tests::{Transport, init_tracing, pair_with, peer_trusting, within};
 use serde::{Deserialize, Serialize};
@@ -171,10 +171,11 @@ async fn response(c: &WireConn, method: &str, block: &str) -> Vec<u8> {
 
 fn calc_router() -> Router {
     Router::new()
-        .unary("Calc.Add", |_ctx: Context, (a, b): (i64, i64)| async move {
-            Ok::<_, Status>(a + b)
-        })
-        .unary("Calc.Fail", |_ctx: Context, code: u16| async move {
+        .unary(
+            "Calc.Add",
+            |_ctx: CallContext, (a, b): (i64, i64)| async move { Ok::<_, Status>(a + b) },
+        )
+        .unary("Calc.Fail", |_ctx: CallContext, code: u16| async move {
             Err::<(), _>(Status::new(Code::from_u16(code), "it failed on purpose"))
         })
 }
@@ -206,10 +207,10 @@ async fn s9_1_server_closes_right_after_its_eof() {
 
 fn status_router() -> Router {
     Router::new()
-        .unary("Status.Long", |_ctx: Context, n: usize| async move {
+        .unary("Status.Long", |_ctx: CallContext, n: usize| async move {
             Err::<(), _>(Status::internal("x".repeat(n)))
         })
-        .unary("Status.Details", |_ctx: Context, n: usize| async move {
+        .unary("Status.Details", |_ctx: CallContext, n: usize| async move {
             Err::<(), _>(Status::internal("boom").with_details(vec![7u8; n]))
         })
 }
@@ -344,7 +345,7 @@ async fn s9_3_257th_call_of_a_client_waits_for_a_slot() {
 async fn s9_3_257th_callback_of_a_call_waits_for_a_slot() {
     let p = pair_with(Transport::Tcp, Config::default(), Config::default()).await;
     // The server's handler makes N callbacks at once.
-    let fan = Router::new().unary("Outer.Fan", |ctx: Context, n: u32| async move {
+    let fan = Router::new().unary("Outer.Fan", |ctx: CallContext, n: u32| async move {
         let mut set = tokio::task::JoinSet::new();
         for i in 0..n {
             let caller = ctx.caller();
@@ -363,7 +364,7 @@ async fn s9_3_257th_callback_of_a_call_waits_for_a_slot() {
     let (entered_tx, mut entered) = mpsc::channel::<u32>(512);
     let gate = Arc::new(Semaphore::new(0));
     let g = gate.clone();
-    let hold = Router::new().unary("Cb.Hold", move |_ctx: Context, i: u32| {
+    let hold = Router::new().unary("Cb.Hold", move |_ctx: CallContext, i: u32| {
         let (tx, g) = (entered_tx.clone(), g.clone());
         async move {
             tx.send(i).await.unwrap();
@@ -401,7 +402,7 @@ fn nested_msgpack(depth: usize) -> Vec<u8> {
 async fn s9_3_msgpack_nesting_over_128_is_origin_2() {
     let router = Router::new().unary(
         "Deep.Take",
-        |_ctx: Context, _v: serde_json::Value| async move { Ok::<_, Status>(true) },
+        |_ctx: CallContext, _v: serde_json::Value| async move { Ok::<_, Status>(true) },
     );
     let f = Fixture::new(Server::new(router)).await;
     // Nesting up to the limit is decoded.
@@ -429,7 +430,7 @@ async fn s9_3_msgpack_nesting_over_128_is_origin_2() {
 fn callback_router() -> Router {
     // The request: milliseconds of the call's deadline to use up before
     // calling back (time passing, not synchronisation).
-    Router::new().unary("Cb.Outer", |ctx: Context, spend_ms: u64| async move {
+    Router::new().unary("Cb.Outer", |ctx: CallContext, spend_ms: u64| async move {
         tokio::time::sleep(Duration::from_millis(spend_ms)).await;
         let said: String = ctx.caller().call("Log.Line", "hello").await?;
         Ok::<_, Status>(said)
@@ -596,7 +597,7 @@ impl Serialize for Bytes2 {
 }
 
 fn golden<T: Serialize + Clone + Send + Sync + 'static>(r: Router, method: &str, v: T) -> Router {
-    r.unary(method, move |_ctx: Context, (): ()| {
+    r.unary(method, move |_ctx: CallContext, (): ()| {
         let v = v.clone();
         async move { Ok::<T, Status>(v) }
     })
@@ -707,7 +708,7 @@ async fn s9_5_msgpack_structs_are_maps_golden_bytes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s9_5_msgpack_decoders_accept_arrays_unknown_keys_any_int_width() {
-    let router = Router::new().unary("G.Req", |_ctx: Context, r: Req| async move {
+    let router = Router::new().unary("G.Req", |_ctx: CallContext, r: Req| async move {
         Ok::<_, Status>(format!("{}:{}", r.a, r.name))
     });
     let f = Fixture::new(Server::new(router)).await;

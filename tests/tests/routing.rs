@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use duplex::{ClaimError, Config, Headers, OpenError};
-use duplex_rpc::{Client, Code, Context, Router, RpcError, Server, Status};
+use duplex_rpc::{CallContext, Client, Code, Router, RpcError, Server, Status};
 use duplex_tests::{RawSsh, TempDir, ids, pair, pair_with, peer_trusting, port, within};
 use duplex_tests::{Transport, init_tracing};
 use russh::client;
@@ -32,9 +32,10 @@ async fn arrived(server: &duplex::Peer, n: usize) {
 }
 
 fn calc() -> Router {
-    Router::new().unary("Calc.Add", |_: Context, (a, b): (i64, i64)| async move {
-        Ok::<_, Status>(a + b)
-    })
+    Router::new().unary(
+        "Calc.Add",
+        |_: CallContext, (a, b): (i64, i64)| async move { Ok::<_, Status>(a + b) },
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use duplex::{Config, Headers, Peer};
 use duplex_rpc::codec::{BoxError, Codec, Json, MsgPack};
 use duplex_rpc::{
-    Client, Code, Context, Receiver, Router, RpcError, Sender, Server, ServerHandle, Side, Status,
+    CallContext, Client, Code, Receiver, Router, RpcError, Sender, Server, ServerHandle, Side,
+    Status,
 };
 use duplex_tests::{Transport, pair, pair_with, within};
 use serde::de::DeserializeSeed;
@@ -25,18 +26,21 @@ struct Point {
 /// The methods both peers serve in these tests.
 fn calc_router(name: &'static str) -> Router {
     Router::new()
-        .unary("Calc.Add", |_ctx: Context, (a, b): (i64, i64)| async move {
-            a.checked_add(b)
-                .ok_or_else(|| Status::invalid_argument("overflow"))
-        })
-        .unary("Calc.Whoami", move |ctx: Context, (): ()| async move {
+        .unary(
+            "Calc.Add",
+            |_ctx: CallContext, (a, b): (i64, i64)| async move {
+                a.checked_add(b)
+                    .ok_or_else(|| Status::invalid_argument("overflow"))
+            },
+        )
+        .unary("Calc.Whoami", move |ctx: CallContext, (): ()| async move {
             Ok::<_, Status>(format!(
                 "{name} serving {} with {}",
                 ctx.remote_peer(),
                 ctx.headers().get("rpc-codec").unwrap_or("?")
             ))
         })
-        .unary("Calc.Move", |_ctx: Context, p: Point| async move {
+        .unary("Calc.Move", |_ctx: CallContext, p: Point| async move {
             Ok::<_, Status>(Point {
                 x: p.x + 1,
                 label: format!("{}'", p.label),
@@ -44,7 +48,7 @@ fn calc_router(name: &'static str) -> Router {
         })
         .server_stream(
             "Calc.Count",
-            |_ctx: Context, n: u32, mut out: Sender<u32>| async move {
+            |_ctx: CallContext, n: u32, mut out: Sender<u32>| async move {
                 for i in 0..n {
                     out.send(&i).await?;
                 }
@@ -53,7 +57,7 @@ fn calc_router(name: &'static str) -> Router {
         )
         .client_stream(
             "Calc.Sum",
-            |_ctx: Context, mut xs: Receiver<i64>| async move {
+            |_ctx: CallContext, mut xs: Receiver<i64>| async move {
                 let mut total = 0i64;
                 while let Some(x) = xs.recv().await? {
                     total += x;
@@ -63,7 +67,7 @@ fn calc_router(name: &'static str) -> Router {
         )
         .bidi(
             "Calc.Double",
-            |_ctx: Context, mut xs: Receiver<i64>, mut out: Sender<i64>| async move {
+            |_ctx: CallContext, mut xs: Receiver<i64>, mut out: Sender<i64>| async move {
                 while let Some(x) = xs.recv().await? {
                     out.send(&(x * 2)).await?;
                 }
@@ -72,7 +76,7 @@ fn calc_router(name: &'static str) -> Router {
         )
         .raw(
             "Calc.Raw",
-            |_ctx: Context, mut ch: duplex::Channel| async move {
+            |_ctx: CallContext, mut ch: duplex::Channel| async move {
                 let frame = ch
                     .read_frame()
                     .await
@@ -85,13 +89,13 @@ fn calc_router(name: &'static str) -> Router {
                 Ok(())
             },
         )
-        .unary("Calc.Fail", |_ctx: Context, code: u16| async move {
+        .unary("Calc.Fail", |_ctx: CallContext, code: u16| async move {
             Err::<(), _>(
                 Status::new(Code::from_u16(code), "it failed on purpose")
                     .with_details(&b"detail bytes"[..]),
             )
         })
-        .unary("Calc.Panic", |_ctx: Context, (): ()| async move {
+        .unary("Calc.Panic", |_ctx: CallContext, (): ()| async move {
             if true {
                 panic!("the handler gave up");
             }
@@ -190,7 +194,7 @@ async fn one_server_serves_msgpack_and_json_callers_at_once() {
         let p = pair(Transport::Tcp).await;
         let meet = Arc::new(Barrier::new(2));
         let m = meet.clone();
-        let router = Router::new().unary("Sync.Meet", move |ctx: Context, who: String| {
+        let router = Router::new().unary("Sync.Meet", move |ctx: CallContext, who: String| {
             let m = m.clone();
             async move {
                 // Both calls must be in the handler at once to pass.
@@ -244,14 +248,15 @@ async fn ten_thousand_concurrent_calls_all_in_flight_at_once() {
         let p = pair_with(Transport::Tcp, roomy(), roomy()).await;
         let all_in = Arc::new(Barrier::new(N));
         let b = all_in.clone();
-        let router = Router::new().unary("Calc.Add", move |_ctx: Context, (a, c): (u64, u64)| {
-            let b = b.clone();
-            async move {
-                // Returns only once all N calls are in their handlers.
-                b.wait().await;
-                Ok::<_, Status>(a + c)
-            }
-        });
+        let router =
+            Router::new().unary("Calc.Add", move |_ctx: CallContext, (a, c): (u64, u64)| {
+                let b = b.clone();
+                async move {
+                    // Returns only once all N calls are in their handlers.
+                    b.wait().await;
+                    Ok::<_, Status>(a + c)
+                }
+            });
         let _s = Server::new(router)
             .max_in_flight(N)
             .serve(&p.server)
@@ -306,7 +311,7 @@ async fn calls_beyond_the_in_flight_limit_get_overloaded_at_once() {
         let (entered_tx, mut entered) = mpsc::channel::<()>(16);
         let release = Arc::new(tokio::sync::Semaphore::new(0));
         let r = release.clone();
-        let router = Router::new().unary("Slow.Wait", move |_ctx: Context, (): ()| {
+        let router = Router::new().unary("Slow.Wait", move |_ctx: CallContext, (): ()| {
             let (tx, r) = (entered_tx.clone(), r.clone());
             async move {
                 tx.send(()).await.unwrap();
@@ -360,7 +365,7 @@ async fn calls_beyond_the_in_flight_limit_get_overloaded_at_once() {
 /// `Depth.Down(n)`: calls back into its caller with n-1 until 0; returns
 /// the names of the peers that served each level.
 fn depth_router(name: &'static str) -> Router {
-    Router::new().unary("Depth.Down", move |ctx: Context, n: u32| async move {
+    Router::new().unary("Depth.Down", move |ctx: CallContext, n: u32| async move {
         let mut path = vec![name.to_owned()];
         if n > 0 {
             let deeper: Vec<String> = ctx.caller().call("Depth.Down", &(n - 1)).await?;
@@ -610,7 +615,7 @@ fn slow_router(entered: mpsc::Sender<Option<Duration>>, cancelled: Signals) -> R
     let e2 = entered.clone();
     let c2 = cancelled.clone();
     Router::new()
-        .unary("Slow.Sleep", move |ctx: Context, (): ()| {
+        .unary("Slow.Sleep", move |ctx: CallContext, (): ()| {
             let (entered, cancelled) = (entered.clone(), cancelled.clone());
             async move {
                 let _guard = DropSignal(cancelled.lock().unwrap().pop());
@@ -621,7 +626,7 @@ fn slow_router(entered: mpsc::Sender<Option<Duration>>, cancelled: Signals) -> R
         })
         .server_stream(
             "Slow.Stream",
-            move |ctx: Context, (): (), mut out: Sender<u64>| {
+            move |ctx: CallContext, (): (), mut out: Sender<u64>| {
                 let (entered, cancelled) = (e2.clone(), c2.clone());
                 async move {
                     let _guard = DropSignal(cancelled.lock().unwrap().pop());
@@ -834,7 +839,7 @@ async fn stream_endings_finish_fail_and_abandon() {
             // Answers after three requests, without reading the rest.
             .client_stream(
                 "Take.Three",
-                |_ctx: Context, mut xs: Receiver<i64>| async move {
+                |_ctx: CallContext, mut xs: Receiver<i64>| async move {
                     let mut got = Vec::new();
                     while got.len() < 3 {
                         got.push(xs.recv().await?.unwrap_or_default());
@@ -845,7 +850,7 @@ async fn stream_endings_finish_fail_and_abandon() {
             // Finishes its responses, then fails: the failure must arrive.
             .server_stream(
                 "Send.ThenFail",
-                |_ctx: Context, (): (), mut out: Sender<u32>| async move {
+                |_ctx: CallContext, (): (), mut out: Sender<u32>| async move {
                     out.send(&1).await?;
                     out.send(&2).await?;
                     out.finish().await?;
@@ -856,24 +861,27 @@ async fn stream_endings_finish_fail_and_abandon() {
                 },
             )
             // Reports how its requests ended.
-            .client_stream("Watch.End", move |_ctx: Context, mut xs: Receiver<u8>| {
-                let seen = seen_tx.clone();
-                async move {
-                    let end = loop {
-                        match xs.recv().await {
-                            Ok(Some(_)) => continue,
-                            Ok(None) => break "finished".to_owned(),
-                            Err(e) => break format!("{e}"),
-                        }
-                    };
-                    seen.send(end).await.unwrap();
-                    Ok::<_, Status>(())
-                }
-            })
+            .client_stream(
+                "Watch.End",
+                move |_ctx: CallContext, mut xs: Receiver<u8>| {
+                    let seen = seen_tx.clone();
+                    async move {
+                        let end = loop {
+                            match xs.recv().await {
+                                Ok(Some(_)) => continue,
+                                Ok(None) => break "finished".to_owned(),
+                                Err(e) => break format!("{e}"),
+                            }
+                        };
+                        seen.send(end).await.unwrap();
+                        Ok::<_, Status>(())
+                    }
+                },
+            )
             // Closes its channel, then carries on: it is not cancelled.
             .raw(
                 "Raw.CloseFirst",
-                move |_ctx: Context, ch: duplex::Channel| {
+                move |_ctx: CallContext, ch: duplex::Channel| {
                     let seen = seen2.clone();
                     async move {
                         ch.close().await.ok();
@@ -938,7 +946,7 @@ async fn work_a_failed_handler_spawned_is_cancelled() {
     within(30, async {
         let p = pair(Transport::Tcp).await;
         let (tx, mut rx) = mpsc::channel::<&'static str>(1);
-        let router = Router::new().unary("Spawn.Fail", move |ctx: Context, (): ()| {
+        let router = Router::new().unary("Spawn.Fail", move |ctx: CallContext, (): ()| {
             let tx = tx.clone();
             async move {
                 tokio::spawn(async move {
@@ -971,12 +979,12 @@ async fn small_requests_ride_in_the_open_large_ones_in_a_frame() {
     within(30, async {
         let p = pair(Transport::Tcp).await;
         let router = Router::new()
-            .unary("Req.Len", |ctx: Context, s: String| async move {
+            .unary("Req.Len", |ctx: CallContext, s: String| async move {
                 Ok::<_, Status>((s.len(), ctx.headers().get("rpc-request").is_some()))
             })
             .server_stream(
                 "Req.Bytes",
-                |ctx: Context, s: String, mut out: Sender<(u8, bool)>| async move {
+                |ctx: CallContext, s: String, mut out: Sender<(u8, bool)>| async move {
                     let inline = ctx.headers().get("rpc-request").is_some();
                     for b in s.bytes().take(3) {
                         out.send(&(b, inline)).await?;
@@ -986,7 +994,7 @@ async fn small_requests_ride_in_the_open_large_ones_in_a_frame() {
             )
             .client_stream(
                 "Req.Count",
-                |_ctx: Context, mut xs: Receiver<u8>| async move {
+                |_ctx: CallContext, mut xs: Receiver<u8>| async move {
                     let mut n = 0u32;
                     while xs.recv().await?.is_some() {
                         n += 1;

@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use duplex::Headers;
-use duplex_rpc::{Client, Code, Context, Router, RpcError, Server, Side, Status};
+use duplex_rpc::{CallContext, Client, Code, Router, RpcError, Server, Side, Status};
 use duplex_tests::{Transport, pair, within};
 
 #[global_allocator]
@@ -17,10 +17,10 @@ async fn oversized_messages_are_refused_without_allocating_them() {
     within(60, async {
         let p = pair(Transport::Tcp).await;
         let router = Router::new()
-            .unary("Blob.Len", |_ctx: Context, b: Vec<u8>| async move {
+            .unary("Blob.Len", |_ctx: CallContext, b: Vec<u8>| async move {
                 Ok::<_, Status>(b.len())
             })
-            .unary("Blob.Make", |_ctx: Context, n: usize| async move {
+            .unary("Blob.Make", |_ctx: CallContext, n: usize| async move {
                 Ok::<_, Status>(vec![7u8; n])
             });
         let _s = Server::new(router)

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use duplex::{Backoff, Config};
-use duplex_rpc::{Client, Context, Router, Server, Status};
+use duplex_rpc::{CallContext, Client, Router, Server, Status};
 use duplex_tests::{echo_once, echo_server, ids, init_tracing, peer_trusting, within};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -67,9 +67,10 @@ async fn server_wait_resolves_once_its_peer_is_shut_down() {
     let (sid, cid) = ids();
     let server = peer_trusting("server", &sid, &[&cid], Config::default());
     let ep = server.bind("tcp://127.0.0.1:0").await.unwrap();
-    let router = Router::new().unary("Calc.Add", |_ctx: Context, (a, b): (i64, i64)| async move {
-        Ok::<_, Status>(a + b)
-    });
+    let router = Router::new().unary(
+        "Calc.Add",
+        |_ctx: CallContext, (a, b): (i64, i64)| async move { Ok::<_, Status>(a + b) },
+    );
     let handle = Server::new(router).serve(&server).unwrap();
     let client = peer_trusting("client", &cid, &[&sid], Config::default());
     client.connect(&ep).await.unwrap();

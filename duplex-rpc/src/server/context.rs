@@ -1,4 +1,4 @@
-//! What a handler is given: the call's [`Context`] (method, caller,
+//! What a handler is given: the call's [`CallContext`] (method, caller,
 //! deadline, cancellation, a client back to the caller), and the RPC
 //! layer's view of the call (`Call`: its codec, limit and failures).
 
@@ -25,7 +25,7 @@ use crate::stream::{FailureSlot, Receiver, Sender};
 /// handler spawns should be awaited by it, or watch
 /// [`cancelled`](Self::cancelled).
 #[derive(Clone)]
-pub struct Context {
+pub struct CallContext {
     pub(super) inner: Arc<CtxInner>,
 }
 
@@ -41,9 +41,9 @@ pub(super) struct CtxInner {
     pub(super) caller: OnceLock<Client>,
 }
 
-impl fmt::Debug for Context {
+impl fmt::Debug for CallContext {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Context")
+        f.debug_struct("CallContext")
             .field("method", &self.method())
             .field("caller", &self.remote_peer())
             .field("timeout", &self.inner.timeout)
@@ -51,7 +51,7 @@ impl fmt::Debug for Context {
     }
 }
 
-impl Context {
+impl CallContext {
     /// The method called.
     pub fn method(&self) -> &str {
         self.inner.meta.service()
@@ -123,7 +123,7 @@ impl Context {
 /// A call handed to a route (with its channel): the context, how to
 /// encode, where the RPC layer records what it found wrong.
 pub(super) struct Call {
-    pub(super) ctx: Context,
+    pub(super) ctx: CallContext,
     pub(super) codec: SharedCodec,
     pub(super) max: usize,
     pub(super) failure: FailureSlot,

@@ -1,10 +1,15 @@
 //! The serving side: [`Router`], the handler traits, [`Server`] and
-//! [`Context`].
+//! [`CallContext`].
 
 mod context;
 mod router;
 
-pub use context::Context;
+pub use context::CallContext;
+
+/// The old name of [`CallContext`], which clashed with `anyhow::Context`
+/// and `std::task::Context`.
+#[deprecated(since = "0.1.0", note = "renamed to CallContext")]
+pub type Context = CallContext;
 pub use router::{
     BidiHandler, ClientStreamHandler, RawHandler, Router, ServerStreamHandler, UnaryHandler,
 };
@@ -37,9 +42,9 @@ pub const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
 ///
 /// ```no_run
 /// # async fn demo(peer: duplex::Peer) -> anyhow::Result<()> {
-/// use duplex_rpc::{Context, Router, Server, Status};
-/// let router = Router::new().unary("Calc.Add", |_: Context, (a, b): (i64, i64)| async move {
-///     Ok::<_, Status>(a + b)
+/// use duplex_rpc::{CallContext, Router, Server, Status};
+/// let router = Router::new().unary("Calc.Add", |_: CallContext, (a, b): (i64, i64)| async move {
+///     Ok(a + b)
 /// });
 /// let server = Server::new(router).max_in_flight(256).serve(&peer)?;
 /// // ... the peer now answers Calc.Add from every connected peer ...
@@ -334,7 +339,7 @@ async fn serve_call(s: Arc<Shared>, route: Route, channel: Channel) {
     };
     let deadline = timeout.map(|t| Instant::now() + t);
     let cancel = CancellationToken::new();
-    let ctx = Context {
+    let ctx = CallContext {
         inner: Arc::new(CtxInner {
             meta: meta.clone(),
             deadline,

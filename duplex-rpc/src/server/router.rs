@@ -11,7 +11,7 @@ use duplex::{Channel, ChannelWriter, ServiceName};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::context::{Call, Context};
+use super::context::{Call, CallContext};
 use crate::codec;
 use crate::status::{Code, Origin, Status};
 use crate::stream::{Receiver, Sender, too_large_status};
@@ -29,21 +29,24 @@ pub(super) struct Route {
 }
 
 /// Handles unary calls: one request, one response. Implemented by async
-/// closures `Fn(Context, Req) -> Result<Resp, Status>` and by your types.
+/// closures `Fn(CallContext, Req) -> Result<Resp, Status>` and by your types.
 pub trait UnaryHandler<Req, Resp>: Send + Sync + 'static {
     /// Serves one call.
-    fn call(&self, ctx: Context, request: Req)
-    -> impl Future<Output = Result<Resp, Status>> + Send;
+    fn call(
+        &self,
+        ctx: CallContext,
+        request: Req,
+    ) -> impl Future<Output = Result<Resp, Status>> + Send;
 }
 
 impl<F, Fut, Req, Resp> UnaryHandler<Req, Resp> for F
 where
-    F: Fn(Context, Req) -> Fut + Send + Sync + 'static,
+    F: Fn(CallContext, Req) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<Resp, Status>> + Send,
 {
     fn call(
         &self,
-        ctx: Context,
+        ctx: CallContext,
         request: Req,
     ) -> impl Future<Output = Result<Resp, Status>> + Send {
         self(ctx, request)
@@ -52,12 +55,12 @@ where
 
 /// Handles server-streaming calls: one request, responses sent through a
 /// [`Sender`]. Implemented by async closures
-/// `Fn(Context, Req, Sender<Resp>) -> Result<(), Status>`.
+/// `Fn(CallContext, Req, Sender<Resp>) -> Result<(), Status>`.
 pub trait ServerStreamHandler<Req, Resp>: Send + Sync + 'static {
     /// Serves one call.
     fn call(
         &self,
-        ctx: Context,
+        ctx: CallContext,
         request: Req,
         responses: Sender<Resp>,
     ) -> impl Future<Output = Result<(), Status>> + Send;
@@ -65,12 +68,12 @@ pub trait ServerStreamHandler<Req, Resp>: Send + Sync + 'static {
 
 impl<F, Fut, Req, Resp> ServerStreamHandler<Req, Resp> for F
 where
-    F: Fn(Context, Req, Sender<Resp>) -> Fut + Send + Sync + 'static,
+    F: Fn(CallContext, Req, Sender<Resp>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<(), Status>> + Send,
 {
     fn call(
         &self,
-        ctx: Context,
+        ctx: CallContext,
         request: Req,
         responses: Sender<Resp>,
     ) -> impl Future<Output = Result<(), Status>> + Send {
@@ -80,24 +83,24 @@ where
 
 /// Handles client-streaming calls: requests from a [`Receiver`], one
 /// response. Implemented by async closures
-/// `Fn(Context, Receiver<Req>) -> Result<Resp, Status>`.
+/// `Fn(CallContext, Receiver<Req>) -> Result<Resp, Status>`.
 pub trait ClientStreamHandler<Req, Resp>: Send + Sync + 'static {
     /// Serves one call.
     fn call(
         &self,
-        ctx: Context,
+        ctx: CallContext,
         requests: Receiver<Req>,
     ) -> impl Future<Output = Result<Resp, Status>> + Send;
 }
 
 impl<F, Fut, Req, Resp> ClientStreamHandler<Req, Resp> for F
 where
-    F: Fn(Context, Receiver<Req>) -> Fut + Send + Sync + 'static,
+    F: Fn(CallContext, Receiver<Req>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<Resp, Status>> + Send,
 {
     fn call(
         &self,
-        ctx: Context,
+        ctx: CallContext,
         requests: Receiver<Req>,
     ) -> impl Future<Output = Result<Resp, Status>> + Send {
         self(ctx, requests)
@@ -105,12 +108,12 @@ where
 }
 
 /// Handles bidirectional-streaming calls. Implemented by async closures
-/// `Fn(Context, Receiver<Req>, Sender<Resp>) -> Result<(), Status>`.
+/// `Fn(CallContext, Receiver<Req>, Sender<Resp>) -> Result<(), Status>`.
 pub trait BidiHandler<Req, Resp>: Send + Sync + 'static {
     /// Serves one call.
     fn call(
         &self,
-        ctx: Context,
+        ctx: CallContext,
         requests: Receiver<Req>,
         responses: Sender<Resp>,
     ) -> impl Future<Output = Result<(), Status>> + Send;
@@ -118,12 +121,12 @@ pub trait BidiHandler<Req, Resp>: Send + Sync + 'static {
 
 impl<F, Fut, Req, Resp> BidiHandler<Req, Resp> for F
 where
-    F: Fn(Context, Receiver<Req>, Sender<Resp>) -> Fut + Send + Sync + 'static,
+    F: Fn(CallContext, Receiver<Req>, Sender<Resp>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<(), Status>> + Send,
 {
     fn call(
         &self,
-        ctx: Context,
+        ctx: CallContext,
         requests: Receiver<Req>,
         responses: Sender<Resp>,
     ) -> impl Future<Output = Result<(), Status>> + Send {
@@ -133,24 +136,24 @@ where
 
 /// Handles calls by taking their channel as it is: bytes, frames, nested
 /// channels, anything. Returning an error sends it as the call's status.
-/// Implemented by async closures `Fn(Context, Channel) -> Result<(), Status>`.
+/// Implemented by async closures `Fn(CallContext, Channel) -> Result<(), Status>`.
 pub trait RawHandler: Send + Sync + 'static {
     /// Serves one call.
     fn call(
         &self,
-        ctx: Context,
+        ctx: CallContext,
         channel: Channel,
     ) -> impl Future<Output = Result<(), Status>> + Send;
 }
 
 impl<F, Fut> RawHandler for F
 where
-    F: Fn(Context, Channel) -> Fut + Send + Sync + 'static,
+    F: Fn(CallContext, Channel) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<(), Status>> + Send,
 {
     fn call(
         &self,
-        ctx: Context,
+        ctx: CallContext,
         channel: Channel,
     ) -> impl Future<Output = Result<(), Status>> + Send {
         self(ctx, channel)
@@ -160,18 +163,18 @@ where
 /// Maps method names to handlers.
 ///
 /// ```
-/// use duplex_rpc::{Router, Context, Status, Sender, Receiver};
+/// use duplex_rpc::{Router, CallContext, Status, Sender, Receiver};
 /// let router = Router::new()
-///     .unary("Calc.Add", |_ctx: Context, (a, b): (i64, i64)| async move {
+///     .unary("Calc.Add", |_ctx: CallContext, (a, b): (i64, i64)| async move {
 ///         a.checked_add(b).ok_or_else(|| Status::invalid_argument("overflow"))
 ///     })
-///     .server_stream("Calc.Count", |_ctx: Context, n: u32, mut out: Sender<u32>| async move {
+///     .server_stream("Calc.Count", |_ctx: CallContext, n: u32, mut out: Sender<u32>| async move {
 ///         for i in 0..n {
 ///             out.send(&i).await?;
 ///         }
 ///         Ok(())
 ///     })
-///     .client_stream("Calc.Sum", |_ctx: Context, mut xs: Receiver<i64>| async move {
+///     .client_stream("Calc.Sum", |_ctx: CallContext, mut xs: Receiver<i64>| async move {
 ///         let mut total = 0i64;
 ///         while let Some(x) = xs.recv().await? {
 ///             total = total.saturating_add(x);
