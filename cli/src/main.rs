@@ -333,8 +333,10 @@ fn fingerprint(path: &Path) -> Result<u8, Failure> {
             Ok(id) => id.fingerprint(),
             Err(e) => {
                 return Err(anyhow::anyhow!(
-                    "{}: neither a public key ({public_error}) nor a private key ({e})",
-                    path.display()
+                    "{}: neither a public key ({}) nor a private key ({})",
+                    path.display(),
+                    duplex::error::full_text(&public_error),
+                    duplex::error::full_text(&e)
                 )
                 .into());
             }

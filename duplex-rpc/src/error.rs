@@ -84,7 +84,7 @@ pub enum RpcError {
     },
     /// The call could not be carried: no peer, the open failed, the
     /// connection or channel broke, or the remote broke the protocol.
-    #[error("{method}: {source}")]
+    #[error("{method} could not be carried")]
     Transport {
         /// The method called.
         method: String,
@@ -291,7 +291,7 @@ impl From<RpcError> for Status {
     fn from(e: RpcError) -> Self {
         match e {
             RpcError::Status { status, .. } => status,
-            other => Status::new(other.code(), other.to_string()),
+            other => Status::new(other.code(), duplex::error::full_text(&other)),
         }
     }
 }

@@ -11,6 +11,32 @@ use crate::proto::service::ServiceNameError;
 use crate::ssh::keys::Fingerprint;
 use crate::ssh::trust::{HostKeyError, NameBindingError};
 
+/// An error and its causes on one line, `outer: cause: root`: for
+/// messages that go where `source()` cannot follow (logs, events, the
+/// wire). Every error type here follows one rule: a wrapper's `Display`
+/// says what failed, and never repeats its source, which `source()`
+/// returns; so this text (or `anyhow`'s `{:#}`) says everything once.
+///
+/// ```
+/// use std::io;
+/// let e = duplex::BindError::Io {
+///     endpoint: "tcp://0.0.0.0:7000".into(),
+///     source: io::Error::new(io::ErrorKind::AddrInUse, "address in use"),
+/// };
+/// assert_eq!(e.to_string(), "cannot bind tcp://0.0.0.0:7000");
+/// assert_eq!(duplex::error::full_text(&e), "cannot bind tcp://0.0.0.0:7000: address in use");
+/// ```
+pub fn full_text(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
 /// [`Peer::connect`](crate::Peer::connect) failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -19,7 +45,7 @@ pub enum ConnectError {
     #[error(transparent)]
     Endpoint(#[from] EndpointError),
     /// The transport could not be opened (DNS, refused, unreachable).
-    #[error("cannot reach {endpoint}: {source}")]
+    #[error("cannot reach {endpoint}")]
     Io {
         /// Where we tried to connect.
         endpoint: String,
@@ -27,7 +53,7 @@ pub enum ConnectError {
         source: io::Error,
     },
     /// The remote's host key is not one we trust. Never retried.
-    #[error("{source} (connecting to {endpoint})")]
+    #[error("the host key of {endpoint} is not trusted")]
     HostKey {
         /// Where we tried to connect.
         endpoint: String,
@@ -37,7 +63,7 @@ pub enum ConnectError {
     /// The remote does not accept our key (or not under our name). Never
     /// retried.
     #[error(
-        "{endpoint} rejected our key {fingerprint} for the peer name {name:?}: add the key to the remote peer's authorized keys (with duplex-name=\"{name}\" if it binds names to keys)"
+        "{endpoint} rejected our key {fingerprint} for the peer name {name:?}: either the remote does not trust the key (add it to its authorized keys), or it binds names to keys and the name is the problem ({name:?} is bound to another key there, or the key's line allows other names only: add duplex-name=\"{name}\" to it)"
     )]
     AuthRejected {
         /// Where we tried to connect.
@@ -49,7 +75,7 @@ pub enum ConnectError {
     },
     /// The remote announced a peer name its host key may not use (names
     /// bound with `KnownHosts::pin_named`). Never retried.
-    #[error("{endpoint}: {source}")]
+    #[error("{endpoint} announced a peer name its host key may not use")]
     NameRefused {
         /// Where we connected.
         endpoint: String,
@@ -85,7 +111,7 @@ pub enum ConnectError {
     /// Every attempt failed with a transient error (see
     /// [`Config::connect_backoff`](crate::Config::connect_backoff)); `last`
     /// is the error of the last one.
-    #[error("gave up connecting to {endpoint} after {attempts} attempts in {elapsed:.1?}: {last}")]
+    #[error("gave up connecting to {endpoint} after {attempts} attempts in {elapsed:.1?}")]
     GaveUp {
         /// Where we tried to connect.
         endpoint: String,
@@ -93,7 +119,8 @@ pub enum ConnectError {
         attempts: u32,
         /// Time spent.
         elapsed: Duration,
-        /// Why the last attempt failed.
+        /// Why the last attempt failed (also its `source()`).
+        #[source]
         last: Box<ConnectError>,
     },
     /// The peer is shutting down.
@@ -121,7 +148,7 @@ pub enum BindError {
     #[error(transparent)]
     Endpoint(#[from] EndpointError),
     /// The socket could not be bound.
-    #[error("cannot bind {endpoint}: {source}")]
+    #[error("cannot bind {endpoint}")]
     Io {
         /// The endpoint.
         endpoint: String,
@@ -164,7 +191,7 @@ pub enum OpenError {
     #[error(transparent)]
     Service(#[from] ServiceNameError),
     /// The headers cannot be sent.
-    #[error("cannot send headers: {0}")]
+    #[error("cannot send the open's headers")]
     Headers(#[from] HeaderError),
     /// No peer of that name connected within the wait (see
     /// [`Config::peer_wait_timeout`](crate::Config::peer_wait_timeout)).

@@ -171,7 +171,7 @@ impl PluginCommand {
 #[non_exhaustive]
 pub enum PluginError {
     /// The process could not be started.
-    #[error("cannot start plugin {name:?}: {source}")]
+    #[error("cannot start plugin {name:?}")]
     Spawn {
         /// The plugin's name.
         name: String,
@@ -192,7 +192,7 @@ pub enum PluginError {
     #[error("not started by a Duplex plugin host: {0}")]
     NoHost(String),
     /// The SSH connection over the pipes failed.
-    #[error("plugin connection failed: {0}")]
+    #[error("the plugin connection failed")]
     Connect(#[from] crate::ConnectError),
     /// Keys could not be made or read.
     #[error(transparent)]
@@ -575,10 +575,10 @@ async fn supervise(
                     break;
                 }
                 Err(e) => {
-                    tracing::warn!(plugin = %cmd.name, launch = n, "plugin restart failed: {e}");
+                    tracing::warn!(plugin = %cmd.name, launch = n, "plugin restart failed: {}", crate::error::full_text(&e));
                     let _ = events.send(PluginEvent::RestartFailed {
                         launch: n,
-                        error: e.to_string(),
+                        error: crate::error::full_text(&e),
                     });
                 }
             }

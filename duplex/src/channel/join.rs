@@ -17,7 +17,7 @@ pub struct JoinStats {
 
 /// [`Channel::join`] stopped on an error.
 #[derive(Debug, thiserror::Error)]
-#[error("join failed after {} bytes to the channel and {} from it: {source}", .stats.to_channel, .stats.from_channel)]
+#[error("join failed after {} bytes to the channel and {} from it", .stats.to_channel, .stats.from_channel)]
 pub struct JoinError {
     /// What was moved before the error.
     pub stats: JoinStats,
@@ -132,7 +132,7 @@ fn io_to_channel(e: io::Error) -> crate::ChannelError {
 
 /// [`Channel::splice`] stopped on an error.
 #[derive(Debug, thiserror::Error)]
-#[error("splice failed after {} bytes one way and {} the other: {source}", .stats.to_channel, .stats.from_channel)]
+#[error("splice failed after {} bytes one way and {} the other", .stats.to_channel, .stats.from_channel)]
 pub struct SpliceError {
     /// What was moved before the error (`from_channel`: from `self`).
     pub stats: JoinStats,

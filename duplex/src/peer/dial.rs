@@ -198,16 +198,17 @@ pub(super) async fn redial(
                 Ok(c) => break c,
                 Err(ConnectError::Shutdown) => return,
                 Err(e) if !e.is_transient() => {
-                    tracing::warn!(endpoint = %label, "stopped re-dialling: {e}");
+                    let text = crate::error::full_text(&e);
+                    tracing::warn!(endpoint = %label, "stopped re-dialling: {text}");
                     core.emit(PeerEvent::GaveUp {
                         endpoint: label.clone(),
-                        reason: e.to_string().into(),
+                        reason: text.into(),
                     });
                     lock(&core.dialed).retain(|_, d| !Arc::ptr_eq(d, &dialer));
                     return;
                 }
                 Err(e) => {
-                    reason = e.to_string().into();
+                    reason = crate::error::full_text(&e).into();
                     attempt = attempt.saturating_add(1);
                 }
             }

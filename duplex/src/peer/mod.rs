@@ -382,12 +382,12 @@ impl Peer {
                         });
                     }
                     attempt += 1;
-                    tracing::debug!(endpoint = %label, attempt, ?wait, "connect failed, retrying: {e}");
+                    tracing::debug!(endpoint = %label, attempt, ?wait, "connect failed, retrying: {}", crate::error::full_text(&e));
                     core.emit(PeerEvent::Reconnecting {
                         endpoint: label.clone(),
                         attempt,
                         delay: wait,
-                        reason: e.to_string().into(),
+                        reason: crate::error::full_text(&e).into(),
                     });
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => {}

@@ -60,7 +60,7 @@ pub(crate) enum Control {
 #[non_exhaustive]
 pub enum ControlError {
     /// The framing around records is broken.
-    #[error("control stream: {0}")]
+    #[error("malformed control stream")]
     Frame(#[from] frame::FrameError),
     /// A record of an unknown type.
     #[error("unknown control record type {0}")]

@@ -265,7 +265,7 @@ fn check_permissions(_path: &Path) -> Result<(), KeyError> {
 #[non_exhaustive]
 pub enum KeyError {
     /// The file could not be read or written.
-    #[error("key file {path}: {source}")]
+    #[error("cannot read or write key file {}", .path.display())]
     Io {
         /// The file.
         path: PathBuf,

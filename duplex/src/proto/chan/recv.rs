@@ -142,7 +142,7 @@ impl<F: Clone> Chan<F> {
         let records = self
             .ctrl
             .push(data)
-            .map_err(|e| Violation::from(e.to_string()))?;
+            .map_err(|e| Violation::from(crate::error::full_text(&e)))?;
         let mut opened = false;
         let mut eof = false;
         for rec in records {
