@@ -60,6 +60,8 @@ pub struct Client {
     target: Option<Arc<str>>,
     codec: Option<SharedCodec>,
     timeout: Option<Duration>,
+    /// The longest wait for a streaming call's next message.
+    idle: Option<Duration>,
     /// A deadline inherited from the call a handler is serving.
     inherited: Option<Instant>,
     headers: Headers,
@@ -89,6 +91,7 @@ impl Client {
             target: None,
             codec: codec::default_codec(),
             timeout: None,
+            idle: None,
             inherited: None,
             headers: Headers::new(),
             max_message_len: DEFAULT_MAX_MESSAGE_LEN,
@@ -117,6 +120,32 @@ impl Client {
     pub fn with_timeout(&self, timeout: Duration) -> Self {
         let mut c = self.clone();
         c.timeout = Some(timeout.min(wire::MAX_TIMEOUT));
+        c
+    }
+
+    /// The same client, failing a streaming call whose next response does
+    /// not come within `idle` of the previous one (or of the call's
+    /// start): [`RpcError::IdleTimeout`], `DEADLINE_EXCEEDED`. For streams
+    /// that may run for hours as long as they keep moving (a script's
+    /// output, a log tail), where a whole-call [`with_timeout`](Self::with_timeout)
+    /// cannot fit; both may be set, and each applies. It bounds waits on
+    /// the responses of server-streaming, client-streaming and
+    /// bidirectional calls (unary calls have the whole-call timeout).
+    /// Dropping the failed receiver cancels the call at the server.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: duplex_rpc::Client) -> Result<(), duplex_rpc::RpcError> {
+    /// use std::time::Duration;
+    /// let tail = client.to("agent-1").with_idle_timeout(Duration::from_secs(60));
+    /// let mut lines = tail.server_stream::<_, String>("Agent.RunScript", "make all").await?;
+    /// while let Some(line) = lines.recv().await? {
+    ///     println!("{line}"); // an hour of output is fine; a minute of silence is not
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn with_idle_timeout(&self, idle: Duration) -> Self {
+        let mut c = self.clone();
+        c.idle = Some(idle);
         c
     }
 
@@ -250,7 +279,14 @@ impl Client {
             )
             .await?;
         let (reader, writer) = ch.split();
-        let mut rx = Receiver::caller(reader, codec, self.max(), method.into(), deadline);
+        let mut rx = Receiver::caller(
+            reader,
+            codec,
+            self.max(),
+            method.into(),
+            deadline,
+            self.idle,
+        );
         rx.hold(slot);
         if inline {
             return Ok(rx); // the request went with the open
@@ -357,7 +393,7 @@ impl Client {
             deadline,
             slot.clone(),
         );
-        let mut rx = Receiver::caller(reader, codec, self.max(), method, deadline);
+        let mut rx = Receiver::caller(reader, codec, self.max(), method, deadline, self.idle);
         rx.hold(slot);
         Ok((tx, rx))
     }

@@ -101,6 +101,16 @@ pub enum RpcError {
         /// The timeout the call was given.
         timeout: Duration,
     },
+    /// A streaming call's next message did not come within the client's
+    /// idle timeout ([`Client::with_idle_timeout`](crate::Client::with_idle_timeout));
+    /// the call is cancelled when its receiver is dropped.
+    #[error("{method}: no message for {idle:?} (the idle timeout)")]
+    IdleTimeout {
+        /// The method called.
+        method: String,
+        /// The idle timeout.
+        idle: Duration,
+    },
     /// The call was cancelled: this peer is shutting down, or (seen from a
     /// handler) the caller went away or abandoned its requests. (A server
     /// that shuts down answers its callers with an `UNAVAILABLE` status.)
@@ -142,7 +152,9 @@ impl RpcError {
             } => Code::INTERNAL,
             RpcError::TooLarge { .. } => Code::RESOURCE_EXHAUSTED,
             RpcError::Transport { .. } => Code::UNAVAILABLE,
-            RpcError::DeadlineExceeded { .. } => Code::DEADLINE_EXCEEDED,
+            RpcError::DeadlineExceeded { .. } | RpcError::IdleTimeout { .. } => {
+                Code::DEADLINE_EXCEEDED
+            }
             RpcError::Cancelled { .. } => Code::CANCELLED,
         }
     }
@@ -164,6 +176,7 @@ impl RpcError {
             | RpcError::TooLarge { method, .. }
             | RpcError::Transport { method, .. }
             | RpcError::DeadlineExceeded { method, .. }
+            | RpcError::IdleTimeout { method, .. }
             | RpcError::Cancelled { method, .. } => method,
         }
     }
@@ -224,12 +237,18 @@ impl RpcError {
                 source: match source {
                     TransportError::Channel(e) => TransportError::Channel(e.clone()),
                     TransportError::Protocol(p) => TransportError::Protocol(p.clone()),
-                    TransportError::Open(e) => TransportError::Protocol(e.to_string()),
+                    TransportError::Open(e) => {
+                        TransportError::Protocol(duplex::error::full_text(e))
+                    }
                 },
             },
             RpcError::DeadlineExceeded { method, timeout } => RpcError::DeadlineExceeded {
                 method: method.clone(),
                 timeout: *timeout,
+            },
+            RpcError::IdleTimeout { method, idle } => RpcError::IdleTimeout {
+                method: method.clone(),
+                idle: *idle,
             },
             RpcError::Cancelled { method, reason } => RpcError::Cancelled {
                 method: method.clone(),

@@ -206,6 +206,9 @@ enum Role {
         timer: Option<Pin<Box<Sleep>>>,
         /// The call's timeout, for its errors.
         timeout: Option<Duration>,
+        /// The longest wait for the next message, and its timer (reset as
+        /// each message arrives).
+        idle: Option<(Duration, Pin<Box<Sleep>>)>,
     },
     /// A handler reading requests: failures are recorded for the server
     /// to report.
@@ -258,10 +261,12 @@ impl<T: DeserializeOwned> Receiver<T> {
         max: usize,
         method: Arc<str>,
         deadline: Option<Deadline>,
+        idle: Option<Duration>,
     ) -> Self {
         let role = Role::Caller {
             timer: deadline.map(|d| Box::pin(tokio::time::sleep_until(d.at))),
             timeout: deadline.map(|d| d.timeout),
+            idle: idle.map(|i| (i, Box::pin(tokio::time::sleep(i)))),
         };
         Self::new(reader, codec, max, method, role)
     }
@@ -278,6 +283,7 @@ impl<T: DeserializeOwned> Receiver<T> {
         let role = Role::Caller {
             timer: None,
             timeout,
+            idle: None,
         };
         Self::new(reader, codec, max, method, role)
     }
@@ -351,6 +357,7 @@ impl<T: DeserializeOwned> Receiver<T> {
         if let Role::Caller {
             timer: Some(timer),
             timeout,
+            ..
         } = &mut self.role
             && self.state != RecvState::Done
             && timer.as_mut().poll(cx).is_ready()
@@ -359,6 +366,19 @@ impl<T: DeserializeOwned> Receiver<T> {
             return Poll::Ready(Err(RpcError::DeadlineExceeded {
                 method: self.method.to_string(),
                 timeout: timeout.unwrap_or_default(),
+            }));
+        }
+        if let Role::Caller {
+            idle: Some((idle, timer)),
+            ..
+        } = &mut self.role
+            && self.state != RecvState::Done
+            && timer.as_mut().poll(cx).is_ready()
+        {
+            self.state = RecvState::Done;
+            return Poll::Ready(Err(RpcError::IdleTimeout {
+                method: self.method.to_string(),
+                idle: *idle,
             }));
         }
         loop {
@@ -376,7 +396,16 @@ impl<T: DeserializeOwned> Receiver<T> {
                     self.state = RecvState::Done;
                     return Poll::Ready(Ok(None));
                 }
-                Ok(Some(bytes)) => return Poll::Ready(self.decode(&bytes).map(Some)),
+                Ok(Some(bytes)) => {
+                    if let Role::Caller {
+                        idle: Some((idle, timer)),
+                        ..
+                    } = &mut self.role
+                    {
+                        timer.as_mut().reset(tokio::time::Instant::now() + *idle);
+                    }
+                    return Poll::Ready(self.decode(&bytes).map(Some));
+                }
                 Ok(None) => self.state = RecvState::Ending,
                 Err(e) => {
                     self.state = RecvState::Ending;

@@ -49,6 +49,53 @@ pub(crate) fn parse_flags(args: impl Iterator<Item = String>) -> anyhow::Result<
     Ok(f)
 }
 
+/// An example's own flags, each with a value (`--poll ENDPOINT`), as
+/// [`parse_flags_with`] found them.
+#[allow(dead_code)] // not every example has flags of its own
+pub(crate) struct Own(Vec<(&'static str, String)>);
+
+#[allow(dead_code)]
+impl Own {
+    /// The value of `flag`, if given (the last one, if given twice).
+    pub(crate) fn get(&self, flag: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .rev()
+            .find(|(f, _)| *f == flag)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The value of `flag`, or a usage error saying it is missing (`what`
+    /// names its value: `--dir DIR`).
+    pub(crate) fn need(&self, flag: &str, what: &str) -> anyhow::Result<&str> {
+        self.get(flag)
+            .ok_or_else(|| usage_error(format!("give {flag} {what}")))
+    }
+}
+
+/// [`parse_flags`], plus `own`: flags of the example's own that take a
+/// value, returned apart.
+#[allow(dead_code)] // not every example has flags of its own
+pub(crate) fn parse_flags_with(
+    mut args: impl Iterator<Item = String>,
+    own: &[&'static str],
+) -> anyhow::Result<(Flags, Own)> {
+    let mut found = Vec::new();
+    let mut rest = Vec::new();
+    while let Some(a) = args.next() {
+        let Some(flag) = own.iter().find(|f| **f == a) else {
+            rest.push(a);
+            continue;
+        };
+        match args.next() {
+            Some(v) if is_help(&v) => return Err(help()),
+            Some(v) => found.push((*flag, v)),
+            None => return Err(usage_error(format!("{a} needs a value"))),
+        }
+    }
+    Ok((parse_flags(rest.into_iter())?, Own(found)))
+}
+
 /// Builds the peer from the flags: identity, trust in both directions.
 pub(crate) fn build_peer(f: &Flags, default_name: &str) -> anyhow::Result<Peer> {
     build_peer_with(f, default_name, duplex::Config::default())

@@ -13,6 +13,9 @@ const GATEWAY: &str = env!("CARGO_BIN_EXE_gateway");
 const CALCULATOR: &str = env!("CARGO_BIN_EXE_calculator");
 const PLUGIN_HOST: &str = env!("CARGO_BIN_EXE_plugin-host");
 const PLUGIN: &str = env!("CARGO_BIN_EXE_plugin");
+const AGENT: &str = env!("CARGO_BIN_EXE_agent");
+const FILES: &str = env!("CARGO_BIN_EXE_files");
+const FORWARD: &str = env!("CARGO_BIN_EXE_forward");
 
 async fn run(dir: &TempDir, exe: &str, args: &[&str]) -> Output {
     let child = tokio::process::Command::new(exe)
@@ -37,12 +40,15 @@ fn text(b: &[u8]) -> String {
 async fn help_and_usage_errors_in_every_example() {
     let dir = TempDir::new("examples-help");
     // Each binary with its subcommands ("" for the binary alone).
-    let commands: [(&str, &str, &[&str]); 5] = [
+    let commands: [(&str, &str, &[&str]); 8] = [
         ("echo", ECHO, &["", "serve", "send", "demo"]),
         ("gateway", GATEWAY, &[""]),
         ("calculator", CALCULATOR, &["", "agent", "server", "demo"]),
         ("plugin-host", PLUGIN_HOST, &["", "demo", "wait", "junk"]),
         ("plugin", PLUGIN, &[""]),
+        ("agent", AGENT, &["", "run", "server"]),
+        ("files", FILES, &["", "receive", "send"]),
+        ("forward", FORWARD, &["", "serve", "local"]),
     ];
     for (name, exe, subcommands) in commands {
         for sub in subcommands {
@@ -61,7 +67,7 @@ async fn help_and_usage_errors_in_every_example() {
     // Help comes before running anything: no demo key was made.
     assert!(!dir.0.join(".duplex-demo").exists());
 
-    let usage_errors: [(&str, &[&str], &str); 12] = [
+    let usage_errors: [(&str, &[&str], &str); 19] = [
         (ECHO, &[], "give a command"),
         (ECHO, &["nope"], "unknown command \"nope\""),
         (ECHO, &["serve"], "serve takes one ENDPOINT"),
@@ -82,6 +88,42 @@ async fn help_and_usage_errors_in_every_example() {
         (CALCULATOR, &["demo", "--listen"], "demo takes no arguments"),
         (PLUGIN_HOST, &["nope"], "unknown command \"nope\""),
         (PLUGIN, &["extra"], "plugin takes no arguments"),
+        (AGENT, &[], "give a command"),
+        (AGENT, &["run"], "give --poll ENDPOINT"),
+        (AGENT, &["run", "--poll"], "--poll needs a value"),
+        (
+            FILES,
+            &["send", "--to", "tcp://127.0.0.1:1"],
+            "give the FILEs to send",
+        ),
+        (
+            FILES,
+            &[
+                "send",
+                "--to",
+                "tcp://127.0.0.1:1",
+                "f",
+                "--fail-after",
+                "x",
+            ],
+            "--fail-after \"x\": not a number",
+        ),
+        (
+            FILES,
+            &["receive", "--listen", "tcp://127.0.0.1:0"],
+            "give --dir DIR",
+        ),
+        (
+            FORWARD,
+            &[
+                "local",
+                "--via",
+                "tcp://127.0.0.1:1",
+                "--listen",
+                "127.0.0.1:0",
+            ],
+            "give --target HOST:PORT",
+        ),
     ];
     for (exe, args, why) in usage_errors {
         let what = format!("{exe} {}", args.join(" "));

@@ -344,7 +344,7 @@ async fn s3_1_open_completes_on_accept_only() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_1_opener_fails_on_reject_refusal_or_close() {
-    let f = Fixture::new(Config::default()).await;
+    let f = Fixture::new(Config::default().open_timeout(Duration::from_millis(500))).await;
     let conn = f.connected("2").await;
     // REJECT, then close.
     let open = f.client.open("server", "svc", Headers::new());
@@ -359,12 +359,29 @@ async fn s3_1_opener_fails_on_reject_refusal_or_close() {
         matches!(&e, OpenError::Rejected { .. }) && e.to_string().contains("nope"),
         "{e:?}"
     );
-    // Refused at the SSH level, code 4.
+    // Refused at the SSH level, code 4 (a limit): the opener asks again
+    // after a pause, and reports the refusal when its open timeout passes
+    // (500 ms here).
     let open = f.client.open("server", "svc", Headers::new());
-    let script = async { conn.expect_open().await.refuse(4, "full").await };
-    let (r, ()) = tokio::join!(open, script);
+    let script = async {
+        loop {
+            conn.expect_open().await.refuse(4, "full").await;
+        }
+    };
+    let r = tokio::select! {
+        r = open => r,
+        _ = script => unreachable!(),
+    };
     let e = r.unwrap_err();
     assert!(matches!(e, OpenError::Refused { code: 4, .. }), "{e:?}");
+    // Code 1 (prohibited) is final: one open, refused at once.
+    let open = f.client.open("server", "svc", Headers::new());
+    let script = async { conn.expect_open().await.refuse(1, "no").await };
+    let (r, ()) = tokio::join!(open, script);
+    assert!(
+        matches!(r, Err(OpenError::Refused { code: 1, .. })),
+        "{r:?}"
+    );
     // Closed before an answer.
     let open = f.client.open("server", "svc", Headers::new());
     let script = async {

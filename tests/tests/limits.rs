@@ -207,7 +207,8 @@ async fn channels_per_connection_and_waiting_channels() {
     let server = peer_trusting("server", &sid, &[&cid, &other], config);
     let ep = server.bind("tcp://127.0.0.1:0").await.unwrap();
     within(30, async {
-        let c = peer_trusting("client", &cid, &[&sid], Config::default());
+        // Opens wait for room up to their timeout: short here.
+        let c = peer_trusting("client", &cid, &[&sid], quick());
         c.connect(&ep).await.unwrap();
         let open = |c: &Peer| {
             let c = c.clone();
@@ -286,7 +287,8 @@ async fn header_count_and_size() {
         }
         let err = c.open("server", "echo", h).await.unwrap_err();
         assert!(matches!(err, OpenError::Headers(_)), "{err:?}");
-        assert!(err.to_string().contains("64"), "{err}");
+        let text = duplex::error::full_text(&err);
+        assert!(text.contains("64"), "{text}");
         served(&ep, &sid, &cid).await;
         c.shutdown().await;
     })
@@ -356,13 +358,14 @@ async fn buffered_bytes_per_channel_and_per_connection() {
         .channel_window(window)
         .unwrap()
         .max_connection_buffer(3 << 20)
-        .unwrap();
+        .unwrap()
+        .open_timeout(OPEN_WAIT);
     let other = Identity::generate();
     init_tracing();
     let server = peer_trusting("server", &sid, &[&cid, &other], config.clone());
     let ep = server.bind("tcp://127.0.0.1:0").await.unwrap();
     within(30, async {
-        let c = peer_trusting("client", &cid, &[&sid], Config::default());
+        let c = peer_trusting("client", &cid, &[&sid], quick());
         c.connect(&ep).await.unwrap();
         // Per channel: an unread channel holds at most its window; the
         // sender is held back, not buffered without bound.
@@ -506,7 +509,7 @@ async fn a_refusal_names_the_limit_and_its_knob() {
     let (sid, cid) = ids();
     let config = Config::default().max_channels_per_connection(2).unwrap();
     let (server, ep) = server(config, &sid, &[&cid]).await;
-    let c = peer_trusting("client", &cid, &[&sid], Config::default());
+    let c = peer_trusting("client", &cid, &[&sid], quick());
     within(20, c.connect(&ep)).await.unwrap();
     let _a = c.open("server", "echo", Headers::new()).await.unwrap();
     let _b = c.open("server", "echo", Headers::new()).await.unwrap();
@@ -537,8 +540,8 @@ async fn the_total_buffer_bounds_all_remotes_together() {
         .max_total_buffer(1 << 20)
         .unwrap();
     let (server, ep) = server(config, &sid, &[&a, &b]).await;
-    let ca = peer_trusting("a", &a, &[&sid], Config::default());
-    let cb = peer_trusting("b", &b, &[&sid], Config::default());
+    let ca = peer_trusting("a", &a, &[&sid], quick());
+    let cb = peer_trusting("b", &b, &[&sid], quick());
     within(20, ca.connect(&ep)).await.unwrap();
     within(20, cb.connect(&ep)).await.unwrap();
     let mut held = Vec::new();
@@ -564,4 +567,12 @@ async fn the_total_buffer_bounds_all_remotes_together() {
     ca.shutdown().await;
     cb.shutdown().await;
     server.shutdown().await;
+}
+
+/// Opens wait for room up to their timeout before a limit's refusal is
+/// reported: short in the tests of limits.
+const OPEN_WAIT: Duration = Duration::from_millis(300);
+
+fn quick() -> Config {
+    Config::default().open_timeout(OPEN_WAIT)
 }

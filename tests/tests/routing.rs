@@ -194,7 +194,10 @@ async fn a_peer_that_routes_nothing_still_queues_for_a_late_accept() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_acceptor_refuses_with_the_limit() {
     let config = Config::default().accept_backlog(1).unwrap();
-    let p = pair_with(Transport::Tcp, config, Config::default()).await;
+    // The second open waits for room up to its timeout, then reports the
+    // limit.
+    let client = Config::default().open_timeout(Duration::from_millis(300));
+    let p = pair_with(Transport::Tcp, config, client).await;
     let _a = p.server.acceptor(["q"]).unwrap();
     // The first waits in the queue; the second finds it full.
     let client = p.client.clone();

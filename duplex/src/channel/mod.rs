@@ -253,6 +253,15 @@ impl Channel {
         self.writer.close_write().await
     }
 
+    /// Ends our writing without waiting: EOF is queued behind what was
+    /// written (see [`ChannelWriter::finish`]). A side that only reads
+    /// (a progress channel, say) calls this, or `close_write`, before it
+    /// drops the channel: dropping a channel unfinished aborts it.
+    /// Idempotent.
+    pub fn finish(&mut self) {
+        self.writer.finish();
+    }
+
     /// Ends our writing with trailers (key/value pairs the remote reads with
     /// [`trailers`](Self::trailers) after all the data), then EOF. Writing
     /// afterwards is an error. See [`ChannelWriter::write_trailers`].
@@ -283,7 +292,10 @@ impl Channel {
     /// the channel closes in both directions (its nested channels end
     /// too). This side's other handles fail with
     /// [`ChannelError::AbortedHere`]. After [`close_write`](Self::close_write)
-    /// it only closes the channel. Not async: it queues and returns.
+    /// it only closes the channel. Not async: it queues and returns; a
+    /// process about to exit should shut its peer down first
+    /// ([`Peer::shutdown`](crate::Peer::shutdown) sends what is queued), or
+    /// the remote may see the connection lost rather than the reason.
     ///
     /// On a connection of protocol version 3 the reason travels in an
     /// `ABORT` record; older peers see the channel closed with no EOF,

@@ -38,8 +38,11 @@ pub(crate) struct Host {
     pub(crate) config: Arc<Config>,
     /// Replaced whole by `set_authorized_keys`; read per authentication.
     pub(crate) authorized: Mutex<Arc<AuthorizedKeys>>,
-    /// Fired when a channel leaves a connection's table (for draining).
+    /// Fired when a channel leaves a connection's table (for draining,
+    /// and for opens waiting for receive buffer).
     pub(crate) channels_changed: Notify,
+    /// Opens waiting for receive buffer wait here, one at a time.
+    pub(crate) room: tokio::sync::Mutex<()>,
     /// Cancelled when `shutdown` starts: no new connections or channels.
     pub(crate) draining: CancellationToken,
     /// The peer's accept queue (`Peer::accept`).

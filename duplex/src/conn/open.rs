@@ -20,6 +20,14 @@ use super::chan::ChanShared;
 use super::owned::Owned;
 use super::*;
 
+/// First pause before asking a remote at a limit again; it doubles up to
+/// [`ROOM_RETRY_MAX`].
+const ROOM_RETRY_FIRST: std::time::Duration = std::time::Duration::from_millis(2);
+const ROOM_RETRY_MAX: std::time::Duration = std::time::Duration::from_millis(200);
+/// How often an open waiting for receive buffer looks again without a
+/// channel having left the table.
+const ROOM_POLL: std::time::Duration = std::time::Duration::from_millis(20);
+
 impl ConnShared {
     // ---- opening ----
 
@@ -118,23 +126,60 @@ impl ConnShared {
         if self.handle.get().is_none() {
             return Err(lost("the session is not running".into()));
         }
-        let reservation = self
-            .reserve(u64::from(self.config.channel_window))
-            .map_err(|why| OpenError::LocalLimit {
-                service: service.to_string(),
-                why,
-            })?;
         let deadline = tokio::time::Instant::now() + self.config.open_timeout;
-        let write = tokio::select! {
-            r = PendingOpen::new(self.clone(), service.clone(), encoded, wire) => r,
-            _ = self.ended.cancelled() => Err(OpenFailed::Gone),
-            _ = tokio::time::sleep_until(deadline) => {
-                return Err(OpenError::Timeout {
-                    peer: self.remote_name(),
-                    service: service.to_string(),
-                    after: self.config.open_timeout,
-                });
+        let timeout = || OpenError::Timeout {
+            peer: self.remote_name(),
+            service: service.to_string(),
+            after: self.config.open_timeout,
+        };
+        let window = u64::from(self.config.channel_window);
+        let reservation = match self.reserve(window) {
+            Ok(r) => r,
+            // Our receive buffer is spoken for: wait for room, as
+            // channels close, within the open timeout.
+            Err(why) => match self.wait_for_room(window, deadline).await {
+                Some(r) => r,
+                None if self.ended.is_cancelled() => return Err(lost(self.end_reason())),
+                None => {
+                    return Err(OpenError::LocalLimit {
+                        service: service.to_string(),
+                        why: format!("{why}; waited {:?} for room", self.config.open_timeout),
+                    });
+                }
+            },
+        };
+        let mut encoded = encoded;
+        let mut pause = ROOM_RETRY_FIRST;
+        // The remote's last refusal on a limit, reported if the open
+        // timeout passes while it is asked again.
+        let mut last = None;
+        let write = loop {
+            let r = tokio::select! {
+                r = PendingOpen::new(self.clone(), service.clone(), encoded, wire) => r,
+                _ = self.ended.cancelled() => Err(OpenFailed::Gone),
+                _ = tokio::time::sleep_until(deadline) => match last.take() {
+                    Some(refused) => break Err(refused),
+                    None => return Err(timeout()),
+                },
+            };
+            // The remote is at a limit (channels, pending channels, its
+            // accept queue or receive buffer): it gives no signal when room
+            // comes, so ask again after a pause, within the open timeout.
+            if let Err(OpenFailed::Refused(OPEN_RESOURCE_SHORTAGE, said)) = &r
+                && said.as_deref().is_none_or(|s| !s.contains("shutting down"))
+                && tokio::time::Instant::now() + pause < deadline
+            {
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = self.ended.cancelled() => return Err(lost(self.end_reason())),
+                }
+                pause = (pause * 2).min(ROOM_RETRY_MAX);
+                encoded =
+                    headers.encode_with_window(self.config.channel_window, &self.config.limits)?;
+                last = r.err();
+                continue;
             }
+            break r;
         };
         let write = match write {
             Ok(w) => w,
@@ -223,6 +268,44 @@ impl ConnShared {
                     service: service.to_string(),
                     after: self.config.open_timeout,
                 });
+            }
+        }
+    }
+
+    /// Waits until `bytes` of receive buffer can be reserved for a new
+    /// channel (channels closing free theirs), up to `deadline`. One opener
+    /// of the peer waits at a time, in arrival order; the others queue
+    /// behind it, so a burst of waiting opens wakes one task per change.
+    /// `None` at the deadline or when the connection ended.
+    async fn wait_for_room(
+        &self,
+        bytes: u64,
+        deadline: tokio::time::Instant,
+    ) -> Option<crate::proto::budget::Reservation> {
+        let gate = tokio::select! {
+            g = self.host.room.lock() => g,
+            _ = tokio::time::sleep_until(deadline) => return None,
+            _ = self.ended.cancelled() => return None,
+        };
+        loop {
+            let changed = self.host.channels_changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if let Ok(r) = self.reserve(bytes) {
+                drop(gate);
+                return Some(r);
+            }
+            // A channel's buffer is released when its last handle goes,
+            // which may come after it left the table: look again now and
+            // then, too.
+            let tick = tokio::time::Instant::now() + ROOM_POLL;
+            tokio::select! {
+                _ = changed => {}
+                _ = tokio::time::sleep_until(tick.min(deadline)) => {}
+                _ = self.ended.cancelled() => return None,
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
             }
         }
     }

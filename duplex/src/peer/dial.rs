@@ -22,6 +22,28 @@ pub(super) struct Dialer {
     pub(super) conn: Mutex<Option<Arc<ConnShared>>>,
     /// Stops re-dialling (disconnect, a newer connect, shutdown).
     pub(super) stop: CancellationToken,
+    /// The name of the peer its last connection reached.
+    pub(super) remote: Mutex<Option<Arc<str>>>,
+    /// Cuts the backoff's current delay short: an `open` is waiting for
+    /// the peer this endpoint reaches, so dial now.
+    pub(super) kick: tokio::sync::Notify,
+}
+
+impl Dialer {
+    pub(super) fn new(conn: Arc<ConnShared>, stop: CancellationToken) -> Self {
+        let remote = conn.remote.get().map(|r| r.name.clone());
+        Dialer {
+            conn: Mutex::new(Some(conn)),
+            stop,
+            remote: Mutex::new(remote),
+            kick: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Re-dialling, and its peer is `name` (any, for `None`).
+    pub(super) fn waits_for(&self, name: Option<&str>) -> bool {
+        lock(&self.conn).is_none() && name.is_none_or(|n| lock(&self.remote).as_deref() == Some(n))
+    }
 }
 
 pub(super) fn jitter() -> f64 {
@@ -188,6 +210,9 @@ pub(super) async fn redial(
             });
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
+                _ = dialer.kick.notified() => {
+                    tracing::debug!(endpoint = %label, "re-dialling now: an open is waiting for the peer");
+                }
                 _ = dialer.stop.cancelled() => return,
             }
             let res = tokio::select! {
@@ -213,6 +238,9 @@ pub(super) async fn redial(
                 }
             }
         };
+        if let Some(r) = conn.remote.get() {
+            *lock(&dialer.remote) = Some(r.name.clone());
+        }
         *lock(&dialer.conn) = Some(conn.clone());
     }
 }

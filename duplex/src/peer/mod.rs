@@ -204,6 +204,7 @@ impl PeerBuilder {
             authorized: Mutex::new(Arc::new(self.authorized)),
             config: config.clone(),
             channels_changed: Notify::new(),
+            room: tokio::sync::Mutex::new(()),
             // Also cancelled when the peer stops without `shutdown` (last
             // handle dropped), which stops re-dialling too.
             draining: cancel.child_token(),
@@ -400,10 +401,7 @@ impl Peer {
             endpoint: label,
             reason: "no remote identity".into(),
         })?;
-        let dialer = Arc::new(Dialer {
-            conn: Mutex::new(Some(conn.clone())),
-            stop: core.host.draining.child_token(),
-        });
+        let dialer = Arc::new(Dialer::new(conn.clone(), core.host.draining.child_token()));
         // A second connect to the same endpoint: both connections stay up,
         // but only the newest is re-dialled and `disconnect` acts on it.
         if let Some(old) = lock(&core.dialed).insert(endpoint.clone(), dialer.clone()) {
@@ -723,10 +721,16 @@ impl Peer {
     ///
     /// If no peer of that name is connected (it may be starting, or
     /// reconnecting), waits for one up to [`Config::peer_wait_timeout`],
-    /// then fails with [`OpenError::NoSuchPeer`]. Fails with
-    /// [`OpenError::Rejected`] if the remote rejects, and with
-    /// [`OpenError::Timeout`] after the configured open timeout.
-    /// Cancel-safe: a channel whose open is abandoned is closed.
+    /// then fails with [`OpenError::NoSuchPeer`]; an endpoint re-dialling
+    /// that peer dials at once rather than after its backoff's current
+    /// delay. Where a limit is reached (this connection's receive buffer,
+    /// or the remote's channel, pending-channel or accept-queue limits), the
+    /// open waits for room, as quinn's `open_bi` waits for stream credit,
+    /// rather than failing: up to [`Config::open_timeout`] in all. Fails
+    /// with [`OpenError::Rejected`] if the remote rejects,
+    /// [`OpenError::NoService`] if nothing there serves `service`, and
+    /// [`OpenError::Timeout`] after the open timeout. Cancel-safe: a
+    /// channel whose open is abandoned is closed.
     pub async fn open(
         &self,
         peer: &str,
@@ -736,6 +740,7 @@ impl Peer {
         let service = ServiceName::new(service)?;
         let conn = self
             .wait_for_conn(
+                Some(peer),
                 |core| core.find(peer),
                 |waited| OpenError::NoSuchPeer {
                     name: peer.to_owned(),
@@ -767,6 +772,7 @@ impl Peer {
         let service = ServiceName::new(service)?;
         let conn = self
             .wait_for_conn(
+                None,
                 |core| {
                     let peers: Vec<_> = lock(&core.peers)
                         .iter()
@@ -789,12 +795,25 @@ impl Peer {
     }
 
     /// Waits up to the peer-wait timeout for `pick` to find a connection.
+    /// Waits for a connection `pick` finds, up to
+    /// [`Config::peer_wait_timeout`]. While it waits for `name` (any peer,
+    /// for `None`), endpoints re-dialling that peer dial now rather than
+    /// after their backoff's current delay.
     async fn wait_for_conn(
         &self,
+        name: Option<&str>,
         pick: impl Fn(&PeerCore) -> Option<Arc<ConnShared>>,
         missing: impl FnOnce(Duration) -> OpenError,
     ) -> Result<Arc<ConnShared>, OpenError> {
         let core = &self.core;
+        if let Some(conn) = pick(core) {
+            return Ok(conn);
+        }
+        for d in lock(&core.dialed).values() {
+            if d.waits_for(name) {
+                d.kick.notify_one();
+            }
+        }
         let waited = core.host.config.peer_wait_timeout;
         let deadline = tokio::time::Instant::now() + waited;
         loop {
