@@ -593,7 +593,7 @@ async fn opens_nothing_can_accept_are_refused_at_once() {
     let server = peer_trusting("calc", &sid, &[&cid], duplex::Config::default());
     let router = Router::new().unary("Calc.Log", |ctx: CallContext, (): ()| async move {
         let logged: Result<(), _> = ctx.caller().call("Server.Log", "hello").await;
-        logged.map_err(|e| Status::unavailable(e.to_string()))
+        logged.map_err(|e| Status::unavailable(duplex::error::full_text(&e)))
     });
     let _serving = Server::new(router).serve(&server).unwrap();
     let ep = server.bind("tcp://127.0.0.1:0").await.unwrap().to_string();
