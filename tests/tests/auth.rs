@@ -189,8 +189,7 @@ async fn a_listener_cannot_announce_another_peers_name() {
         "{source:?}"
     );
     assert!(
-        err.to_string()
-            .contains("the name \"bob\" is bound to another key"),
+        duplex::error::full_text(&err).contains("the name \"bob\" is bound to another key"),
         "{err}"
     );
     assert!(me.peers().is_empty());

@@ -180,7 +180,7 @@ async fn host_key_mismatch_names_both_fingerprints() {
         }
         e => panic!("expected a host key mismatch, got {e:?}"),
     }
-    let msg = err.to_string();
+    let msg = duplex::error::full_text(&err);
     assert!(msg.contains(&other.fingerprint().to_string()), "{msg}");
     assert!(msg.contains(&sid.fingerprint().to_string()), "{msg}");
     assert!(msg.contains(&ep.to_string()), "{msg}");

@@ -76,7 +76,7 @@ async fn connect_gives_up_within_its_bounds() {
         };
         assert_eq!(endpoint, &ep);
         assert!(matches!(**last, ConnectError::Io { .. }), "{last:?}");
-        let msg = err.to_string();
+        let msg = duplex::error::full_text(&err);
         assert!(msg.contains(&ep) && msg.contains("refused"), "{msg}");
         if let Some(max) = attempts {
             assert_eq!(*made, max);
