@@ -588,10 +588,8 @@ async fn failures_arrive_typed_and_the_server_keeps_serving() {
             .await
             .unwrap_err();
         assert!(matches!(err, RpcError::Transport { .. }), "{err:?}");
-        assert!(
-            err.to_string().contains("no peer named \"nobody\""),
-            "{err}"
-        );
+        let text = duplex::error::full_text(&err);
+        assert!(text.contains("no peer named \"nobody\""), "{text}");
         p.shutdown().await;
     })
     .await;
