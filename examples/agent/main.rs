@@ -41,7 +41,7 @@ mod flags;
 #[path = "../common/usage.rs"]
 mod usage;
 use flags::{Flags, Own, build_peer, build_peer_with, parse_flags_with};
-use usage::{help, is_help, usage_error};
+use usage::{bad_command, usage_error};
 
 const USAGE: &str = "usage:
   agent run --poll ENDPOINT [--name NAME] [flags]
@@ -189,19 +189,12 @@ async fn cli() -> anyhow::Result<()> {
             let (f, own) = parse_flags_with(args, &["--listen", "--agent"])?;
             server(f, own).await
         }
-        c if is_help(c) => Err(help()),
-        "" => Err(usage_error("give a command: run or server")),
-        other => Err(usage_error(format!("unknown command {other:?}"))),
+        other => Err(bad_command(other, "run or server")),
     }
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    usage::init_logging("warn");
     usage::exit(cli().await, USAGE)
 }

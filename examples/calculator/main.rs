@@ -33,7 +33,7 @@ mod flags;
 mod usage;
 use child::spawn_listening;
 use flags::{Flags, build_peer};
-use usage::{help, is_help, no_args, usage_error};
+use usage::{bad_command, help, is_help, no_args, usage_error};
 
 const USAGE: &str = "usage:
   calculator agent --listen ENDPOINT | --poll ENDPOINT [flags]
@@ -218,19 +218,12 @@ async fn run() -> anyhow::Result<()> {
             no_args("demo", args)?;
             demo().await
         }
-        c if is_help(c) => Err(help()),
-        "" => Err(usage_error("give a command: agent, server or demo")),
-        other => Err(usage_error(format!("unknown command {other:?}"))),
+        other => Err(bad_command(other, "agent, server or demo")),
     }
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    usage::init_logging("warn");
     usage::exit(run().await, USAGE)
 }

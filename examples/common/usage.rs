@@ -42,6 +42,33 @@ pub(crate) fn is_help(arg: &str) -> bool {
     matches!(arg, "--help" | "-h")
 }
 
+/// The error for a first argument that names no command: help for `--help`
+/// or `-h`, else a usage error listing the `commands` (e.g. "run or
+/// server").
+#[allow(dead_code)] // the plugin programs take no command
+pub(crate) fn bad_command(cmd: &str, commands: &str) -> anyhow::Error {
+    if is_help(cmd) {
+        help()
+    } else if cmd.is_empty() {
+        usage_error(format!("give a command: {commands}"))
+    } else {
+        usage_error(format!("unknown command {cmd:?}"))
+    }
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (tracing's `EnvFilter` syntax),
+/// or by `default` when it is unset or invalid.
+#[allow(dead_code)] // the gateway and the plugin log nothing of their own
+pub(crate) fn init_logging(default: &str) {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| default.into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+}
+
 /// For a subcommand that takes no arguments: help if asked for, else a
 /// usage error for the first one.
 #[allow(dead_code)] // not every example has such a subcommand (the gateway)

@@ -41,7 +41,7 @@ mod flags;
 mod usage;
 use child::spawn_listening;
 use flags::{Flags, build_peer_with, parse_flags};
-use usage::{help, is_help, no_args, usage_error};
+use usage::{bad_command, no_args, usage_error};
 
 async fn serve(f: Flags) -> anyhow::Result<()> {
     let [endpoint] = f.positional.as_slice() else {
@@ -186,19 +186,12 @@ async fn run() -> anyhow::Result<()> {
             no_args("demo", args)?;
             demo().await
         }
-        c if is_help(c) => Err(help()),
-        "" => Err(usage_error("give a command: serve, send or demo")),
-        other => Err(usage_error(format!("unknown command {other:?}"))),
+        other => Err(bad_command(other, "serve, send or demo")),
     }
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    usage::init_logging("warn");
     usage::exit(run().await, USAGE)
 }

@@ -34,7 +34,7 @@ mod flags;
 #[path = "../common/usage.rs"]
 mod usage;
 use flags::{Flags, Own, build_peer, parse_flags_with};
-use usage::{help, is_help, usage_error};
+use usage::{bad_command, usage_error};
 
 const USAGE: &str = "usage:
   forward serve --listen ENDPOINT [flags]
@@ -156,19 +156,12 @@ async fn cli() -> anyhow::Result<()> {
             let (f, own) = parse_flags_with(args, &["--via", "--listen", "--target"])?;
             local(f, own).await
         }
-        c if is_help(c) => Err(help()),
-        "" => Err(usage_error("give a command: serve or local")),
-        other => Err(usage_error(format!("unknown command {other:?}"))),
+        other => Err(bad_command(other, "serve or local")),
     }
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    usage::init_logging("warn");
     usage::exit(cli().await, USAGE)
 }

@@ -133,12 +133,6 @@ async fn run() -> anyhow::Result<()> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,duplex::conn=warn,duplex::peer=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    usage::init_logging("info,duplex::conn=warn,duplex::peer=warn");
     usage::exit(run().await, USAGE)
 }

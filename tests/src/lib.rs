@@ -177,7 +177,9 @@ pub fn echo_server(peer: &Peer) {
             tokio::spawn(async move {
                 let ch = inc.accept().await;
                 let (mut r, mut w) = ch.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
+                if tokio::io::copy(&mut r, &mut w).await.is_ok() {
+                    let _ = w.shutdown().await;
+                }
             });
         }
     });

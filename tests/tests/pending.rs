@@ -5,13 +5,12 @@
 //! ones, says so at once.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use duplex::{Config, Headers, OpenError};
-use duplex_tests::{RawSsh, TempDir, ids, init_tracing, open_pair, pair_with, peer_trusting};
-use duplex_tests::{Transport, port, within};
-use russh::client;
+use duplex_tests::wire::WireConn;
+use duplex_tests::{Transport, within};
+use duplex_tests::{ids, init_tracing, open_pair, pair_with, peer_trusting};
 
 const WAIT: Duration = Duration::from_millis(300);
 
@@ -130,36 +129,15 @@ async fn a_plain_client_nobody_accepts_gets_an_open_failure() {
     let config = Config::default().accept_timeout(WAIT).unwrap();
     let server = peer_trusting("server", &sid, &[&cid], config);
     let ep = server.bind("tcp://127.0.0.1:0").await.unwrap();
-    let dir = TempDir::new("plain");
-    let path = dir.0.join("k");
-    cid.save(&path).unwrap();
-    let key = russh::keys::load_secret_key(&path, None).unwrap();
-    let mut h = client::connect(
-        Arc::new(client::Config::default()),
-        ("127.0.0.1", port(&ep)),
-        RawSsh,
-    )
-    .await
-    .unwrap();
-    let auth = h
-        .authenticate_publickey(
-            "plain",
-            russh::keys::PrivateKeyWithHashAlg::new(Arc::new(key), None),
-        )
-        .await
-        .unwrap();
-    assert!(auth.success());
-    // No hello: a plain connection, as `ssh -W nobody-home:1` makes.
+    // No hello: a plain SSH connection, as `ssh -W nobody-home:1` makes.
+    let c = WireConn::dial(&ep, "plain", &cid).await;
     let started = Instant::now();
-    let r = within(
-        10,
-        h.channel_open_direct_tcpip("nobody-home", 1, "127.0.0.1", 5555),
-    )
-    .await;
-    match r {
-        Err(russh::Error::ChannelOpenFailure(f)) => assert_eq!(f.code(), 1),
-        other => panic!("expected an open failure, got {:?}", other.map(|_| ())),
-    }
+    let refused = c
+        .open("nobody-home", 1, "127.0.0.1", 5555)
+        .await
+        .map(|_| ())
+        .expect_err("the open must be refused");
+    assert_eq!(refused.code, 1, "{refused:?}");
     assert!(started.elapsed() >= WAIT);
     server.shutdown().await;
 }

@@ -5,14 +5,13 @@
 //! dropped `ServerHandle`, rather than left to time out.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use duplex::{ClaimError, Config, Headers, OpenError};
 use duplex_rpc::{CallContext, Client, Code, Router, RpcError, Server, Status};
-use duplex_tests::{RawSsh, TempDir, ids, pair, pair_with, peer_trusting, port, within};
+use duplex_tests::wire::WireConn;
 use duplex_tests::{Transport, init_tracing};
-use russh::client;
+use duplex_tests::{ids, pair, pair_with, peer_trusting, within};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
@@ -241,35 +240,17 @@ async fn a_plain_client_asking_for_a_service_nobody_serves_gets_an_open_failure_
     let server = peer_trusting("server", &sid, &[&cid], Config::default());
     let _a = server.acceptor(["claimed"]).unwrap();
     let ep = server.bind("tcp://127.0.0.1:0").await.unwrap();
-    let dir = TempDir::new("plain-route");
-    let path = dir.0.join("k");
-    cid.save(&path).unwrap();
-    let key = russh::keys::load_secret_key(&path, None).unwrap();
-    let mut h = client::connect(
-        Arc::new(client::Config::default()),
-        ("127.0.0.1", port(&ep)),
-        RawSsh,
-    )
-    .await
-    .unwrap();
-    let auth = h
-        .authenticate_publickey(
-            "plain",
-            russh::keys::PrivateKeyWithHashAlg::new(Arc::new(key), None),
-        )
-        .await
-        .unwrap();
-    assert!(auth.success());
+    // No hello: a plain SSH connection, as `ssh -W nobody-home:1` makes.
+    let c = WireConn::dial(&ep, "plain", &cid).await;
     let started = Instant::now();
-    let r = within(
-        10,
-        h.channel_open_direct_tcpip("nobody-home", 1, "127.0.0.1", 5555),
-    )
-    .await;
-    match r {
-        Err(russh::Error::ChannelOpenFailure(f)) => assert_eq!(f.code(), 1),
-        other => panic!("expected an open failure, got {:?}", other.map(|_| ())),
-    }
+    let refused = c
+        .open("nobody-home", 1, "127.0.0.1", 5555)
+        .await
+        .map(|_| ())
+        .expect_err("the open must be refused");
+    assert_eq!(refused.code, 1, "{refused:?}");
+    let why = refused.description.clone().unwrap_or_default();
+    assert!(why.contains("no service \"nobody-home\""), "{why}");
     assert!(started.elapsed() < AT_ONCE);
     server.shutdown().await;
 }

@@ -619,16 +619,22 @@ impl ChanShared {
     /// finished (EOF sent) is closed; one dropped unfinished is aborted, so
     /// the remote's reader sees an error, not a clean end of stream.
     pub(crate) fn close_on_drop(&self) {
-        let finished = self.lock().chan.eof_sent();
-        if finished {
-            return self.send_close();
-        }
-        let why = format!(
-            "{} dropped the channel before finishing it (no close_write, shutdown or trailers)",
-            self.local_peer()
-        );
-        let local = ChannelError::AbortedHere(why.clone().into());
-        self.abort(why, local);
+        let children = self.end_in_tree();
+        let incoming = self.with(|st, _| {
+            let closing = if st.chan.eof_sent() {
+                st.chan.send_close()
+            } else {
+                let why = format!(
+                    "{} dropped the channel before finishing it (no close_write, shutdown or trailers)",
+                    self.local_peer()
+                );
+                let local = ChannelError::AbortedHere(why.clone().into());
+                st.chan.abort(why, local)
+            };
+            closing.then(|| take_incoming(st))
+        });
+        let nested = (children, incoming.unwrap_or_default());
+        self.end_children(nested, || self.closed_here());
     }
 
     /// After a protocol violation: close the channel even though it failed.

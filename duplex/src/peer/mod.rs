@@ -508,8 +508,9 @@ impl Peer {
     /// For a server that waits for its agents however long they take
     /// (a connection from them arrives when it does). To wait a bounded
     /// time, wrap it in `tokio::time::timeout`; [`open`](Self::open) to a
-    /// name waits up to [`Config::peer_wait_timeout`] by itself.
-    /// Cancel-safe.
+    /// name waits up to [`Config::peer_wait_timeout`] by itself. An
+    /// endpoint this peer re-dials to reach `name` dials at once when the
+    /// wait starts, not after its backoff's current delay. Cancel-safe.
     ///
     /// ```no_run
     /// # async fn demo(server: duplex::Peer) {
@@ -518,22 +519,13 @@ impl Peer {
     /// # }
     /// ```
     pub async fn wait_for_peer(&self, name: &str) -> Option<PeerInfo> {
-        let core = &self.core;
-        loop {
-            let changed = core.peers_changed.notified();
-            tokio::pin!(changed);
-            changed.as_mut().enable();
-            if core.host.draining.is_cancelled() {
-                return None;
-            }
-            if let Some(info) = core.find(name).and_then(|c| c.info()) {
-                return Some(info);
-            }
-            tokio::select! {
-                _ = changed => {}
-                _ = core.host.draining.cancelled() => return None,
-            }
-        }
+        self.wait_until(
+            Some(name),
+            |core| core.find(name).and_then(|c| c.info()),
+            None,
+        )
+        .await
+        .ok()
     }
 
     /// Resolves once this peer is shut down: [`shutdown`](Self::shutdown)
@@ -794,42 +786,65 @@ impl Peer {
             .map(Channel::from_owned)
     }
 
-    /// Waits up to the peer-wait timeout for `pick` to find a connection.
     /// Waits for a connection `pick` finds, up to
-    /// [`Config::peer_wait_timeout`]. While it waits for `name` (any peer,
-    /// for `None`), endpoints re-dialling that peer dial now rather than
-    /// after their backoff's current delay.
+    /// [`Config::peer_wait_timeout`]; `missing` makes the error for a wait
+    /// that found none.
     async fn wait_for_conn(
         &self,
         name: Option<&str>,
         pick: impl Fn(&PeerCore) -> Option<Arc<ConnShared>>,
         missing: impl FnOnce(Duration) -> OpenError,
     ) -> Result<Arc<ConnShared>, OpenError> {
+        let waited = self.core.host.config.peer_wait_timeout;
+        match self.wait_until(name, pick, Some(waited)).await {
+            Ok(conn) => Ok(conn),
+            Err(WaitEnd::Shutdown) => Err(OpenError::Shutdown),
+            Err(WaitEnd::TimedOut) => Err(missing(waited)),
+        }
+    }
+
+    /// Waits until `pick` finds something, for at most `limit` (without a
+    /// limit for `None`), and not past the start of a shutdown. While it
+    /// waits for `name` (any peer, for `None`), endpoints re-dialling that
+    /// peer dial now rather than after their backoff's current delay.
+    /// Cancel-safe.
+    async fn wait_until<T>(
+        &self,
+        name: Option<&str>,
+        pick: impl Fn(&PeerCore) -> Option<T>,
+        limit: Option<Duration>,
+    ) -> Result<T, WaitEnd> {
         let core = &self.core;
-        if let Some(conn) = pick(core) {
-            return Ok(conn);
+        if let Some(found) = pick(core) {
+            return Ok(found);
         }
         for d in lock(&core.dialed).values() {
             if d.waits_for(name) {
                 d.kick.notify_one();
             }
         }
-        let waited = core.host.config.peer_wait_timeout;
-        let deadline = tokio::time::Instant::now() + waited;
+        let deadline = limit.map(|l| tokio::time::Instant::now() + l);
+        let timed_out = async {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(timed_out);
         loop {
             let changed = core.peers_changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
             if core.host.draining.is_cancelled() {
-                return Err(OpenError::Shutdown);
+                return Err(WaitEnd::Shutdown);
             }
-            if let Some(conn) = pick(core) {
-                return Ok(conn);
+            if let Some(found) = pick(core) {
+                return Ok(found);
             }
             tokio::select! {
                 _ = changed => {}
-                _ = tokio::time::sleep_until(deadline) => return Err(missing(waited)),
-                _ = core.host.draining.cancelled() => return Err(OpenError::Shutdown),
+                _ = &mut timed_out => return Err(WaitEnd::TimedOut),
+                _ = core.host.draining.cancelled() => return Err(WaitEnd::Shutdown),
             }
         }
     }
@@ -918,4 +933,12 @@ impl Drop for AcceptAtOnce {
             host.routes_mut().set_general_at_once(&self.service, false);
         }
     }
+}
+
+/// Why [`Peer::wait_until`] found nothing.
+enum WaitEnd {
+    /// The peer began shutting down.
+    Shutdown,
+    /// The wait's limit passed.
+    TimedOut,
 }
