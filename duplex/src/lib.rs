@@ -106,7 +106,8 @@ pub use endpoint::{Endpoint, EndpointError};
 pub use error::{BindError, ChannelError, ClaimError, ConnectError, OpenError};
 pub use events::{PeerEvent, PeerEvents};
 pub use peer::{
-    AcceptAtOnce, Acceptor, Direction, IntoEndpoint, NameError, Peer, PeerBuilder, PeerInfo,
+    AcceptAtOnce, Acceptor, Direction, Dispatch, IntoEndpoint, NameError, Peer, PeerBuilder,
+    PeerInfo,
 };
 pub use proto::control::ControlError;
 pub use proto::frame::FrameError;

@@ -254,3 +254,109 @@ async fn a_plain_client_asking_for_a_service_nobody_serves_gets_an_open_failure_
     assert!(started.elapsed() < AT_ONCE);
     server.shutdown().await;
 }
+
+/// `Peer::dispatch`: each channel goes to the function as it arrives (no
+/// accept loop), the claim excludes acceptors of the same service, a
+/// fallback dispatch gets unclaimed services, and dropping it releases
+/// the services at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dispatch_hands_each_channel_to_its_function_until_dropped() {
+    let p = pair(Transport::Tcp).await;
+    let (seen_tx, mut seen) = mpsc::channel::<String>(64);
+    let dispatch = p
+        .server
+        .dispatch(["echo"], move |incoming| {
+            let seen = seen_tx.clone();
+            tokio::spawn(async move {
+                let _ = seen.send(incoming.service().to_owned()).await;
+                let ch = incoming.accept().await;
+                let (mut r, mut w) = ch.split();
+                if tokio::io::copy(&mut r, &mut w).await.is_ok() {
+                    let _ = w.shutdown().await;
+                }
+            });
+        })
+        .unwrap()
+        .fallback();
+    assert_eq!(dispatch.services().collect::<Vec<_>>(), ["echo"]);
+    assert!(matches!(
+        p.server.acceptor(["echo"]),
+        Err(ClaimError::Taken { .. })
+    ));
+    // Twenty channels at once, to the claimed service and (as the
+    // fallback) to one nobody claimed; each echoes.
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let client = p.client.clone();
+        let service = if i % 2 == 0 { "echo" } else { "unclaimed" };
+        tasks.push(tokio::spawn(async move {
+            let mut ch = client
+                .open("server", service, Headers::new())
+                .await
+                .unwrap();
+            let msg = format!("message {i}");
+            ch.write_all(msg.as_bytes()).await.unwrap();
+            ch.close_write().await.unwrap();
+            let mut back = String::new();
+            ch.read_to_string(&mut back).await.unwrap();
+            assert_eq!(back, msg);
+        }));
+    }
+    within(30, async {
+        for t in tasks {
+            t.await.unwrap();
+        }
+    })
+    .await;
+    let mut services = Vec::new();
+    for _ in 0..20 {
+        services.push(within(10, seen.recv()).await.unwrap());
+    }
+    services.sort();
+    assert_eq!(services.iter().filter(|s| *s == "echo").count(), 10);
+    assert_eq!(services.iter().filter(|s| *s == "unclaimed").count(), 10);
+    // Dropped: refused at once, and the service can be claimed again.
+    drop(dispatch);
+    let started = Instant::now();
+    let e = p
+        .client
+        .open("server", "echo", Headers::new())
+        .await
+        .unwrap_err();
+    assert!(matches!(e, OpenError::NoService { .. }), "{e:?}");
+    assert!(started.elapsed() < AT_ONCE);
+    let _again = p.server.acceptor(["echo"]).unwrap();
+    p.shutdown().await;
+}
+
+/// Channels that arrived while the peer routed nothing, and waited for a
+/// late `accept`, go to a dispatch claimed for their service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dispatch_takes_the_channels_queued_before_it() {
+    let p = pair(Transport::Tcp).await;
+    let client = p.client.clone();
+    let opening = tokio::spawn(async move {
+        let mut ch = client.open("server", "late", Headers::new()).await?;
+        ch.write_all(b"hi").await?;
+        ch.close_write().await?;
+        let mut back = Vec::new();
+        ch.read_to_end(&mut back).await?;
+        anyhow::Ok(back)
+    });
+    arrived(&p.server, 1).await;
+    let _late = p
+        .server
+        .dispatch(["late"], |incoming| {
+            tokio::spawn(async move {
+                let mut ch = incoming.accept().await;
+                let mut got = Vec::new();
+                if ch.read_to_end(&mut got).await.is_ok() {
+                    let _ = ch.write_all(&got).await;
+                    let _ = ch.close_write().await;
+                }
+            });
+        })
+        .unwrap();
+    assert_eq!(within(10, opening).await.unwrap().unwrap(), b"hi");
+    p.shutdown().await;
+}

@@ -20,7 +20,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use duplex::{Acceptor, Channel, ChannelEnd, ErrorWriter, Peer};
+use duplex::{Channel, ChannelEnd, Dispatch, ErrorWriter, IncomingChannel, Peer};
 use futures_util::FutureExt as _;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
@@ -137,20 +137,42 @@ impl Server {
             stop_accepting: CancellationToken::new(),
             cancel_calls: CancellationToken::new(),
             tracker: TaskTracker::new(),
+            dispatch: Mutex::new(None),
+            peer_name: peer.name().to_owned(),
         });
         // The server claims its methods, so a raw `Peer::accept` loop on the
         // same peer never takes their calls, and it answers calls to
         // methods nobody claims (`UNIMPLEMENTED`) unless the application
         // takes those itself with `Peer::accept`. Every call is accepted by
-        // the session as it arrives.
-        let acceptor = peer
-            .acceptor(shared.routes.keys())
+        // the session as it arrives and handed to a task of its own from
+        // there (no accept loop to wake). The function holds the server
+        // weakly: the server holds the claim.
+        let weak = Arc::downgrade(&shared);
+        let dispatch = peer
+            .dispatch(shared.routes.keys(), move |incoming| {
+                if let Some(s) = weak.upgrade() {
+                    take_call(&s, incoming);
+                }
+            })
             .map_err(|e| RouterError(vec![e.to_string()]))?
             .at_once()
             .fallback();
-        let s = shared.clone();
-        let peer = peer.clone();
-        shared.tracker.spawn(accept_loop(s, peer, acceptor));
+        *lock(&shared.dispatch) = Some(dispatch);
+        // When the peer is shut down no call can come any more, so the
+        // server ends once those in flight have (`wait`).
+        let (stop, tracker, peer) = (
+            shared.stop_accepting.clone(),
+            shared.tracker.clone(),
+            peer.clone(),
+        );
+        shared.tracker.spawn(async move {
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                _ = peer.closed() => {
+                    tracker.close();
+                }
+            }
+        });
         Ok(ServerHandle { shared })
     }
 }
@@ -165,6 +187,24 @@ struct Shared {
     stop_accepting: CancellationToken,
     cancel_calls: CancellationToken,
     tracker: TaskTracker,
+    /// The claim on the methods, released when the server stops.
+    dispatch: Mutex<Option<Dispatch>>,
+    peer_name: String,
+}
+
+impl Shared {
+    /// Stops taking calls: the methods are released at once, so calls
+    /// arriving later are routed as if the server were gone (to another
+    /// acceptor of the method, to `Peer::accept`, or refused at once with
+    /// `no service "M" on PEER`).
+    fn stop_accepting(&self) {
+        self.stop_accepting.cancel();
+        drop(lock(&self.dispatch).take());
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// A running [`Server`]. Dropping it stops accepting calls and cancels the
@@ -210,7 +250,7 @@ impl ServerHandle {
     /// cancelled, dropping the handle cancels what is left.
     pub async fn shutdown(self, grace: Duration) {
         let s = &self.shared;
-        s.stop_accepting.cancel();
+        s.stop_accepting();
         s.tracker.close();
         if tokio::time::timeout(grace, s.tracker.wait()).await.is_err() {
             s.cancel_calls.cancel();
@@ -221,73 +261,48 @@ impl ServerHandle {
 
 impl Drop for ServerHandle {
     fn drop(&mut self) {
-        self.shared.stop_accepting.cancel();
+        self.shared.stop_accepting();
         self.shared.cancel_calls.cancel();
         self.shared.tracker.close();
     }
 }
 
-async fn accept_loop(s: Arc<Shared>, peer: Peer, mut acceptor: Acceptor) {
-    loop {
-        let incoming = tokio::select! {
-            biased;
-            _ = s.stop_accepting.cancelled() => {
-                refuse_queued(&s, acceptor);
-                break;
-            }
-            i = acceptor.accept() => i,
-        };
-        let Some(incoming) = incoming else {
-            // The peer is shut down: no call can come any more, so the
-            // server ends once those in flight have (`wait`).
-            s.tracker.close();
-            break;
-        };
-        // Accepted at once (cheap: no round trip), so calls do not pile
-        // up against the connection's limit of channels waiting for us.
-        let channel = incoming.accept().await;
-        let Some(route) = s.routes.get(channel.service()).cloned() else {
-            // The caller knows the method and whom it called.
-            let st = Status::new(Code::UNIMPLEMENTED, "no such method");
-            s.tracker.spawn(refuse(channel, Origin::UnknownMethod, st));
-            continue;
-        };
-        let Ok(permit) = s.in_flight.clone().try_acquire_owned() else {
-            let st = Status::new(
-                Code::RESOURCE_EXHAUSTED,
-                format!(
-                    "{} is overloaded: {} calls in flight; retry later",
-                    peer.name(),
-                    s.max_in_flight
-                ),
-            );
-            s.tracker.spawn(refuse(channel, Origin::Overloaded, st));
-            continue;
-        };
-        let call = serve_call(s.clone(), route, channel);
-        s.tracker.spawn(async move {
-            call.await;
-            drop(permit);
-        });
-    }
-}
-
-/// When the server stops: releases its methods and answers the calls
-/// already queued for it with `UNAVAILABLE`, rather than leaving them to
-/// time out. Calls arriving later are routed as if the server were gone:
-/// to another acceptor of the method, to `Peer::accept`, or refused at
-/// once (`no service "M" on PEER`).
-fn refuse_queued(s: &Shared, mut acceptor: Acceptor) {
-    acceptor.close();
-    while let Some(Some(incoming)) = acceptor.accept().now_or_never() {
+/// A call arrived (in the connection's task: nothing here waits). It
+/// gets a task of its own, or a refusal.
+fn take_call(s: &Arc<Shared>, incoming: IncomingChannel) {
+    let refuse_now = |incoming: IncomingChannel, origin, st| {
+        s.tracker
+            .spawn(async move { refuse(incoming.accept().await, origin, st).await });
+    };
+    if s.stop_accepting.is_cancelled() {
+        // Routed here just before the methods were released.
         let st = Status::unavailable(format!(
             "{}: the server is shutting down",
             incoming.service()
         ));
-        s.tracker.spawn(async move {
-            refuse(incoming.accept().await, Origin::ShuttingDown, st).await;
-        });
+        return refuse_now(incoming, Origin::ShuttingDown, st);
     }
+    let Some(route) = s.routes.get(incoming.service()).cloned() else {
+        // The caller knows the method and whom it called.
+        let st = Status::new(Code::UNIMPLEMENTED, "no such method");
+        return refuse_now(incoming, Origin::UnknownMethod, st);
+    };
+    let Ok(permit) = s.in_flight.clone().try_acquire_owned() else {
+        let st = Status::new(
+            Code::RESOURCE_EXHAUSTED,
+            format!(
+                "{} is overloaded: {} calls in flight; retry later",
+                s.peer_name, s.max_in_flight
+            ),
+        );
+        return refuse_now(incoming, Origin::Overloaded, st);
+    };
+    let server = s.clone();
+    s.tracker.spawn(async move {
+        let channel = incoming.accept().await;
+        serve_call(server, route, channel).await;
+        drop(permit);
+    });
 }
 
 /// How long a status may wait to be sent (for flow-control credit from a

@@ -17,7 +17,7 @@ use crate::proto::service::ServiceName;
 use crate::ssh::IncomingOpen;
 
 use super::meta::ChannelMeta;
-use super::owned::Offer;
+use super::owned::{Deliver, Offer, Sink};
 use super::routes::Route;
 use super::*;
 
@@ -71,9 +71,9 @@ impl ConnShared {
                 .on_nested_open(open, service, headers, window, parent)
                 .await;
         }
-        let (permit, at_once) = match self.host.route(service.as_str()) {
+        let (handoff, at_once) = match self.host.route(service.as_str()) {
             Route::General { at_once } => match self.host.incoming_tx.clone().try_reserve_owned() {
-                Ok(p) => (p, at_once),
+                Ok(p) => (Handoff::Queue(p), at_once),
                 Err(_) => {
                     let why = format!(
                         "{}'s accept queue (channels waiting for Peer::accept) is full (limit {}, Config::accept_backlog)",
@@ -83,11 +83,16 @@ impl ConnShared {
                 }
             },
             Route::Acceptor {
-                queue,
+                queue: Sink::Call(f),
+                at_once,
+                ..
+            } => (Handoff::Call(f), at_once),
+            Route::Acceptor {
+                queue: Sink::Queue(queue),
                 at_once,
                 claimed,
             } => match queue.try_reserve_owned() {
-                Ok(p) => (p, at_once),
+                Ok(p) => (Handoff::Queue(p), at_once),
                 Err(_) => {
                     let whose = if claimed {
                         format!("the acceptor of {service:?}")
@@ -161,7 +166,10 @@ impl ConnShared {
         self.host
             .pending
             .watch(watched(&chan), &self.host.tracker, &self.host.cancel);
-        permit.send(Offer::new(chan));
+        match handoff {
+            Handoff::Queue(permit) => drop(permit.send(Offer::new(chan))),
+            Handoff::Call(f) => f(Offer::new(chan)),
+        }
     }
 
     /// The remote opened a channel inside one of this connection's
@@ -367,4 +375,11 @@ impl ConnShared {
             chan.send_close();
         });
     }
+}
+
+/// How a channel from the remote reaches the application: a place
+/// reserved in a queue, or the function of an acceptor that dispatches.
+enum Handoff {
+    Queue(tokio::sync::mpsc::OwnedPermit<Offer>),
+    Call(Deliver),
 }

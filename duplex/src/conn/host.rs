@@ -20,7 +20,7 @@ use crate::ssh::keys::Fingerprint;
 use crate::ssh::trust::AuthorizedKeys;
 
 use super::ConnShared;
-use super::owned::Offer;
+use super::owned::{Offer, Sink};
 use super::routes::{Route, Routes};
 
 /// The peer's side of a connection: what the connection tells the peer
@@ -61,7 +61,7 @@ pub(crate) struct Host {
     pub(crate) peer_budgets: Mutex<HashMap<Fingerprint, Weak<Budget>>>,
     /// Which queue each top-level channel goes to (`Peer::acceptor`,
     /// `Peer::accept`, `Peer::accept_at_once`).
-    pub(crate) routes: RwLock<Routes<mpsc::Sender<Offer>>>,
+    pub(crate) routes: RwLock<Routes<Sink>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -87,17 +87,15 @@ impl Host {
     }
 
     /// Where a channel for `service` goes.
-    pub(crate) fn route(&self, service: &str) -> Route<mpsc::Sender<Offer>> {
+    pub(crate) fn route(&self, service: &str) -> Route<Sink> {
         self.routes().route(service)
     }
 
-    pub(crate) fn routes(&self) -> std::sync::RwLockReadGuard<'_, Routes<mpsc::Sender<Offer>>> {
+    pub(crate) fn routes(&self) -> std::sync::RwLockReadGuard<'_, Routes<Sink>> {
         self.routes.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub(crate) fn routes_mut(
-        &self,
-    ) -> std::sync::RwLockWriteGuard<'_, Routes<mpsc::Sender<Offer>>> {
+    pub(crate) fn routes_mut(&self) -> std::sync::RwLockWriteGuard<'_, Routes<Sink>> {
         self.routes.write().unwrap_or_else(|p| p.into_inner())
     }
 

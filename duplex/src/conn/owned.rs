@@ -6,6 +6,8 @@
 
 use std::sync::Arc;
 
+use tokio::sync::mpsc;
+
 use crate::proto::open::OPEN_PROHIBITED;
 
 use super::chan::ChanShared;
@@ -111,6 +113,29 @@ impl Drop for Offer {
     fn drop(&mut self) {
         if let Some(shared) = self.chan.take() {
             shared.refuse_unanswered();
+        }
+    }
+}
+
+/// Where an acceptor's channels go: its queue, for its `accept`; or a
+/// function the connection's task calls with each as it arrives (an
+/// acceptor that dispatches, saving the task wake-up of a queue).
+#[derive(Clone)]
+pub(crate) enum Sink {
+    Queue(mpsc::Sender<Offer>),
+    Call(Deliver),
+}
+
+/// The function of an acceptor that dispatches.
+pub(crate) type Deliver = Arc<dyn Fn(Offer) + Send + Sync>;
+
+impl Sink {
+    /// Hands over `offer` now if there is room; a full queue drops it,
+    /// which refuses the channel.
+    pub(crate) fn give(&self, offer: Offer) {
+        match self {
+            Sink::Queue(q) => drop(q.try_send(offer)),
+            Sink::Call(f) => f(offer),
         }
     }
 }

@@ -7,7 +7,7 @@ use tokio::sync::mpsc;
 
 use crate::channel::IncomingChannel;
 use crate::conn::host::Host;
-use crate::conn::owned::Offer;
+use crate::conn::owned::{Deliver, Offer, Sink};
 use crate::conn::routes::Route;
 
 use super::registry::PeerCore;
@@ -135,9 +135,86 @@ impl Acceptor {
     pub fn fallback(self) -> Self {
         self.host
             .routes_mut()
-            .add_fallback(self.id, self.tx.clone());
+            .add_fallback(self.id, Sink::Queue(self.tx.clone()));
         reroute_queued(&self.core);
         self
+    }
+}
+
+/// Services claimed by [`Peer::dispatch`](crate::Peer::dispatch): their
+/// channels go to its function as they arrive. Dropping it (or
+/// [`close`](Self::close)) releases the services; channels for them are
+/// then routed as if it never existed.
+///
+/// The function is kept by the peer while the services are claimed, so
+/// it may hold a clone of the [`Peer`](crate::Peer): dropping the
+/// `Dispatch`, or shutting the peer down, lets both go.
+#[must_use = "a Dispatch claims its services only while it is kept: dropping it releases them, and their channels are refused"]
+pub struct Dispatch {
+    core: Arc<PeerCore>,
+    id: u64,
+    services: Box<[Box<str>]>,
+    call: Deliver,
+}
+
+impl fmt::Debug for Dispatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Dispatch")
+            .field("peer", &self.core.host.name)
+            .field("services", &self.services)
+            .finish()
+    }
+}
+
+impl Dispatch {
+    pub(super) fn new(
+        core: Arc<PeerCore>,
+        id: u64,
+        services: Box<[Box<str>]>,
+        call: Deliver,
+    ) -> Self {
+        reroute_queued(&core);
+        Dispatch {
+            core,
+            id,
+            services,
+            call,
+        }
+    }
+
+    /// Has the session accept these channels the moment they arrive, as
+    /// [`Acceptor::at_once`] does.
+    pub fn at_once(self) -> Self {
+        self.core.host.routes_mut().set_at_once(self.id);
+        self
+    }
+
+    /// Makes it also take the channels of services that nothing claims,
+    /// as [`Acceptor::fallback`] does.
+    pub fn fallback(self) -> Self {
+        self.core
+            .host
+            .routes_mut()
+            .add_fallback(self.id, Sink::Call(self.call.clone()));
+        reroute_queued(&self.core);
+        self
+    }
+
+    /// Releases its services now: channels for them are routed as if it
+    /// were gone. Idempotent.
+    pub fn close(&mut self) {
+        self.core.host.routes_mut().release(self.id);
+    }
+
+    /// The services it claimed.
+    pub fn services(&self) -> impl Iterator<Item = &str> {
+        self.services.iter().map(|s| &**s)
+    }
+}
+
+impl Drop for Dispatch {
+    fn drop(&mut self) {
+        self.close();
     }
 }
 
@@ -165,7 +242,7 @@ fn reroute_queued(core: &PeerCore) {
         }
         match host.route(offer.meta().service()) {
             // Full: dropping the offer refuses the channel.
-            Route::Acceptor { queue, .. } => drop(queue.try_send(offer)),
+            Route::Acceptor { queue, .. } => queue.give(offer),
             Route::General { .. } => drop(host.incoming_tx.try_send(offer)),
             Route::NoService => drop(offer),
         }

@@ -16,6 +16,7 @@ use crate::channel::{Channel, IncomingChannel};
 use crate::config::Config;
 use crate::conn::ConnShared;
 use crate::conn::host::{Host, Registry};
+use crate::conn::owned::{Deliver, Sink};
 use crate::endpoint::{Endpoint, EndpointError};
 use crate::error::{BindError, ClaimError, ConnectError, OpenError};
 pub use crate::events::{Direction, PeerInfo};
@@ -31,7 +32,7 @@ mod dial;
 mod listen;
 mod registry;
 
-pub use acceptor::Acceptor;
+pub use acceptor::{Acceptor, Dispatch};
 use dial::*;
 use listen::*;
 pub(crate) use registry::PeerCore;
@@ -615,6 +616,54 @@ impl Peer {
         I: IntoIterator,
         I::Item: AsRef<str>,
     {
+        let (tx, rx) = mpsc::channel(self.core.host.config.accept_backlog);
+        let (id, names) = self.claim(services, Sink::Queue(tx.clone()))?;
+        Ok(Acceptor::new(self.core.clone(), id, names, tx, rx))
+    }
+
+    /// Claims `services` as [`acceptor`](Self::acceptor) does, but hands
+    /// each of their channels to `f` the moment the connection receives
+    /// it, in the connection's own task, instead of queueing it for an
+    /// `accept` loop: one task wake-up less per channel, for a server that
+    /// starts a task per channel anyway (an RPC server does).
+    ///
+    /// `f` runs before the connection reads its next message, so it must
+    /// return quickly and never block: it answers the [`IncomingChannel`]
+    /// (or spawns a task that does) and returns. A channel it drops is
+    /// rejected; one nothing accepts within [`Config::accept_timeout`] is
+    /// rejected then, as in a queue. The services stay claimed while the
+    /// returned [`Dispatch`] is kept.
+    ///
+    /// ```
+    /// # #[tokio::main] async fn main() -> anyhow::Result<()> {
+    /// let peer = duplex::Peer::builder().build()?;
+    /// let _echo = peer.dispatch(["echo"], |incoming| {
+    ///     tokio::spawn(async move {
+    ///         let mut ch = incoming.accept().await;
+    ///         let (mut r, mut w) = tokio::io::split(&mut ch);
+    ///         let _ = tokio::io::copy(&mut r, &mut w).await;
+    ///         let _ = ch.close_write().await;
+    ///     });
+    /// })?;
+    /// # Ok(()) }
+    /// ```
+    pub fn dispatch<I, F>(&self, services: I, f: F) -> Result<Dispatch, ClaimError>
+    where
+        I: IntoIterator,
+        I::Item: AsRef<str>,
+        F: Fn(IncomingChannel) + Send + Sync + 'static,
+    {
+        let call: Deliver = Arc::new(move |offer| f(IncomingChannel::new(offer)));
+        let (id, names) = self.claim(services, Sink::Call(call.clone()))?;
+        Ok(Dispatch::new(self.core.clone(), id, names, call))
+    }
+
+    /// Claims `services` for a new acceptor delivering to `sink`.
+    fn claim<I>(&self, services: I, sink: Sink) -> Result<(u64, Services), ClaimError>
+    where
+        I: IntoIterator,
+        I::Item: AsRef<str>,
+    {
         let host = &self.core.host;
         if host.draining.is_cancelled() {
             return Err(ClaimError::Shutdown);
@@ -623,15 +672,14 @@ impl Peer {
             .into_iter()
             .map(|s| ServiceName::new(s.as_ref()).map(|n| Box::<str>::from(n.as_str())))
             .collect::<Result<Box<[_]>, _>>()?;
-        let (tx, rx) = mpsc::channel(host.config.accept_backlog);
         let id = host
             .routes_mut()
-            .claim(names.iter().map(|n| &**n), tx.clone())
+            .claim(names.iter().map(|n| &**n), sink)
             .map_err(|taken| ClaimError::Taken {
                 service: taken.0,
                 peer: host.name.to_string(),
             })?;
-        Ok(Acceptor::new(self.core.clone(), id, names, tx, rx))
+        Ok((id, names))
     }
 
     /// Waits for the next channel a remote opened to us for a service no
@@ -942,3 +990,6 @@ enum WaitEnd {
     /// The wait's limit passed.
     TimedOut,
 }
+
+/// The service names an acceptor claimed.
+type Services = Box<[Box<str>]>;
