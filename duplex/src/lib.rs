@@ -23,8 +23,9 @@
 //! - [`peer`]: `Peer`, its builder and the connection lifecycle, split by
 //!   role: `registry` (the peer's tables of connections, listeners and
 //!   dialled endpoints, and the accept queue's receiver), `dial`
-//!   (connecting and re-dialling) and `listen` (accept loops, the handshake
-//!   bound, serving);
+//!   (connecting and re-dialling), `listen` (accept loops, the handshake
+//!   bound, serving) and `acceptor` (routing by service: `Acceptor`,
+//!   `Dispatch`, `accept`);
 //! - [`channel`]: `Channel`, its halves, `IncomingChannel`, `Children`
 //!   (nested channels), `join`/`splice`: thin handles over the driver's
 //!   channel;
@@ -42,7 +43,9 @@
 //!   `chan/answer` the answer to an incoming
 //!   open), what is known of a channel (`meta`, [`ChannelMeta`]), and the
 //!   channels it holds before the application does (`owned`: one we
-//!   opened, closed if dropped; one offered, rejected if dropped);
+//!   opened, closed if dropped; one offered, rejected if dropped; the
+//!   `Sink` an acceptor's channels go to), which acceptor takes a channel
+//!   (`routes`, pure: the rule of PROTOCOL.md 3.3);
 //!   `transport`: the decoupled byte stream (small writes corked until the
 //!   session runs out of input, one system call per wake-up) and its send
 //!   backlog;

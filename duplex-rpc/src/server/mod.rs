@@ -120,7 +120,7 @@ impl Server {
     /// Returns a handle; dropping it stops the server and cancels its
     /// calls, and calls arriving after are refused at once. Fails if the
     /// router has an invalid or repeated method name, or another server
-    /// (or [`Acceptor`]) on the peer serves one of its methods.
+    /// (or [`Acceptor`](duplex::Acceptor)) on the peer serves one of its methods.
     pub fn serve(self, peer: &Peer) -> Result<ServerHandle, RouterError> {
         if !self.router.errors.is_empty() {
             return Err(RouterError(self.router.errors));

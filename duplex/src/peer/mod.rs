@@ -12,13 +12,12 @@ use tokio::sync::{Notify, broadcast, mpsc};
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::TaskTracker;
 
-use crate::channel::{Channel, IncomingChannel};
+use crate::channel::Channel;
 use crate::config::Config;
 use crate::conn::ConnShared;
 use crate::conn::host::{Host, Registry};
-use crate::conn::owned::{Deliver, Sink};
 use crate::endpoint::{Endpoint, EndpointError};
-use crate::error::{BindError, ClaimError, ConnectError, OpenError};
+use crate::error::{BindError, ConnectError, OpenError};
 pub use crate::events::{Direction, PeerInfo};
 use crate::events::{EVENT_BUFFER, PeerEvent, PeerEvents};
 use crate::proto::headers::Headers;
@@ -32,7 +31,7 @@ mod dial;
 mod listen;
 mod registry;
 
-pub use acceptor::{Acceptor, Dispatch};
+pub use acceptor::{AcceptAtOnce, Acceptor, Dispatch};
 use dial::*;
 use listen::*;
 pub(crate) use registry::PeerCore;
@@ -578,184 +577,6 @@ impl Peer {
         !conns.is_empty()
     }
 
-    /// Claims `services`: the channels remotes open to this peer for them
-    /// go to the returned [`Acceptor`], and nowhere else, while it is kept.
-    ///
-    /// This is how several parts of one application share a peer without
-    /// taking each other's channels (an RPC server claims its methods this
-    /// way). A top-level channel a remote opens goes to:
-    ///
-    /// 1. the acceptor that claimed its service;
-    /// 2. otherwise [`accept`](Self::accept), if the application has
-    ///    called it, or has never made an acceptor (such a peer keeps its
-    ///    channels for a later `accept`, up to [`Config::accept_timeout`]);
-    /// 3. otherwise the oldest [fallback](Acceptor::fallback) acceptor (an
-    ///    RPC server, which answers `UNIMPLEMENTED`);
-    /// 4. otherwise nowhere: the open is refused at once with the reason
-    ///    `no service "NAME" on PEER` ([`OpenError::NoService`] at the
-    ///    opener), rather than left to time out.
-    ///
-    /// Nested channels always go to their parent's
-    /// [`Children::accept`](crate::Children::accept).
-    ///
-    /// Fails with [`ClaimError::Taken`] if another acceptor holds one of
-    /// the services (then nothing is claimed), and with
-    /// [`ClaimError::Service`] for an invalid service name.
-    ///
-    /// ```
-    /// # #[tokio::main] async fn main() -> anyhow::Result<()> {
-    /// let peer = duplex::Peer::builder().build()?;
-    /// let files = peer.acceptor(["files.put", "files.get"])?;
-    /// assert!(peer.acceptor(["files.get"]).is_err()); // held by `files`
-    /// drop(files);
-    /// let _again = peer.acceptor(["files.get"])?;
-    /// # Ok(()) }
-    /// ```
-    pub fn acceptor<I>(&self, services: I) -> Result<Acceptor, ClaimError>
-    where
-        I: IntoIterator,
-        I::Item: AsRef<str>,
-    {
-        let (tx, rx) = mpsc::channel(self.core.host.config.accept_backlog);
-        let (id, names) = self.claim(services, Sink::Queue(tx.clone()))?;
-        Ok(Acceptor::new(self.core.clone(), id, names, tx, rx))
-    }
-
-    /// Claims `services` as [`acceptor`](Self::acceptor) does, but hands
-    /// each of their channels to `f` the moment the connection receives
-    /// it, in the connection's own task, instead of queueing it for an
-    /// `accept` loop: one task wake-up less per channel, for a server that
-    /// starts a task per channel anyway (an RPC server does).
-    ///
-    /// `f` runs before the connection reads its next message, so it must
-    /// return quickly and never block: it answers the [`IncomingChannel`]
-    /// (or spawns a task that does) and returns. A channel it drops is
-    /// rejected; one nothing accepts within [`Config::accept_timeout`] is
-    /// rejected then, as in a queue. The services stay claimed while the
-    /// returned [`Dispatch`] is kept.
-    ///
-    /// ```
-    /// # #[tokio::main] async fn main() -> anyhow::Result<()> {
-    /// let peer = duplex::Peer::builder().build()?;
-    /// let _echo = peer.dispatch(["echo"], |incoming| {
-    ///     tokio::spawn(async move {
-    ///         let mut ch = incoming.accept().await;
-    ///         let (mut r, mut w) = tokio::io::split(&mut ch);
-    ///         let _ = tokio::io::copy(&mut r, &mut w).await;
-    ///         let _ = ch.close_write().await;
-    ///     });
-    /// })?;
-    /// # Ok(()) }
-    /// ```
-    pub fn dispatch<I, F>(&self, services: I, f: F) -> Result<Dispatch, ClaimError>
-    where
-        I: IntoIterator,
-        I::Item: AsRef<str>,
-        F: Fn(IncomingChannel) + Send + Sync + 'static,
-    {
-        let call: Deliver = Arc::new(move |offer| f(IncomingChannel::new(offer)));
-        let (id, names) = self.claim(services, Sink::Call(call.clone()))?;
-        Ok(Dispatch::new(self.core.clone(), id, names, call))
-    }
-
-    /// Claims `services` for a new acceptor delivering to `sink`.
-    fn claim<I>(&self, services: I, sink: Sink) -> Result<(u64, Services), ClaimError>
-    where
-        I: IntoIterator,
-        I::Item: AsRef<str>,
-    {
-        let host = &self.core.host;
-        if host.draining.is_cancelled() {
-            return Err(ClaimError::Shutdown);
-        }
-        let names = services
-            .into_iter()
-            .map(|s| ServiceName::new(s.as_ref()).map(|n| Box::<str>::from(n.as_str())))
-            .collect::<Result<Box<[_]>, _>>()?;
-        let id = host
-            .routes_mut()
-            .claim(names.iter().map(|n| &**n), sink)
-            .map_err(|taken| ClaimError::Taken {
-                service: taken.0,
-                peer: host.name.to_string(),
-            })?;
-        Ok((id, names))
-    }
-
-    /// Waits for the next channel a remote opened to us for a service no
-    /// [`Acceptor`] claims.
-    ///
-    /// Calling it (once is enough) tells the peer that the application
-    /// takes unclaimed channels: from then on they wait here, up to
-    /// [`Config::accept_timeout`], rather than being refused at once or
-    /// going to an RPC server's fallback. See [`acceptor`](Self::acceptor)
-    /// for the whole routing rule.
-    ///
-    /// Returns `None` once the peer is shut down. Cancel-safe: a cancelled
-    /// call loses no channel.
-    pub async fn accept(&self) -> Option<IncomingChannel> {
-        if !self.core.host.routes().is_general() {
-            self.core.host.routes_mut().set_general();
-        }
-        let mut rx = self.core.incoming_rx.lock().await;
-        loop {
-            let ch = tokio::select! {
-                ch = rx.recv() => ch?,
-                _ = self.core.host.cancel.cancelled() => return None,
-            };
-            // One the accept timeout rejected while it waited is skipped.
-            if !ch.is_expired() {
-                return Some(IncomingChannel::new(ch));
-            }
-        }
-    }
-
-    /// Has the session accept every channel a remote opens to this peer
-    /// for `service` the moment it arrives, until the returned guard is
-    /// dropped: for an application that takes every such channel anyway
-    /// (an RPC server, a service that answers each channel it is given).
-    ///
-    /// The `ACCEPT` then leaves with the SSH confirmation, in the same
-    /// packet batch, rather than from the application's task once it has
-    /// taken the channel from [`accept`](Self::accept): a round of task
-    /// wake-ups less per channel, and the opener's `open` returns sooner.
-    /// The channel still comes through `accept` as an
-    /// [`IncomingChannel`], and still counts against
-    /// [`Config::max_pending_channels`] until taken; what changes is what
-    /// refusing it means. Already accepted, it can no longer be rejected
-    /// with a reason: [`IncomingChannel::reject`], dropping it, or leaving
-    /// it past [`Config::accept_timeout`] closes it, and the opener sees
-    /// its channel closed (an end of stream) rather than
-    /// [`OpenError::Rejected`]. The checks before the application's answer
-    /// (service name, limits, draining) refuse as before.
-    ///
-    /// Registrations count: a service stays accepted at once while any
-    /// guard for it is alive. A name that is not a valid service name
-    /// matches nothing.
-    ///
-    /// ```no_run
-    /// # async fn demo(peer: duplex::Peer) {
-    /// let _at_once = peer.accept_at_once("echo");
-    /// while let Some(incoming) = peer.accept().await {
-    ///     let mut ch = incoming.accept().await; // already accepted: no wait
-    ///     tokio::spawn(async move {
-    ///         let (mut r, mut w) = ch.split();
-    ///         let _ = tokio::io::copy(&mut r, &mut w).await;
-    ///     });
-    /// }
-    /// # }
-    /// ```
-    pub fn accept_at_once(&self, service: &str) -> AcceptAtOnce {
-        self.core
-            .host
-            .routes_mut()
-            .set_general_at_once(service, true);
-        AcceptAtOnce {
-            host: Arc::downgrade(&self.core.host),
-            service: service.into(),
-        }
-    }
-
     /// Opens a channel for `service` to the connected peer called `peer`,
     /// and waits until the remote application accepts it.
     ///
@@ -958,31 +779,6 @@ impl Peer {
     }
 }
 
-/// Keeps a service accepted at once (see [`Peer::accept_at_once`]);
-/// dropping it ends that registration, and channels arriving afterwards
-/// wait for the application's answer again.
-#[must_use = "the service is accepted at once only while the guard is kept"]
-pub struct AcceptAtOnce {
-    host: std::sync::Weak<Host>,
-    service: Box<str>,
-}
-
-impl fmt::Debug for AcceptAtOnce {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AcceptAtOnce")
-            .field("service", &self.service)
-            .finish()
-    }
-}
-
-impl Drop for AcceptAtOnce {
-    fn drop(&mut self) {
-        if let Some(host) = self.host.upgrade() {
-            host.routes_mut().set_general_at_once(&self.service, false);
-        }
-    }
-}
-
 /// Why [`Peer::wait_until`] found nothing.
 enum WaitEnd {
     /// The peer began shutting down.
@@ -990,6 +786,3 @@ enum WaitEnd {
     /// The wait's limit passed.
     TimedOut,
 }
-
-/// The service names an acceptor claimed.
-type Services = Box<[Box<str>]>;
