@@ -48,6 +48,46 @@ async fn start(
     (child, rest, rx)
 }
 
+/// A `forward serve` and a `forward local` through it to `target`.
+struct Forwarding {
+    server: Child,
+    /// The server's endpoint.
+    endpoint: String,
+    local: Child,
+    /// The rest of the local side's `forwarding ` line.
+    forwarding: String,
+    /// The local side's stderr lines.
+    local_err: UnboundedReceiver<String>,
+}
+
+/// Starts a server on an ephemeral port, then a local side listening on
+/// an ephemeral port and forwarding to `target` through it.
+async fn forward(dir: &TempDir, target: &str) -> Forwarding {
+    let (server, endpoint, _) = start(
+        dir,
+        &["serve", "--listen", "tcp://127.0.0.1:0"],
+        "listening on ",
+    )
+    .await;
+    let args = [
+        "local",
+        "--via",
+        &endpoint,
+        "--listen",
+        "127.0.0.1:0",
+        "--target",
+        target,
+    ];
+    let (local, forwarding, local_err) = start(dir, &args, "forwarding ").await;
+    Forwarding {
+        server,
+        endpoint,
+        local,
+        forwarding,
+        local_err,
+    }
+}
+
 /// The address in `ADDRESS to TARGET via ENDPOINT`.
 fn local_address(forwarding: &str) -> String {
     forwarding.split(' ').next().unwrap().to_owned()
@@ -89,22 +129,13 @@ async fn concurrent_connections_are_forwarded_with_half_close() {
     let dir = TempDir::new("forward-echo");
     within(60, async {
         let echo = echo_server().await;
-        let (mut server, endpoint, _) = start(
-            &dir,
-            &["serve", "--listen", "tcp://127.0.0.1:0"],
-            "listening on ",
-        )
-        .await;
-        let args = [
-            "local",
-            "--via",
-            &endpoint,
-            "--listen",
-            "127.0.0.1:0",
-            "--target",
-            &echo,
-        ];
-        let (mut local, forwarding, _) = start(&dir, &args, "forwarding ").await;
+        let Forwarding {
+            mut server,
+            endpoint,
+            mut local,
+            forwarding,
+            ..
+        } = forward(&dir, &echo).await;
         assert!(
             forwarding.ends_with(&format!(" to {echo} via {endpoint}")),
             "{forwarding}"
@@ -140,22 +171,13 @@ async fn an_unreachable_target_closes_the_local_connection() {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap().to_string()
         };
-        let (mut server, endpoint, _) = start(
-            &dir,
-            &["serve", "--listen", "tcp://127.0.0.1:0"],
-            "listening on ",
-        )
-        .await;
-        let args = [
-            "local",
-            "--via",
-            &endpoint,
-            "--listen",
-            "127.0.0.1:0",
-            "--target",
-            &refused,
-        ];
-        let (mut local, forwarding, mut local_err) = start(&dir, &args, "forwarding ").await;
+        let Forwarding {
+            mut server,
+            mut local,
+            forwarding,
+            mut local_err,
+            ..
+        } = forward(&dir, &refused).await;
 
         let mut stream = TcpStream::connect(local_address(&forwarding))
             .await

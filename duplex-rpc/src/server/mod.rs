@@ -199,7 +199,8 @@ impl Shared {
     /// `no service "M" on PEER`).
     fn stop_accepting(&self) {
         self.stop_accepting.cancel();
-        drop(lock(&self.dispatch).take());
+        let claim = lock(&self.dispatch).take();
+        drop(claim); // released outside the lock
     }
 }
 
